@@ -1,0 +1,107 @@
+// The order and sizes of the time steps of one layer and direction, read once on the host.
+//
+// Padded input [T, N, I] is the special case of packed input [P, I] in which every step has the
+// full batch (batch_sizes = [N] * T, P = T * N); one code path serves both. For packed input the
+// active batch shrinks as sequences end (batch_sizes is non-increasing), and the rows of step t
+// are rows offset[t] .. offset[t] + batch_sizes[t] of the packed tensor, as in torch.nn's
+// PackedSequence and cuDNN's packed layout.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "checks.h"
+
+namespace rnnkit {
+
+struct SequencePlan {
+  std::vector<int64_t> batch_sizes;  // [T]: active batch of each step
+  std::vector<int64_t> offsets;      // [T]: first packed row of each step
+  int64_t N = 0;                     // full batch (batch_sizes[0], or N of padded input)
+  int64_t P = 0;                     // packed rows, sum of batch_sizes
+  bool reverse = false;              // the direction runs from the last step to the first
+
+  int64_t T() const { return static_cast<int64_t>(batch_sizes.size()); }
+  // The time index of the s-th step the forward pass processes.
+  int64_t forward_step(int64_t s) const { return reverse ? T() - 1 - s : s; }
+  // The time index of the s-th step the backward pass processes (the forward order, reversed).
+  int64_t backward_step(int64_t s) const { return reverse ? s : T() - 1 - s; }
+};
+
+// input: [T, N, I] when batch_sizes is absent; [P, I] with batch_sizes [T] (int64) otherwise.
+inline SequencePlan make_plan(const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+                              bool reverse, const char* op) {
+  SequencePlan plan;
+  plan.reverse = reverse;
+  if (!batch_sizes.has_value()) {
+    checks::ndim(input, 3, op, "input (T, N, I) without batch_sizes");
+    const int64_t T = input.size(0);
+    plan.N = input.size(1);
+    plan.batch_sizes.assign(T, plan.N);
+  } else {
+    checks::ndim(input, 2, op, "packed input (P, I) with batch_sizes");
+    const at::Tensor bs = batch_sizes->to(at::kCPU);
+    TORCH_CHECK(bs.scalar_type() == at::kLong && bs.dim() == 1, op,
+                ": expected batch_sizes as a 1-D int64 tensor, got ", bs.dim(), "-D ",
+                bs.scalar_type());
+    const at::Tensor c = bs.contiguous();
+    const int64_t* p = c.data_ptr<int64_t>();
+    plan.batch_sizes.assign(p, p + c.numel());
+    plan.N = plan.batch_sizes.empty() ? 0 : plan.batch_sizes[0];
+    for (int64_t t = 0; t < plan.T(); ++t) {
+      const int64_t b = plan.batch_sizes[t];
+      TORCH_CHECK(b > 0, op, ": expected every batch size to be positive, got batch_sizes[", t,
+                  "] = ", b);
+      TORCH_CHECK(t == 0 || b <= plan.batch_sizes[t - 1], op,
+                  ": expected non-increasing batch_sizes (sequences sorted by length), got "
+                  "batch_sizes[", t - 1, "] = ", plan.batch_sizes[t - 1], " < batch_sizes[", t,
+                  "] = ", b);
+    }
+  }
+  plan.offsets.resize(plan.T());
+  for (int64_t t = 0; t < plan.T(); ++t) {
+    plan.offsets[t] = plan.P;
+    plan.P += plan.batch_sizes[t];
+  }
+  const int64_t rows = batch_sizes.has_value() ? input.size(0) : plan.P;
+  TORCH_CHECK(rows == plan.P, op, ": packed input has ", rows,
+              " rows but batch_sizes add up to ", plan.P);
+  return plan;
+}
+
+}  // namespace rnnkit
+
+namespace rnnkit {
+
+// The state each step of a layer started from, in the packed row order.
+//   states: [P, F] the state after each step (the layer's output, or its cell states)
+//   init:   [N, F] the initial state
+//   return: [P, F] row r holds the state the step of row r read
+// Used by the backward passes, which need h_prev (and c_prev) of every step for the weight
+// gradient products; both backends call it, it is written with tensor ops.
+inline at::Tensor previous_states(const at::Tensor& states, const at::Tensor& init,
+                                  const SequencePlan& plan) {
+  const int64_t T = plan.T(), N = plan.N;
+  if (T == 0) return at::empty_like(states);
+  const bool padded = plan.batch_sizes.front() == plan.batch_sizes.back();
+  if (padded) {
+    // Every step has the full batch: the previous states are the states shifted by one step.
+    const at::Tensor inner = plan.reverse ? states.narrow(0, N, plan.P - N)
+                                          : states.narrow(0, 0, plan.P - N);
+    return plan.reverse ? at::cat({inner, init}, 0) : at::cat({init, inner}, 0);
+  }
+  at::Tensor prev = at::empty_like(states);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t bs = plan.batch_sizes[t];
+    at::Tensor dst = prev.narrow(0, plan.offsets[t], bs);
+    // Rows that ran the neighbouring step read its output; the rest start from init.
+    const int64_t src_t = plan.reverse ? t + 1 : t - 1;
+    const int64_t carried = (src_t < 0 || src_t >= T) ? 0 : std::min(bs, plan.batch_sizes[src_t]);
+    if (carried > 0) dst.narrow(0, 0, carried).copy_(states.narrow(0, plan.offsets[src_t], carried));
+    if (carried < bs) dst.narrow(0, carried, bs - carried).copy_(init.narrow(0, carried, bs - carried));
+  }
+  return prev;
+}
+
+}  // namespace rnnkit

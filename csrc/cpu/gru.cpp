@@ -1,0 +1,189 @@
+// GRU on the CPU: the whole-sequence forward and backward of one layer and direction, and the
+// cell step built on them (common/cells.h). Same plan as lstm.cpp, except that the recurrent
+// product of a step goes to its own buffer: the reset gate scales the recurrent part of the n
+// gate only (n = tanh(x_n + r ⊙ (W_hn h + b_hn))), so the two parts cannot be summed first.
+//
+// Workspace saved for backward, per packed row: [r, z, n | h_n] where r, z, n are the activated
+// gates (3H) and h_n = W_hn h_prev + b_hn the recurrent part of the n gate (H): 4H values per row.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../common/cells.h"
+#include "../common/gates.h"
+#include "../common/plan.h"
+#include "../common/shapes.h"
+#include "blas.h"
+#include "loops.h"
+
+namespace rnnkit {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+constexpr const char* kOp = "rnnkit::gru";
+
+template <typename scalar_t>
+void forward_kernel(const LayerShape& d, const SequencePlan& plan,
+                    const scalar_t* x,     // [P, I]
+                    const scalar_t* w_ih,  // [3H, I]
+                    const scalar_t* w_hh,  // [3H, H]
+                    const scalar_t* b_ih,  // [3H] or null
+                    const scalar_t* b_hh,  // [3H] or null
+                    scalar_t* out,         // [P, H]
+                    scalar_t* h,           // [N, H]: h0 in, h_n out
+                    scalar_t* ws,          // [P, 4H]
+                    scalar_t* gh) {        // [N, 3H] scratch: the recurrent product of a step
+  const int64_t H = d.H, G = d.G, W = 4 * H;
+  if (b_ih) {
+    at::parallel_for(0, plan.P, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        for (int64_t k = 0; k < G; ++k) ws[p * W + k] = b_ih[k];
+    });
+  }
+  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, b_ih ? 1 : 0, ws, W);
+
+  for (int64_t s = 0; s < plan.T(); ++s) {
+    const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
+    gemm<scalar_t>(false, true, bs, G, H, 1, h, H, w_hh, H, 0, gh, G);
+    scalar_t* out_t = out + row * H;
+    for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
+      using L = decltype(lanes);
+      using V = typename L::V;
+      scalar_t* g = ws + (row + n) * W;
+      const scalar_t* r_h = gh + n * G;
+      V h_r = L::load(r_h + j), h_z = L::load(r_h + H + j), h_n = L::load(r_h + 2 * H + j);
+      if (b_hh) {
+        h_r = h_r + L::load(b_hh + j);
+        h_z = h_z + L::load(b_hh + H + j);
+        h_n = h_n + L::load(b_hh + 2 * H + j);
+      }
+      const auto r = gates::gru_forward(L::load(g + j), L::load(g + H + j),
+                                        L::load(g + 2 * H + j), h_r, h_z, h_n,
+                                        L::load(h + n * H + j));
+      L::store(g + j, r.r);
+      L::store(g + H + j, r.z);
+      L::store(g + 2 * H + j, r.n);
+      L::store(g + 3 * H + j, h_n);
+      L::store(out_t + n * H + j, r.h);
+      L::store(h + n * H + j, r.h);
+    });
+  }
+}
+
+template <typename scalar_t>
+void backward_kernel(const LayerShape& d, const SequencePlan& plan,
+                     const scalar_t* grad_out,  // [P, H] or null
+                     const scalar_t* w_hh,      // [3H, H]
+                     const scalar_t* ws,        // [P, 4H] from forward
+                     const scalar_t* h_prev,    // [P, H]
+                     scalar_t* dx,              // [P, 3H] out: gradients of the input side
+                     scalar_t* dhh,             // [P, 3H] out: gradients of the recurrent side
+                     scalar_t* dh) {            // [N, H]: grad_h_n in, grad_h0 out
+  const int64_t H = d.H, G = d.G, W = 4 * H;
+  for (int64_t s = 0; s < plan.T(); ++s) {
+    const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
+    const scalar_t* gout_t = grad_out ? grad_out + row * H : nullptr;
+    for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
+      using L = decltype(lanes);
+      using V = typename L::V;
+      const scalar_t* g = ws + (row + n) * W;
+      V grad_h = L::load(dh + n * H + j);
+      if (gout_t) grad_h = grad_h + L::load(gout_t + n * H + j);
+      const auto r = gates::gru_backward(grad_h, L::load(g + j), L::load(g + H + j),
+                                         L::load(g + 2 * H + j), L::load(g + 3 * H + j),
+                                         L::load(h_prev + (row + n) * H + j));
+      scalar_t* gx = dx + (row + n) * G;
+      scalar_t* gh = dhh + (row + n) * G;
+      L::store(gx + j, r.dx_r);
+      L::store(gx + H + j, r.dx_z);
+      L::store(gx + 2 * H + j, r.dx_n);
+      L::store(gh + j, r.dx_r);
+      L::store(gh + H + j, r.dx_z);
+      L::store(gh + 2 * H + j, r.dh_n);
+      L::store(dh + n * H + j, r.dh_prev_direct);
+    });
+    // dh_prev = z ⊙ dh (stored above) + dhh_t @ w_hh
+    gemm<scalar_t>(false, false, bs, H, G, 1, dhh + row * G, G, w_hh, H, 1, dh, H);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
+                                               const optional<Tensor>& batch_sizes,
+                                               const Tensor& h0, const Tensor& w_ih,
+                                               const Tensor& w_hh, const optional<Tensor>& b_ih,
+                                               const optional<Tensor>& b_hh, bool reverse) {
+  checks::floating(input, false, kOp);
+  const SequencePlan plan = make_plan(input, batch_sizes, reverse, kOp);
+  const LayerShape d = layer_shape(kOp, 3, input, plan, h0, w_ih, w_hh, b_ih, b_hh, c10::nullopt);
+  const Tensor x = input.contiguous();
+  auto out_sizes = input.sizes().vec();
+  out_sizes.back() = d.H;
+  Tensor output = at::empty(out_sizes, input.options());
+  Tensor h_n = h0.contiguous().clone();
+  Tensor ws = at::empty({plan.P, 4 * d.H}, input.options());
+  Tensor gh = at::empty({plan.N, d.G}, input.options());
+  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : Tensor();
+  const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnkit_gru_cpu", [&] {
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    forward_kernel<scalar_t>(d, plan, ptr(x), ptr(wi), ptr(wh), ptr(bi), ptr(bh), ptr(output),
+                             ptr(h_n), ptr(ws), ptr(gh));
+  });
+  return {output, h_n, ws};
+}
+
+// Returns grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const optional<Tensor>& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
+    const optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse) {
+  constexpr const char* op = "rnnkit::gru_backward";
+  checks::floating(input, false, op);
+  const SequencePlan plan = make_plan(input, batch_sizes, reverse, op);
+  const LayerShape d =
+      layer_shape(op, 3, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, c10::nullopt);
+  grad_shapes(op, grad_output, output, grad_h_n, h0);
+  checks::shape(workspace, {plan.P, 4 * d.H}, op, "workspace (P, 4H)");
+
+  const Tensor x = input.contiguous().view({plan.P, d.I});
+  const Tensor h_prev = previous_states(output.contiguous().view({plan.P, d.H}),
+                                        h0.contiguous(), plan);
+  const Tensor ws = workspace.contiguous();
+  const Tensor gout = grad_output.has_value() ? grad_output->contiguous() : Tensor();
+  Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros_like(h0);
+  Tensor dx = at::empty({plan.P, d.G}, input.options());
+  Tensor dhh = at::empty({plan.P, d.G}, input.options());
+  const Tensor wh = w_hh.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnkit_gru_backward_cpu", [&] {
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    backward_kernel<scalar_t>(d, plan, ptr(gout), ptr(wh), ptr(ws), ptr(h_prev), ptr(dx),
+                              ptr(dhh), ptr(dh));
+  });
+  return {at::matmul(dx, w_ih).view(input.sizes()), dh, at::matmul(dx.t(), x),
+          at::matmul(dhh.t(), h_prev), dx.sum(0), dhh.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
+  m.impl("gru", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+  m.impl("gru_cell", [](const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                        const Tensor& w_hh, const optional<Tensor>& b_ih,
+                        const optional<Tensor>& b_hh) {
+    return cells::gru_cell(&gru_forward, input, hx, w_ih, w_hh, b_ih, b_hh);
+  });
+  m.impl("gru_cell_backward",
+         [](const optional<Tensor>& grad_hy, const Tensor& input, const Tensor& hx,
+            const Tensor& w_ih, const Tensor& w_hh, const Tensor& hy, const Tensor& workspace) {
+           return cells::gru_cell_backward(&gru_backward, grad_hy, input, hx, w_ih, w_hh, hy,
+                                           workspace);
+         });
+}
+
+}  // namespace cpu
+}  // namespace rnnkit

@@ -1,0 +1,48 @@
+// The pointwise loop every CPU kernel runs: rows in parallel, hidden units in SIMD registers.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+namespace rnnkit {
+namespace cpu {
+
+// Loads and stores of one lane group: a SIMD register, or a single scalar for the tail.
+template <typename V, typename scalar_t>
+struct Lanes;
+
+template <typename scalar_t>
+struct Lanes<at::vec::Vectorized<scalar_t>, scalar_t> {
+  using V = at::vec::Vectorized<scalar_t>;
+  static V load(const scalar_t* p) { return V::loadu(p); }
+  static void store(scalar_t* p, const V& v) { v.store(p); }
+};
+
+template <typename scalar_t>
+struct Lanes<scalar_t, scalar_t> {
+  using V = scalar_t;
+  static V load(const scalar_t* p) { return *p; }
+  static void store(scalar_t* p, V v) { *p = v; }
+};
+
+// Calls body(n, j, Lanes<V, scalar_t>{}) for every batch row n < rows and every hidden unit j < H,
+// with j stepping by a SIMD register's width while one fits, then one by one. Rows are shared out
+// between threads in chunks big enough to pay for the hand-off.
+template <typename scalar_t, typename Body>
+void for_each_unit(int64_t rows, int64_t H, const Body& body) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t kWidth = Vec::size();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      int64_t j = 0;
+      for (; j + kWidth <= H; j += kWidth) body(n, j, Lanes<Vec, scalar_t>{});
+      for (; j < H; ++j) body(n, j, Lanes<scalar_t, scalar_t>{});
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace rnnkit

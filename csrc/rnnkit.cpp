@@ -1,0 +1,108 @@
+// The one place where rnnkit's operator schemas are declared, and the Python module rnnkit._C.
+//
+// Each backend registers its kernels for these schemas in its own files (cpu/*.cpp with
+// TORCH_LIBRARY_IMPL(rnnkit, CPU, m), cuda/*.cu with TORCH_LIBRARY_IMPL(rnnkit, CUDA, m)).
+// rnnkit/ops.py adds autograd and fake (meta) implementations in Python.
+//
+// Layer operators run one layer in one direction over a whole sequence. Their input is either
+// padded, [T, N, I] with batch_sizes None, or packed, [P, I] with batch_sizes [T] (int64, the
+// active batch of each step, non-increasing). `workspace` holds what backward needs; its layout
+// is private to the backend that made it.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/blas.h"
+
+TORCH_LIBRARY(rnnkit, m) {
+  // ---- LSTM ------------------------------------------------------------------------------
+  m.def(
+      "lstm(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
+      "Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
+  m.def(
+      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> (Tensor hy, Tensor cy, Tensor workspace)");
+  m.def(
+      "lstm_cell_backward(Tensor? grad_hy, Tensor? grad_cy, Tensor input, Tensor hx, Tensor cx, "
+      "Tensor w_ih, Tensor w_hh, Tensor hy, Tensor workspace) -> (Tensor grad_input, "
+      "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+  // ---- GRU -------------------------------------------------------------------------------
+  m.def(
+      "gru(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
+  m.def(
+      "gru_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+      "-> (Tensor hy, Tensor workspace)");
+  m.def(
+      "gru_cell_backward(Tensor? grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor hy, Tensor workspace) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // ---- Elman RNN (nonlinearity: "tanh" or "relu") -----------------------------------------
+  m.def(
+      "rnn(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, str nonlinearity, bool reverse) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, str nonlinearity, bool reverse) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+  m.def(
+      "rnn_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "str nonlinearity) -> Tensor hy");
+  m.def(
+      "rnn_cell_backward(Tensor? grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor hy, str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_bias)");
+}
+
+// ---- rnnkit._C: build facts for rnnkit.build_info() ------------------------------------------
+#ifndef RNNKIT_TORCH_VERSION
+#define RNNKIT_TORCH_VERSION "unknown"
+#endif
+#ifndef RNNKIT_CPU_CAPABILITY
+#define RNNKIT_CPU_CAPABILITY "default"
+#endif
+#ifndef RNNKIT_CUDA_ARCHS
+#define RNNKIT_CUDA_ARCHS ""
+#endif
+#ifndef RNNKIT_CXX_FLAGS
+#define RNNKIT_CXX_FLAGS ""
+#endif
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
+                                      "rnnkit's compiled kernels (operators in torch.ops.rnnkit)",
+                                      -1, nullptr};
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+  PyModule_AddStringConstant(m, "torch_version", RNNKIT_TORCH_VERSION);
+  PyModule_AddStringConstant(m, "cxx_flags", RNNKIT_CXX_FLAGS);
+  PyModule_AddStringConstant(m, "cuda_archs", RNNKIT_CUDA_ARCHS);
+  PyModule_AddStringConstant(m, "cpu_capability", RNNKIT_CPU_CAPABILITY);
+  PyModule_AddStringConstant(m, "cpu_blas", rnnkit::cpu::blas_path());
+#ifdef RNNKIT_WITH_CUDA
+  PyModule_AddIntConstant(m, "with_cuda", 1);
+#else
+  PyModule_AddIntConstant(m, "with_cuda", 0);
+#endif
+#ifdef _OPENMP
+  PyModule_AddIntConstant(m, "openmp", 1);
+#else
+  PyModule_AddIntConstant(m, "openmp", 0);
+#endif
+#ifdef NDEBUG
+  PyModule_AddIntConstant(m, "debug", 0);
+#else
+  PyModule_AddIntConstant(m, "debug", 1);
+#endif
+  return m;
+}

@@ -1,0 +1,131 @@
+"""Functional forms of rnnkit's fused cells and layers, on torch.ops.rnnkit.
+
+Cells take one time step: input (N, H_in) and state (N, H) tensors. Layers take a whole
+sequence, time first: input (T, N, H_in) padded, or (P, H_in) packed with ``batch_sizes`` (T,)
+as in ``torch.nn.utils.rnn.PackedSequence``. Layer parameters are one tuple per layer and
+direction, ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` with ``None`` for absent biases or projection,
+listed layer by layer, forward direction before reverse (torch.nn's order).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops as _ops  # noqa: F401  (registers autograd and fake implementations)
+
+rnnkit_ops = torch.ops.rnnkit
+
+#: One layer-direction's parameters: (w_ih, w_hh, b_ih, b_hh, w_hr).
+LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
+
+
+# ---- cells ------------------------------------------------------------------------------------
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One LSTM step. input: (N, I); hx: (h, c), each (N, H); w_ih: (4H, I); w_hh: (4H, H);
+    b_ih, b_hh: (4H,). Returns (h', c'), each (N, H)."""
+    h, c, _ = rnnkit_ops.lstm_cell(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
+    return h, c
+
+
+def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None) -> Tensor:
+    """One GRU step. input: (N, I); hx: (N, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,).
+    Returns h': (N, H)."""
+    return rnnkit_ops.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)[0]
+
+
+def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None, nonlinearity: str = "tanh") -> Tensor:
+    """One Elman RNN step, h' = act(W_ih x + b_ih + W_hh h + b_hh) with act tanh or relu.
+    input: (N, I); hx: (N, H); w_ih: (H, I); w_hh: (H, H); b_ih, b_hh: (H,). Returns (N, H)."""
+    return rnnkit_ops.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+
+
+# ---- one layer in one direction ---------------------------------------------------------------
+# Each takes (x, batch_sizes, states, params, reverse) and returns (output, states): the shape
+# that stack_layers composes; rnnkit.reference provides the same three in plain PyTorch.
+def lstm_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
+               params: LayerParams, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    w_ih, w_hh, b_ih, b_hh, w_hr = params
+    out, h, c, _ = rnnkit_ops.lstm(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
+                                   w_hr, reverse)
+    return out, (h, c)
+
+
+def gru_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
+              params: LayerParams, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    w_ih, w_hh, b_ih, b_hh, _ = params
+    out, h, _ = rnnkit_ops.gru(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse)
+    return out, (h,)
+
+
+def rnn_layer(nonlinearity: str) -> Callable:
+    def layer(x, batch_sizes, states, params, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = params
+        out, h = rnnkit_ops.rnn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity,
+                                reverse)
+        return out, (h,)
+
+    return layer
+
+
+# ---- stacks of layers -------------------------------------------------------------------------
+def stack_layers(layer: Callable, input: Tensor, batch_sizes: Tensor | None,
+                 states: Sequence[Tensor], params: Sequence[LayerParams], num_layers: int,
+                 bidirectional: bool, dropout: float, training: bool) -> tuple[Tensor, list[Tensor]]:
+    """Runs num_layers layers, each in one or two directions, time-major.
+
+    input: (T, N, I) or packed (P, I); states: one (L*D, N, *) tensor per state kind (h, and c
+    for LSTM), rows ordered layer by layer, forward before reverse; params: L*D tuples.
+    Returns the last layer's output, (T, N, D*R) or (P, D*R), and the final states, one
+    (L*D, N, *) tensor per kind. Dropout acts on every layer's output but the last.
+    """
+    directions = 2 if bidirectional else 1
+    finals: list[list[Tensor]] = [[] for _ in states]
+    x = input
+    for layer_index in range(num_layers):
+        outs = []
+        for d in range(directions):
+            k = layer_index * directions + d
+            out, final = layer(x, batch_sizes, tuple(s[k] for s in states), params[k], d == 1)
+            outs.append(out)
+            for kind, f in enumerate(final):
+                finals[kind].append(f)
+        x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and training and layer_index < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    return x, [torch.stack(f, 0) for f in finals]
+
+
+def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: Sequence[LayerParams], num_layers: int = 1,
+         bidirectional: bool = False, dropout: float = 0.0, training: bool = False,
+         batch_sizes: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """A stack of LSTM layers. input: (T, N, I), or (P, I) with batch_sizes; hx: (h0, c0) with
+    h0 (L*D, N, R) and c0 (L*D, N, H). Returns output (T, N, D*R) or (P, D*R) and (h_n, c_n)."""
+    out, (h, c) = stack_layers(lstm_layer, input, batch_sizes, hx, params, num_layers,
+                               bidirectional, dropout, training)
+    return out, (h, c)
+
+
+def gru(input: Tensor, hx: Tensor, params: Sequence[LayerParams], num_layers: int = 1,
+        bidirectional: bool = False, dropout: float = 0.0, training: bool = False,
+        batch_sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A stack of GRU layers. input: (T, N, I), or (P, I) with batch_sizes; hx: (L*D, N, H).
+    Returns output (T, N, D*H) or (P, D*H) and h_n (L*D, N, H)."""
+    out, (h,) = stack_layers(gru_layer, input, batch_sizes, (hx,), params, num_layers,
+                             bidirectional, dropout, training)
+    return out, h
+
+
+def rnn(input: Tensor, hx: Tensor, params: Sequence[LayerParams], num_layers: int = 1,
+        bidirectional: bool = False, dropout: float = 0.0, training: bool = False,
+        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh") -> tuple[Tensor, Tensor]:
+    """A stack of Elman RNN layers (tanh or relu). Shapes as for gru."""
+    out, (h,) = stack_layers(rnn_layer(nonlinearity), input, batch_sizes, (hx,), params,
+                             num_layers, bidirectional, dropout, training)
+    return out, h

@@ -1,0 +1,236 @@
+"""Autograd and fake (meta) implementations of the operators declared in csrc/rnnkit.cpp.
+
+The kernels themselves are registered in C++ (torch.ops.rnnkit.*). Here each forward operator
+gets a backward that calls its C++ backward operator, and every operator gets a fake
+implementation that gives output shapes without computing, for torch.compile and opcheck.
+
+Workspace widths (values per packed row saved for backward): LSTM 5H (6H with a projection),
+GRU 4H, RNN none (backward reads the output).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _library  # noqa: F401  (loads the operators)
+
+ops = torch.ops.rnnkit
+
+
+def _rows(input: torch.Tensor, batch_sizes: torch.Tensor | None) -> int:
+    """Packed rows P: T * N for padded input [T, N, I], P for packed input [P, I]."""
+    return input.shape[0] * input.shape[1] if batch_sizes is None else input.shape[0]
+
+
+def _out(input: torch.Tensor, features: int) -> torch.Tensor:
+    return input.new_empty((*input.shape[:-1], features))
+
+
+def _like(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else torch.empty_like(t)
+
+
+# ---- fake implementations ---------------------------------------------------------------------
+@torch.library.register_fake("rnnkit::lstm")
+def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    H = w_ih.shape[0] // 4
+    R = H if w_hr is None else w_hr.shape[0]
+    width = (6 if w_hr is not None else 5) * H
+    ws = input.new_empty((_rows(input, batch_sizes), width))
+    return _out(input, R), torch.empty_like(h0), torch.empty_like(c0), ws
+
+
+@torch.library.register_fake("rnnkit::lstm_backward")
+def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output,
+      workspace, reverse):
+    grad_w_hr = input.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
+    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)),
+            grad_w_hr)
+
+
+@torch.library.register_fake("rnnkit::lstm_cell")
+def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    return torch.empty_like(hx), torch.empty_like(cx), input.new_empty((input.shape[0], 5 * hx.shape[1]))
+
+
+@torch.library.register_fake("rnnkit::lstm_cell_backward")
+def _(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
+
+
+@torch.library.register_fake("rnnkit::gru")
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+    H = w_ih.shape[0] // 3
+    return _out(input, H), torch.empty_like(h0), input.new_empty((_rows(input, batch_sizes), 4 * H))
+
+
+@torch.library.register_fake("rnnkit::gru_backward")
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, reverse):
+    G = w_ih.shape[0]
+    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_ih.new_empty((G,)), w_ih.new_empty((G,)))
+
+
+@torch.library.register_fake("rnnkit::gru_cell")
+def _(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return torch.empty_like(hx), input.new_empty((input.shape[0], 4 * hx.shape[1]))
+
+
+@torch.library.register_fake("rnnkit::gru_cell_backward")
+def _(grad_hy, input, hx, w_ih, w_hh, hy, workspace):
+    G = w_ih.shape[0]
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_ih.new_empty((G,)), w_ih.new_empty((G,)))
+
+
+@torch.library.register_fake("rnnkit::rnn")
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
+    return _out(input, w_ih.shape[0]), torch.empty_like(h0)
+
+
+@torch.library.register_fake("rnnkit::rnn_backward")
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, nonlinearity, reverse):
+    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
+
+
+@torch.library.register_fake("rnnkit::rnn_cell")
+def _(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    return torch.empty_like(hx)
+
+
+@torch.library.register_fake("rnnkit::rnn_cell_backward")
+def _(grad_hy, input, hx, w_ih, w_hh, hy, nonlinearity):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
+
+
+# ---- autograd ---------------------------------------------------------------------------------
+def _bias_grads(ctx, grad_b_ih, grad_b_hh):
+    """Bias gradients for the biases that were given (None for absent ones)."""
+    return (grad_b_ih if ctx.has_b_ih else None), (grad_b_hh if ctx.has_b_hh else None)
+
+
+def _setup_biases(ctx, inputs):
+    ctx.has_b_ih = inputs["b_ih"] is not None
+    ctx.has_b_hh = inputs["b_hh"] is not None
+
+
+def _named(op, inputs):
+    """The operator's arguments by name: register_autograd passes them by position."""
+    names = [a.name for a in op._schema.arguments]
+    return dict(zip(names, inputs))
+
+
+def _lstm_setup(ctx, inputs, output):
+    a = _named(ops.lstm.default, inputs)
+    _setup_biases(ctx, a)
+    ctx.reverse = a["reverse"]
+    ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"], a["w_hh"],
+                          a["w_hr"], output[0], output[3])
+
+
+def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
+    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace = ctx.saved_tensors
+    g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
+                          w_hh, w_hr, output, workspace, ctx.reverse)
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = g
+    return (grad_input, None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+            *_bias_grads(ctx, grad_bias, grad_bias), grad_w_hr if w_hr is not None else None, None)
+
+
+torch.library.register_autograd("rnnkit::lstm", _lstm_backward, setup_context=_lstm_setup)
+
+
+def _lstm_cell_setup(ctx, inputs, output):
+    a = _named(ops.lstm_cell.default, inputs)
+    _setup_biases(ctx, a)
+    ctx.save_for_backward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], output[0], output[2])
+
+
+def _lstm_cell_backward(ctx, grad_hy, grad_cy, _grad_workspace):
+    input, hx, cx, w_ih, w_hh, hy, workspace = ctx.saved_tensors
+    g = ops.lstm_cell_backward(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace)
+    grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias = g
+    return (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_bias, grad_bias))
+
+
+torch.library.register_autograd("rnnkit::lstm_cell", _lstm_cell_backward, setup_context=_lstm_cell_setup)
+
+
+def _gru_setup(ctx, inputs, output):
+    a = _named(ops.gru.default, inputs)
+    _setup_biases(ctx, a)
+    ctx.reverse = a["reverse"]
+    ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
+                          output[2])
+
+
+def _gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
+    input, batch_sizes, h0, w_ih, w_hh, output, workspace = ctx.saved_tensors
+    g = ops.gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
+                         workspace, ctx.reverse)
+    grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
+    return (grad_input, None, grad_h0, grad_w_ih, grad_w_hh,
+            *_bias_grads(ctx, grad_b_ih, grad_b_hh), None)
+
+
+torch.library.register_autograd("rnnkit::gru", _gru_backward, setup_context=_gru_setup)
+
+
+def _gru_cell_setup(ctx, inputs, output):
+    a = _named(ops.gru_cell.default, inputs)
+    _setup_biases(ctx, a)
+    ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output[0], output[1])
+
+
+def _gru_cell_backward(ctx, grad_hy, _grad_workspace):
+    input, hx, w_ih, w_hh, hy, workspace = ctx.saved_tensors
+    g = ops.gru_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, workspace)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
+    return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_b_ih, grad_b_hh))
+
+
+torch.library.register_autograd("rnnkit::gru_cell", _gru_cell_backward, setup_context=_gru_cell_setup)
+
+
+def _rnn_setup(ctx, inputs, output):
+    a = _named(ops.rnn.default, inputs)
+    _setup_biases(ctx, a)
+    ctx.reverse = a["reverse"]
+    ctx.nonlinearity = a["nonlinearity"]
+    ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0])
+
+
+def _rnn_backward(ctx, grad_output, grad_h_n):
+    input, batch_sizes, h0, w_ih, w_hh, output = ctx.saved_tensors
+    g = ops.rnn_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
+                         ctx.nonlinearity, ctx.reverse)
+    grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = g
+    return (grad_input, None, grad_h0, grad_w_ih, grad_w_hh,
+            *_bias_grads(ctx, grad_bias, grad_bias), None, None)
+
+
+torch.library.register_autograd("rnnkit::rnn", _rnn_backward, setup_context=_rnn_setup)
+
+
+def _rnn_cell_setup(ctx, inputs, output):
+    a = _named(ops.rnn_cell.default, inputs)
+    _setup_biases(ctx, a)
+    ctx.nonlinearity = a["nonlinearity"]
+    ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output)
+
+
+def _rnn_cell_backward(ctx, grad_hy):
+    input, hx, w_ih, w_hh, hy = ctx.saved_tensors
+    g = ops.rnn_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, ctx.nonlinearity)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = g
+    return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_bias, grad_bias), None)
+
+
+torch.library.register_autograd("rnnkit::rnn_cell", _rnn_cell_backward, setup_context=_rnn_cell_setup)
+
+#: Every operator with a backward, for rnnkit check and the tests.
+FORWARD_OPS = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell")
