@@ -277,6 +277,12 @@ class _RNNBase(nn.Module):
         """The torch.nn equivalent of this layer, with the same weights."""
         return _to_torch(self)
 
+    def _layer(self):
+        """The function that runs one layer in one direction (rnnkit.functional's fused ones;
+        rnnkit.reference's modules swap in the plain-PyTorch loop)."""
+        return {"LSTM": RF.lstm_layer, "GRU": RF.gru_layer, "RNN_TANH": RF.rnn_layer("tanh"),
+                "RNN_RELU": RF.rnn_layer("relu")}[self.mode]
+
     def _run(self, input: Union[Tensor, PackedSequence], hx: tuple[Optional[Tensor], ...]):
         """Shared forward: checks, layouts, states; returns (output, final states)."""
         name = type(self).__name__
@@ -321,9 +327,7 @@ class _RNNBase(nn.Module):
             _check_state(name, label, s, expected, x)
             states.append(s)
 
-        layer = {"LSTM": RF.lstm_layer, "GRU": RF.gru_layer,
-                 "RNN_TANH": RF.rnn_layer("tanh"), "RNN_RELU": RF.rnn_layer("relu")}[self.mode]
-        out, finals = RF.stack_layers(layer, x, batch_sizes, states, self._layer_params(),
+        out, finals = RF.stack_layers(self._layer(), x, batch_sizes, states, self._layer_params(),
                                       self.num_layers, self.bidirectional, self.dropout,
                                       self.training)
         if packed:
@@ -419,7 +423,8 @@ def _convert(module: nn.Module, target: type) -> nn.Module:
 
 
 def _to_torch(module: nn.Module) -> nn.Module:
-    return _convert(module, dict(_PAIRS)[type(module)])
+    ours = next(o for o, _ in _PAIRS if isinstance(module, o))
+    return _convert(module, dict(_PAIRS)[ours])
 
 
 def from_torch(module: nn.Module) -> nn.Module:

@@ -133,3 +133,24 @@ def rnn(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, train
     out, (h,) = stack_layers(rnn_layer(nonlinearity), input, batch_sizes, (hx,), params,
                              num_layers, bidirectional, dropout, training)
     return out, h
+
+
+# ---- modules: rnnkit's layers with the plain-PyTorch loop underneath ----------------------------
+def _reference_layers():
+    from . import nn as rnn
+
+    class _Reference:
+        """Mixin: run each layer with rnnkit.reference instead of the fused kernels."""
+
+        def _layer(self):
+            return {"LSTM": lstm_layer, "GRU": gru_layer, "RNN_TANH": rnn_layer("tanh"),
+                    "RNN_RELU": rnn_layer("relu")}[self.mode]
+
+    return (type("RNN", (_Reference, rnn.RNN), {"__doc__": "rnnkit.RNN on the reference loop."}),
+            type("LSTM", (_Reference, rnn.LSTM), {"__doc__": "rnnkit.LSTM on the reference loop."}),
+            type("GRU", (_Reference, rnn.GRU), {"__doc__": "rnnkit.GRU on the reference loop."}))
+
+
+#: Same constructor, parameters, state dicts and results as rnnkit.RNN / LSTM / GRU, computed by
+#: the Python loop above (for tests, and for --impl reference in rnnkit train).
+RNN, LSTM, GRU = _reference_layers()
