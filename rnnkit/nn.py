@@ -24,9 +24,10 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
-def _check_like(name: str, what: str, t: Tensor, ref: Tensor, ref_name: str) -> None:
+def _check_like(name: str, what: str, t: Tensor, ref: Tensor, ref_name: str,
+                dtype_error: type[Exception] = RuntimeError) -> None:
     if t.dtype != ref.dtype:
-        raise RuntimeError(f"{name}: expected {what} of dtype {ref.dtype} (the dtype of "
+        raise dtype_error(f"{name}: expected {what} of dtype {ref.dtype} (the dtype of "
                            f"{ref_name}), got {t.dtype}")
     if t.device != ref.device:
         raise RuntimeError(f"{name}: expected {what} on device {ref.device} (the device of "
@@ -82,7 +83,7 @@ class _CellBase(nn.Module):
         if not self.bias:
             s += ", bias=False"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
+            s += f", nonlinearity={self.nonlinearity}"
         return s
 
     def _prepare(self, input: Tensor, states: tuple[Optional[Tensor], ...]):
@@ -93,7 +94,7 @@ class _CellBase(nn.Module):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         _check_floating(name, input)
         _check_input_size(name, input, self.input_size)
-        _check_like(name, "input", input, self.weight_ih, "the parameters")
+        _check_like(name, "input", input, self.weight_ih, "the parameters", ValueError)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         expected = (x.shape[0], self.hidden_size)
@@ -305,7 +306,7 @@ class _RNNBase(nn.Module):
             batch, batch_sizes, sorted_indices, unsorted_indices = x.shape[1], None, None, None
         _check_floating(name, x)
         _check_input_size(name, x, self.input_size)
-        _check_like(name, "input", x, self._flat_weights[0], "the parameters")
+        _check_like(name, "input", x, self._flat_weights[0], "the parameters", ValueError)
 
         sizes = [real_hidden] + ([self.hidden_size] if self.mode == "LSTM" else [])
         labels = ["hx"] if len(sizes) == 1 else ["hx[0] (h_0)", "hx[1] (c_0)"]

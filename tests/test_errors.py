@@ -1,0 +1,165 @@
+"""Bad input gets an error that names what was expected and what came, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit
+
+ops = torch.ops.rnnkit
+
+
+def _raises_like_torch(theirs, ours, call, match):
+    """Both raise; ours with the exception type torch.nn uses and a message matching `match`."""
+    with pytest.raises(Exception) as torch_error:
+        call(theirs)
+    with pytest.raises(type(torch_error.value), match=match):
+        call(ours)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_layer_wrong_feature_size(kind):
+    theirs = getattr(torch.nn, kind)(4, 6)
+    _raises_like_torch(theirs, rnnkit.from_torch(theirs), lambda m: m(torch.randn(3, 2, 5)),
+                       r"input_size. Expected 4, got 5 \(input of shape \(3, 2, 5\)\)")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("ndim", [1, 4])
+def test_layer_wrong_ndim(kind, ndim):
+    theirs = getattr(torch.nn, kind)(4, 6)
+    x = torch.randn(*([2] * (ndim - 1)), 4)
+    _raises_like_torch(theirs, rnnkit.from_torch(theirs), lambda m: m(x),
+                       f"Expected input to be 2D or 3D, got {ndim}D")
+
+
+def test_layer_wrong_hidden_shape():
+    theirs = torch.nn.GRU(4, 6, num_layers=2)
+    hx = torch.randn(2, 3, 7)
+    _raises_like_torch(theirs, rnnkit.from_torch(theirs), lambda m: m(torch.randn(5, 3, 4), hx),
+                       r"expected hx of shape \(2, 3, 6\), got \(2, 3, 7\)")
+
+
+def test_lstm_wrong_cell_state_shape():
+    theirs = torch.nn.LSTM(4, 6)
+    hx = (torch.randn(1, 3, 6), torch.randn(1, 2, 6))
+    _raises_like_torch(theirs, rnnkit.from_torch(theirs), lambda m: m(torch.randn(5, 3, 4), hx),
+                       r"expected hx\[1\] \(c_0\) of shape \(1, 3, 6\), got \(1, 2, 6\)")
+
+
+def test_lstm_projection_state_shape():
+    m = rnnkit.LSTM(4, 6, proj_size=2)
+    with pytest.raises(RuntimeError, match=r"hx\[0\] \(h_0\) of shape \(1, 3, 2\), got \(1, 3, 6\)"):
+        m(torch.randn(5, 3, 4), (torch.randn(1, 3, 6), torch.randn(1, 3, 6)))
+
+
+def test_batched_input_with_unbatched_state():
+    m = rnnkit.RNN(4, 6)
+    with pytest.raises(RuntimeError, match="for batched 3-D input, hx should be 3-D, got a 2-D"):
+        m(torch.randn(5, 3, 4), torch.randn(1, 6))
+
+
+def test_dtype_mismatch():
+    theirs = torch.nn.LSTM(4, 6)
+    _raises_like_torch(theirs, rnnkit.from_torch(theirs),
+                       lambda m: m(torch.randn(5, 3, 4, dtype=torch.float64)),
+                       "expected input of dtype torch.float32 .the dtype of the parameters., got torch.float64")
+
+
+def test_state_dtype_mismatch():
+    m = rnnkit.GRU(4, 6)
+    with pytest.raises(RuntimeError, match="expected hx of dtype torch.float32 .the dtype of input., got torch.float64"):
+        m(torch.randn(5, 3, 4), torch.zeros(1, 3, 6, dtype=torch.float64))
+
+
+def test_device_mismatch():
+    m = rnnkit.GRU(4, 6)
+    with pytest.raises(RuntimeError, match="expected input on device cpu .the device of the parameters., got meta"):
+        m(torch.randn(5, 3, 4, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_integer_input(dtype):
+    m = rnnkit.LSTM(4, 6)
+    with pytest.raises(ValueError, match=f"expected a floating-point input .float32 or float64., got {dtype}"):
+        m(torch.ones(5, 3, 4, dtype=dtype))
+
+
+def test_half_precision_on_cpu_names_the_supported_dtypes():
+    m = rnnkit.LSTM(4, 6).half()
+    with pytest.raises(RuntimeError, match="expected input of dtype float32 or float64 on device cpu, got Half"):
+        m(torch.randn(5, 3, 4).half())
+
+
+def test_not_a_tensor():
+    with pytest.raises((TypeError, AttributeError)):
+        rnnkit.LSTM(4, 6)([[1.0] * 4])
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_errors(kind):
+    theirs = getattr(torch.nn, kind)(4, 6)
+    ours = rnnkit.from_torch(theirs)
+    _raises_like_torch(theirs, ours, lambda m: m(torch.randn(2, 3, 4)), "Expected input to be 1D or 2D, got 3D")
+    with pytest.raises(RuntimeError, match=r"input_size. Expected 4, got 5"):
+        ours(torch.randn(3, 5))
+    bad = torch.randn(2, 6)
+    with pytest.raises(RuntimeError, match=r"of shape \(3, 6\), got \(2, 6\)"):
+        ours(torch.randn(3, 4), (bad, bad) if kind == "LSTMCell" else bad)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+        rnnkit.LSTM(4, 6, proj_size=6)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        rnnkit.nn._RNNBase("GRU", 4, 6, proj_size=2)
+    with pytest.raises(ValueError, match=r"dropout should be a number in range \[0, 1\]"):
+        rnnkit.GRU(4, 6, dropout=1.5)
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
+        rnnkit.RNN(4, 6, nonlinearity="sigmoid")
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+        rnnkit.LSTM(4, 6.0)
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
+        rnnkit.LSTM(4, 0)
+
+
+# ---- the operators' own checks (what a direct caller of torch.ops.rnnkit hits) ----------------
+def _lstm_args(T=3, N=2, I=4, H=5):
+    return [torch.randn(T, N, I), None, torch.zeros(N, H), torch.zeros(N, H), torch.randn(4 * H, I),
+            torch.randn(4 * H, H), None, None, None, False]
+
+
+@pytest.mark.parametrize("change,match", [
+    ({0: torch.randn(3, 2, 7)}, r"expected input with 4 features .w_ih is \[G, I\] = \[20, 4\]., got 7"),
+    ({2: torch.zeros(3, 5)}, r"expected h0 \(N, R\) of shape \[2, 5\], got \[3, 5\]"),
+    ({3: torch.zeros(2, 6)}, r"expected c0 \(N, H\) of shape \[2, 5\], got \[2, 6\]"),
+    ({4: torch.randn(19, 4)}, r"expected w_ih with a multiple of 4 rows .4 gates per hidden unit., got 19"),
+    ({5: torch.randn(20, 4)}, r"expected w_hh \(G, R\) of shape \[20, 5\], got \[20, 4\]"),
+    ({6: torch.randn(21)}, r"expected b_ih \(G\) of shape \[20\], got \[21\]"),
+    ({2: torch.zeros(2, 5, dtype=torch.float64)}, "expected h0 to have dtype Float .the dtype of input., got Double"),
+    ({0: torch.randn(6, 4), 1: torch.tensor([2, 3, 1])}, r"non-increasing batch_sizes .* batch_sizes\[0\] = 2 < batch_sizes\[1\] = 3"),
+    ({0: torch.randn(3, 4), 1: torch.tensor([2, 1, 0])}, r"every batch size to be positive, got batch_sizes\[2\] = 0"),
+    ({0: torch.randn(9, 4), 1: torch.tensor([2, 2, 2])}, "packed input has 9 rows but batch_sizes add up to 6"),
+    ({0: torch.randn(6, 4), 1: torch.tensor([2.0, 2.0, 2.0])}, "expected batch_sizes as a 1-D int64 tensor, got 1-D Float"),
+    ({0: torch.randn(3, 2, 4, dtype=torch.float16)}, "expected input of dtype float32 or float64 on device cpu, got Half"),
+])
+def test_operator_checks(change, match):
+    args = _lstm_args()
+    for k, v in change.items():
+        args[k] = v
+    with pytest.raises(RuntimeError, match=match):
+        ops.lstm(*args)
+
+
+def test_rnn_operator_rejects_unknown_nonlinearity():
+    x, h = torch.randn(2, 1, 3), torch.zeros(1, 4)
+    with pytest.raises(RuntimeError, match="expected nonlinearity 'tanh' or 'relu', got 'gelu'"):
+        ops.rnn(x, None, h, torch.randn(4, 3), torch.randn(4, 4), None, None, "gelu", False)
+
+
+def test_backward_operator_checks_gradient_shapes():
+    out, h, c, ws = ops.lstm(*_lstm_args())
+    with pytest.raises(RuntimeError, match=r"expected grad_output of shape \[3, 2, 5\], got \[3, 2, 4\]"):
+        ops.lstm_backward(torch.randn(3, 2, 4), None, None, *_lstm_args()[:2], *_lstm_args()[2:6],
+                          None, out, ws, False)
