@@ -15,6 +15,9 @@
 #include "../common/shapes.h"
 #include "blas.h"
 #include "loops.h"
+#include "recurrent.h"
+
+#include <cstring>
 
 namespace rnnkit {
 namespace cpu {
@@ -37,19 +40,14 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan,
                     scalar_t* ws,          // [P, 4H]
                     scalar_t* gh) {        // [N, 3H] scratch: the recurrent product of a step
   const int64_t H = d.H, G = d.G, W = 4 * H;
-  if (b_ih) {
-    at::parallel_for(0, plan.P, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p)
-        for (int64_t k = 0; k < G; ++k) ws[p * W + k] = b_ih[k];
-    });
-  }
+  if (b_ih) fill_rows<scalar_t>(ws, plan.P, W, G, b_ih, nullptr);
   gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, b_ih ? 1 : 0, ws, W);
 
+  const RecurrentStep<scalar_t> rec(w_hh, 3, H, H, plan.N);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-    gemm<scalar_t>(false, true, bs, G, H, 1, h, H, w_hh, H, 0, gh, G);
     scalar_t* out_t = out + row * H;
-    for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
+    rec.run(bs, h, gh, G, /*accumulate=*/false, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
       using V = typename L::V;
       scalar_t* g = ws + (row + n) * W;
@@ -68,8 +66,8 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan,
       L::store(g + 2 * H + j, r.n);
       L::store(g + 3 * H + j, h_n);
       L::store(out_t + n * H + j, r.h);
-      L::store(h + n * H + j, r.h);
     });
+    std::memcpy(h, out_t, sizeof(scalar_t) * bs * H);  // the state the next step reads
   }
 }
 

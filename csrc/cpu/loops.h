@@ -5,6 +5,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace rnnkit {
 namespace cpu {
@@ -27,20 +28,36 @@ struct Lanes<scalar_t, scalar_t> {
   static void store(scalar_t* p, V v) { *p = v; }
 };
 
-// Calls body(n, j, Lanes<V, scalar_t>{}) for every batch row n < rows and every hidden unit j < H,
-// with j stepping by a SIMD register's width while one fits, then one by one. Rows are shared out
+// Calls body(n, j, Lanes<V, scalar_t>{}) for hidden units j0 <= j < j1 of batch row n, with j
+// stepping by a SIMD register's width while one fits, then one by one.
+template <typename scalar_t, typename Body>
+inline void unit_loop(int64_t n, int64_t j0, int64_t j1, const Body& body) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t kWidth = Vec::size();
+  int64_t j = j0;
+  for (; j + kWidth <= j1; j += kWidth) body(n, j, Lanes<Vec, scalar_t>{});
+  for (; j < j1; ++j) body(n, j, Lanes<scalar_t, scalar_t>{});
+}
+
+// unit_loop over every batch row n < rows and every hidden unit j < H. Rows are shared out
 // between threads in chunks big enough to pay for the hand-off.
 template <typename scalar_t, typename Body>
 void for_each_unit(int64_t rows, int64_t H, const Body& body) {
-  using Vec = at::vec::Vectorized<scalar_t>;
-  constexpr int64_t kWidth = Vec::size();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      int64_t j = 0;
-      for (; j + kWidth <= H; j += kWidth) body(n, j, Lanes<Vec, scalar_t>{});
-      for (; j < H; ++j) body(n, j, Lanes<scalar_t, scalar_t>{});
-    }
+    for (int64_t n = begin; n < end; ++n) unit_loop<scalar_t>(n, 0, H, body);
+  });
+}
+
+// Fills the first G columns of each of the P rows of dst (row stride ld) with a + b (either may
+// be null: it counts as zeros). The biases of a whole sequence, before its input projection.
+template <typename scalar_t>
+void fill_rows(scalar_t* dst, int64_t P, int64_t ld, int64_t G, const scalar_t* a,
+               const scalar_t* b) {
+  std::vector<scalar_t> sum(G);
+  for (int64_t k = 0; k < G; ++k) sum[k] = (a ? a[k] : scalar_t(0)) + (b ? b[k] : scalar_t(0));
+  at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) std::copy(sum.begin(), sum.end(), dst + p * ld);
   });
 }
 

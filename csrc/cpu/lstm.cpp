@@ -22,6 +22,7 @@
 #include "../common/shapes.h"
 #include "blas.h"
 #include "loops.h"
+#include "recurrent.h"
 
 namespace rnnkit {
 namespace cpu {
@@ -42,15 +43,7 @@ LstmDims lstm_dims(const LayerShape& s, bool proj) {
 }
 
 // Fills the first G columns of every row of ws [P, W] with b_ih + b_hh.
-template <typename scalar_t>
-void fill_bias(scalar_t* ws, int64_t P, int64_t W, int64_t G, const scalar_t* b_ih,
-               const scalar_t* b_hh) {
-  at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p)
-      for (int64_t k = 0; k < G; ++k)
-        ws[p * W + k] = (b_ih ? b_ih[k] : scalar_t(0)) + (b_hh ? b_hh[k] : scalar_t(0));
-  });
-}
+
 
 template <typename scalar_t>
 void forward_kernel(const LstmDims& d, const SequencePlan& plan,
@@ -66,15 +59,15 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan,
                     scalar_t* ws) {        // [P, W]
   const int64_t H = d.H, R = d.R, G = d.G, W = d.W;
   const bool bias = b_ih || b_hh;
-  if (bias) fill_bias(ws, plan.P, W, G, b_ih, b_hh);
+  if (bias) fill_rows(ws, plan.P, W, G, b_ih, b_hh);
   gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, bias ? 1 : 0, ws, W);
 
+  const RecurrentStep<scalar_t> rec(w_hh, 4, H, R, plan.N);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     scalar_t* gates = ws + row * W;  // [bs, W]
     scalar_t* out_t = out + row * R;  // [bs, R]
-    gemm<scalar_t>(false, true, bs, G, R, 1, h, R, w_hh, R, 1, gates, W);
-    for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
+    rec.run(bs, h, gates, W, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
       scalar_t* g = gates + n * W;
       const auto r = gates::lstm_forward(L::load(g + j), L::load(g + H + j),
@@ -86,17 +79,10 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan,
       L::store(g + 3 * H + j, r.o);
       L::store(g + 4 * H + j, r.c);
       L::store(c + n * H + j, r.c);
-      if (d.proj) {
-        L::store(g + 5 * H + j, r.h);
-      } else {
-        L::store(out_t + n * R + j, r.h);
-        L::store(h + n * R + j, r.h);
-      }
+      L::store(d.proj ? g + 5 * H + j : out_t + n * R + j, r.h);
     });
-    if (d.proj) {
-      gemm<scalar_t>(false, true, bs, R, H, 1, gates + 5 * H, W, w_hr, H, 0, out_t, R);
-      std::memcpy(h, out_t, sizeof(scalar_t) * bs * R);
-    }
+    if (d.proj) gemm<scalar_t>(false, true, bs, R, H, 1, gates + 5 * H, W, w_hr, H, 0, out_t, R);
+    std::memcpy(h, out_t, sizeof(scalar_t) * bs * R);  // the state the next step reads
   }
 }
 

@@ -12,6 +12,9 @@
 #include "../common/shapes.h"
 #include "blas.h"
 #include "loops.h"
+#include "recurrent.h"
+
+#include <cstring>
 
 namespace rnnkit {
 namespace cpu {
@@ -33,24 +36,17 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activa
                     scalar_t* h) {         // [N, H]: h0 in, h_n out
   const int64_t H = d.H;
   const bool bias = b_ih || b_hh;
-  if (bias) {
-    at::parallel_for(0, plan.P, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p)
-        for (int64_t k = 0; k < H; ++k)
-          out[p * H + k] = (b_ih ? b_ih[k] : scalar_t(0)) + (b_hh ? b_hh[k] : scalar_t(0));
-    });
-  }
+  if (bias) fill_rows(out, plan.P, H, H, b_ih, b_hh);
   gemm<scalar_t>(false, true, plan.P, H, d.I, 1, x, d.I, w_ih, d.I, bias ? 1 : 0, out, H);
+  const RecurrentStep<scalar_t> rec(w_hh, 1, H, H, plan.N);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t];
     scalar_t* out_t = out + plan.offsets[t] * H;
-    gemm<scalar_t>(false, true, bs, H, H, 1, h, H, w_hh, H, 1, out_t, H);
-    for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
+    rec.run(bs, h, out_t, H, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
-      const auto y = gates::rnn_forward(L::load(out_t + n * H + j), act);
-      L::store(out_t + n * H + j, y);
-      L::store(h + n * H + j, y);
+      L::store(out_t + n * H + j, gates::rnn_forward(L::load(out_t + n * H + j), act));
     });
+    std::memcpy(h, out_t, sizeof(scalar_t) * bs * H);  // the state the next step reads
   }
 }
 

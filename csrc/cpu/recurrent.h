@@ -1,0 +1,96 @@
+// One time step's recurrent product and pointwise pass, fused per thread for small batches.
+//
+// For a batch of a few rows the recurrent product h @ W_hh^T is a matrix-vector product that a
+// BLAS call spends mostly on threading and packing overhead. RecurrentStep instead packs W_hh
+// once per call into blocks of V hidden units (V = SIMD width), each block holding, for every
+// recurrent input r, the V weights of each of the K gates side by side:
+//   packed[b][r][k][v] = W_hh[k * H + b * V + v][r]        (zero where b * V + v >= H)
+// Each thread then owns a fixed range of unit blocks (the same every step, so its share of the
+// weights stays in its own cache), computes the gates of its units and runs the pointwise pass
+// on them at once: one parallel region per step, no BLAS call. Larger batches take the BLAS
+// product followed by the row-parallel pointwise pass.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "blas.h"
+#include "loops.h"
+
+namespace rnnkit {
+namespace cpu {
+
+// The largest active batch that takes the fused small-batch path.
+constexpr int64_t kSmallBatch = 4;
+
+template <typename scalar_t>
+class RecurrentStep {
+ public:
+  using Vec = at::vec::Vectorized<scalar_t>;
+  static constexpr int64_t V = Vec::size();
+
+  // w_hh: [K * H, R]; max_batch: the largest active batch of the sequence.
+  RecurrentStep(const scalar_t* w_hh, int64_t K, int64_t H, int64_t R, int64_t max_batch)
+      : w_hh_(w_hh), K_(K), H_(H), R_(R), blocks_((H + V - 1) / V) {
+    if (max_batch > kSmallBatch || K > 4) return;
+    packed_.assign(blocks_ * R * K * V, scalar_t(0));
+    for (int64_t b = 0; b < blocks_; ++b)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t v = 0; v < V && b * V + v < H; ++v)
+            packed_[((b * R + r) * K + k) * V + v] = w_hh[(k * H + b * V + v) * R + r];
+  }
+
+  // acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for n < rows, then
+  // pointwise(n, j, lanes) for every unit j < H of every row n < rows.
+  //   h: [rows, R] (row stride R); acc: [rows, >= K * H] (row stride ld_acc)
+  template <typename Body>
+  void run(int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc, bool accumulate,
+           const Body& pointwise) const {
+    if (packed_.empty() || rows > kSmallBatch) {
+      gemm<scalar_t>(false, true, rows, K_ * H_, R_, 1, h, R_, w_hh_, R_, accumulate ? 1 : 0, acc,
+                     ld_acc);
+      for_each_unit<scalar_t>(rows, H_, pointwise);
+      return;
+    }
+    at::parallel_for(0, blocks_, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t n = 0; n < rows; ++n) product_block(b, h + n * R_, acc + n * ld_acc, accumulate);
+      const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
+      for (int64_t n = 0; n < rows; ++n) unit_loop<scalar_t>(n, j0, j1, pointwise);
+    });
+  }
+
+ private:
+  // acc[k * H + j] (+)= h . W_hh[k * H + j, :] for the units j of block b, one batch row.
+  void product_block(int64_t b, const scalar_t* h, scalar_t* acc, bool accumulate) const {
+    Vec sum[4] = {Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0))};
+    const scalar_t* w = packed_.data() + b * R_ * K_ * V;
+    for (int64_t r = 0; r < R_; ++r) {
+      const Vec hr(h[r]);
+      for (int64_t k = 0; k < K_; ++k) sum[k] = at::vec::fmadd(hr, Vec::loadu(w + (r * K_ + k) * V), sum[k]);
+    }
+    const int64_t j = b * V, width = std::min<int64_t>(V, H_ - j);
+    for (int64_t k = 0; k < K_; ++k) {
+      scalar_t* dst = acc + k * H_ + j;
+      if (width == V) {
+        (accumulate ? sum[k] + Vec::loadu(dst) : sum[k]).store(dst);
+      } else {
+        scalar_t tmp[V];
+        sum[k].store(tmp);
+        for (int64_t v = 0; v < width; ++v) dst[v] = accumulate ? dst[v] + tmp[v] : tmp[v];
+      }
+    }
+  }
+
+  const scalar_t* w_hh_;
+  int64_t K_, H_, R_, blocks_;
+  std::vector<scalar_t> packed_;  // empty: the BLAS path
+};
+
+}  // namespace cpu
+}  // namespace rnnkit
