@@ -68,20 +68,40 @@ class RecurrentStep {
  private:
   // acc[k * H + j] (+)= h . W_hh[k * H + j, :] for the units j of block b, one batch row.
   void product_block(int64_t b, const scalar_t* h, scalar_t* acc, bool accumulate) const {
-    Vec sum[4] = {Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0)), Vec(scalar_t(0))};
-    const scalar_t* w = packed_.data() + b * R_ * K_ * V;
-    for (int64_t r = 0; r < R_; ++r) {
-      const Vec hr(h[r]);
-      for (int64_t k = 0; k < K_; ++k) sum[k] = at::vec::fmadd(hr, Vec::loadu(w + (r * K_ + k) * V), sum[k]);
+    switch (K_) {
+      case 1: return product_block_k<1>(b, h, acc, accumulate);
+      case 3: return product_block_k<3>(b, h, acc, accumulate);
+      default: return product_block_k<4>(b, h, acc, accumulate);
     }
+  }
+
+  // K gates known at compile time, so the sums live in registers; two sums per gate (even and
+  // odd r) so that consecutive multiply-adds do not wait on each other.
+  template <int K>
+  void product_block_k(int64_t b, const scalar_t* h, scalar_t* acc, bool accumulate) const {
+    Vec even[K], odd[K];
+    for (int k = 0; k < K; ++k) even[k] = odd[k] = Vec(scalar_t(0));
+    const scalar_t* w = packed_.data() + b * R_ * K * V;
+    int64_t r = 0;
+    for (; r + 2 <= R_; r += 2) {
+      const Vec h0(h[r]), h1(h[r + 1]);
+      for (int k = 0; k < K; ++k) {
+        even[k] = at::vec::fmadd(h0, Vec::loadu(w + (r * K + k) * V), even[k]);
+        odd[k] = at::vec::fmadd(h1, Vec::loadu(w + ((r + 1) * K + k) * V), odd[k]);
+      }
+    }
+    for (; r < R_; ++r)
+      for (int k = 0; k < K; ++k)
+        even[k] = at::vec::fmadd(Vec(h[r]), Vec::loadu(w + (r * K + k) * V), even[k]);
     const int64_t j = b * V, width = std::min<int64_t>(V, H_ - j);
-    for (int64_t k = 0; k < K_; ++k) {
+    for (int k = 0; k < K; ++k) {
+      const Vec sum = even[k] + odd[k];
       scalar_t* dst = acc + k * H_ + j;
       if (width == V) {
-        (accumulate ? sum[k] + Vec::loadu(dst) : sum[k]).store(dst);
+        (accumulate ? sum + Vec::loadu(dst) : sum).store(dst);
       } else {
         scalar_t tmp[V];
-        sum[k].store(tmp);
+        sum.store(tmp);
         for (int64_t v = 0; v < width; ++v) dst[v] = accumulate ? dst[v] + tmp[v] : tmp[v];
       }
     }
