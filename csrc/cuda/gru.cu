@@ -12,6 +12,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "blas.cuh"
 #include "launch.cuh"
 
 namespace rnnkit {
@@ -91,6 +92,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
                                                const Tensor& h0, const Tensor& w_ih,
                                                const Tensor& w_hh, const optional<Tensor>& b_ih,
                                                const optional<Tensor>& b_hh, bool reverse) {
+  check_on_cuda(input, kOp);
   checks::floating(input, true, kOp);
   const c10::cuda::CUDAGuard guard(input.device());
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, kOp);
@@ -105,7 +107,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
   Tensor h_n = h0.contiguous().clone();
   Tensor ws = at::empty({plan.P, W}, input.options());
   Tensor gh = at::empty({plan.N, G}, input.options());
-  const Tensor wh_t = w_hh.t();  // [H, 3H]
+  const Tensor wh = w_hh.contiguous();  // [3H, H]
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : Tensor();
 
   // Input projection of every step: ws[:, :3H] = x w_ih^T + b_ih.
@@ -119,8 +121,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_gru_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-      Tensor gh_t = gh.narrow(0, 0, bs);
-      at::mm_out(gh_t, h_n.narrow(0, 0, bs), wh_t);
+      gemm<scalar_t>(false, true, bs, G, H, 1, ptr<scalar_t>(h_n), H, ptr<scalar_t>(wh), H, 0,
+                     ptr<scalar_t>(gh), G);
       GruForwardStep<scalar_t> step{ptr<scalar_t>(ws) + row * W, ptr<scalar_t>(gh),
                                     ptr<scalar_t>(bh), ptr<scalar_t>(h_n),
                                     ptr<scalar_t>(out2d) + row * H, H};
@@ -136,6 +138,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse) {
   constexpr const char* op = "rnnkit::gru_backward";
+  check_on_cuda(input, op);
   checks::floating(input, true, op);
   const c10::cuda::CUDAGuard guard(input.device());
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, op);
@@ -154,6 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros_like(h0);
   Tensor dx = at::empty({plan.P, G}, input.options());
   Tensor dhh = at::empty({plan.P, G}, input.options());
+  const Tensor wh = w_hh.contiguous();  // [3H, H]
 
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_gru_backward_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
@@ -166,8 +170,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                      ptr<scalar_t>(dhh) + row * G, H};
       for_each_unit(bs, H, step);
       // dh_prev = z ⊙ dh (stored by the step) + dhh_t w_hh
-      Tensor dh_t = dh.narrow(0, 0, bs);
-      at::addmm_out(dh_t, dh_t, dhh.narrow(0, row, bs), w_hh);
+      gemm<scalar_t>(false, false, bs, H, G, 1, ptr<scalar_t>(dhh) + row * G, G, ptr<scalar_t>(wh),
+                     H, 1, ptr<scalar_t>(dh), H);
     }
   });
   return {at::mm(dx, w_ih).view(input.sizes()), dh, at::mm(dx.t(), x),

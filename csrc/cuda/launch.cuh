@@ -43,6 +43,12 @@ void for_each_unit(int64_t rows, int64_t H, const Step& step) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The CUDA kernel runs when any argument is on a CUDA device; the input itself must be.
+inline void check_on_cuda(const at::Tensor& input, const char* op) {
+  TORCH_CHECK(input.is_cuda(), op, ": expected input on a CUDA device (another argument is on ",
+              "CUDA, so the CUDA kernel was chosen), got input on ", input.device());
+}
+
 // The raw pointer of a tensor, or null for an undefined one (absent bias, no projection).
 template <typename scalar_t>
 scalar_t* ptr(const at::Tensor& t) {

@@ -18,6 +18,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "blas.cuh"
 #include "launch.cuh"
 
 namespace rnnkit {
@@ -90,6 +91,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
     const optional<Tensor>& b_hh, const optional<Tensor>& w_hr, bool reverse) {
+  check_on_cuda(input, kOp);
   checks::floating(input, true, kOp);
   const c10::cuda::CUDAGuard guard(input.device());
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, kOp);
@@ -107,8 +109,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
   Tensor ws = at::empty({plan.P, W}, input.options());
-  const Tensor wh_t = w_hh.t();  // [R, G]
-  const Tensor wr_t = proj ? w_hr->t() : Tensor();  // [H, R]
+  const Tensor wh = w_hh.contiguous();                       // [G, R]
+  const Tensor wr = proj ? w_hr->contiguous() : Tensor();  // [R, H]
 
   // Input projection of every step, both biases folded in: ws[:, :G] = x w_ih^T + b_ih + b_hh.
   Tensor pre = ws.narrow(1, 0, G);
@@ -124,16 +126,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_lstm_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-      Tensor pre_t = pre.narrow(0, row, bs);  // [bs, G], row stride W
-      at::addmm_out(pre_t, pre_t, h_n.narrow(0, 0, bs), wh_t);
-      LstmForwardStep<scalar_t> step{ptr<scalar_t>(ws) + row * W, ptr<scalar_t>(c_n),
+      scalar_t* ws_t = ptr<scalar_t>(ws) + row * W;  // [bs, W]
+      gemm<scalar_t>(false, true, bs, G, R, 1, ptr<scalar_t>(h_n), R, ptr<scalar_t>(wh), R, 1,
+                     ws_t, W);
+      LstmForwardStep<scalar_t> step{ws_t, ptr<scalar_t>(c_n),
                                      ptr<scalar_t>(h_n), ptr<scalar_t>(out2d) + row * R,
                                      H, R, W, proj};
       for_each_unit(bs, H, step);
       if (proj) {
-        Tensor out_t = out2d.narrow(0, row, bs);
-        at::mm_out(out_t, ws.narrow(1, 5 * H, H).narrow(0, row, bs), wr_t);
-        h_n.narrow(0, 0, bs).copy_(out_t);
+        scalar_t* out_t = ptr<scalar_t>(out2d) + row * R;  // [bs, R]
+        gemm<scalar_t>(false, true, bs, R, H, 1, ws_t + 5 * H, W, ptr<scalar_t>(wr), H, 0, out_t, R);
+        C10_CUDA_CHECK(cudaMemcpyAsync(ptr<scalar_t>(h_n), out_t, sizeof(scalar_t) * bs * R,
+                                       cudaMemcpyDeviceToDevice,
+                                       at::cuda::getCurrentCUDAStream()));
       }
     }
   });
@@ -148,6 +153,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace, bool reverse) {
   constexpr const char* op = "rnnkit::lstm_backward";
+  check_on_cuda(input, op);
   checks::floating(input, true, op);
   const c10::cuda::CUDAGuard guard(input.device());
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, op);
@@ -177,6 +183,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dgates = at::empty({plan.P, G}, input.options());
   Tensor dr = proj ? at::empty({plan.P, R}, input.options()) : Tensor();
   Tensor dh_pre = proj ? at::empty({plan.N, H}, input.options()) : Tensor();
+  const Tensor wh = w_hh.contiguous();                       // [G, R]
+  const Tensor wr = proj ? w_hr->contiguous() : Tensor();  // [R, H]
 
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_lstm_backward_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
@@ -192,8 +200,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         } else {
           dr_t.copy_(dh_t);
         }
-        Tensor dh_pre_t = dh_pre.narrow(0, 0, bs);
-        at::mm_out(dh_pre_t, dr_t, *w_hr);
+        gemm<scalar_t>(false, false, bs, H, R, 1, ptr<scalar_t>(dr) + row * R, R, ptr<scalar_t>(wr),
+                       H, 0, ptr<scalar_t>(dh_pre), H);
         dh_a = ptr<scalar_t>(dh_pre);
         dh_b = nullptr;
       }
@@ -203,7 +211,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                       ptr<scalar_t>(dgates) + row * G,
                                       ptr<scalar_t>(dc), H, G, W};
       for_each_unit(bs, H, step);
-      at::mm_out(dh_t, dgates.narrow(0, row, bs), w_hh);
+      gemm<scalar_t>(false, false, bs, R, G, 1, ptr<scalar_t>(dgates) + row * G, G,
+                     ptr<scalar_t>(wh), R, 0, ptr<scalar_t>(dh), R);
     }
   });
   Tensor grad_input = at::mm(dgates, w_ih).view(input.sizes());

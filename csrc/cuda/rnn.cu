@@ -10,6 +10,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "blas.cuh"
 #include "launch.cuh"
 
 namespace rnnkit {
@@ -59,6 +60,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const optional<Tenso
                                        const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                        const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
                                        const std::string& nonlinearity, bool reverse) {
+  check_on_cuda(input, kOp);
   checks::floating(input, true, kOp);
   const gates::Activation act = parse_activation(nonlinearity, kOp);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -72,7 +74,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const optional<Tenso
   Tensor output = at::empty(out_sizes, input.options());
   Tensor out2d = output.view({plan.P, H});
   Tensor h_n = h0.contiguous().clone();
-  const Tensor wh_t = w_hh.t();  // [H, H]
+  const Tensor wh = w_hh.contiguous();  // [H, H]
 
   // Input projection of every step, both biases folded in.
   if (b_ih.has_value() || b_hh.has_value()) {
@@ -87,8 +89,8 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const optional<Tenso
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_rnn_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-      Tensor out_t = out2d.narrow(0, row, bs);
-      at::addmm_out(out_t, out_t, h_n.narrow(0, 0, bs), wh_t);
+      gemm<scalar_t>(false, true, bs, H, H, 1, ptr<scalar_t>(h_n), H, ptr<scalar_t>(wh), H, 1,
+                     ptr<scalar_t>(out2d) + row * H, H);
       RnnForwardStep<scalar_t> step{ptr<scalar_t>(out2d) + row * H, ptr<scalar_t>(h_n), H, act};
       for_each_unit(bs, H, step);
     }
@@ -102,6 +104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& output, const std::string& nonlinearity, bool reverse) {
   constexpr const char* op = "rnnkit::rnn_backward";
+  check_on_cuda(input, op);
   checks::floating(input, true, op);
   const gates::Activation act = parse_activation(nonlinearity, op);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -118,6 +121,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
       grad_output.has_value() ? grad_output->contiguous().view({plan.P, H}) : Tensor();
   Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros_like(h0);
   Tensor da = at::empty({plan.P, H}, input.options());
+  const Tensor wh = w_hh.contiguous();  // [H, H]
 
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_rnn_backward_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
@@ -126,8 +130,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                                      gout.defined() ? ptr<scalar_t>(gout) + row * H : nullptr,
                                      ptr<scalar_t>(dh), ptr<scalar_t>(da) + row * H, H, act};
       for_each_unit(bs, H, step);
-      Tensor dh_t = dh.narrow(0, 0, bs);
-      at::mm_out(dh_t, da.narrow(0, row, bs), w_hh);
+      gemm<scalar_t>(false, false, bs, H, H, 1, ptr<scalar_t>(da) + row * H, H, ptr<scalar_t>(wh), H,
+                     0, ptr<scalar_t>(dh), H);
     }
   });
   return {at::mm(da, w_ih).view(input.sizes()), dh, at::mm(da.t(), x), at::mm(da.t(), h_prev),
