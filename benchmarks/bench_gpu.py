@@ -113,6 +113,37 @@ def bench_packed(T, N, I, H, warmup, iters):
     return rows
 
 
+def evaluate_targets(rows: list[dict]) -> list[dict]:
+    """Issue 8's performance targets, each with the measured value and whether it is met."""
+    by = {(r["case"], r["impl"]): r for r in rows}
+    out = []
+
+    def add(target, value, met):
+        out.append({"target": target, "value": value, "met": bool(met)})
+
+    for case in sorted({r["case"] for r in rows if "float32" in r["case"] and "packed" not in r["case"]}):
+        ours, cudnn, plain = (by.get((case, k), {}) for k in ("rnnkit", "torch.nn cudnn", "torch.nn no-cudnn"))
+        for phase in ("fwd_ms", "fwd_bwd_ms"):
+            if phase in ours and phase in cudnn:
+                ratio = ours[phase] / cudnn[phase]
+                add(f"{case} {phase[:-3]}: rnnkit / cuDNN <= 1.25", ratio, ratio <= 1.25)
+            if phase in ours and phase in plain:
+                speedup = plain[phase] / ours[phase]
+                add(f"{case} {phase[:-3]}: torch.nn without cuDNN / rnnkit >= 1.5", speedup, speedup >= 1.5)
+    flashrnn = {"fwd_ms": 4.87, "fwd_bwd_ms": 13.61}  # published, H100, fp16
+    for r in rows:
+        if r["impl"] == "rnnkit" and "H=768" in r["case"]:
+            for phase, ms in flashrnn.items():
+                if phase in r:
+                    add(f"{r['case']} {phase[:-3]}: rnnkit ms < FlashRNN's published H100 {ms} ms "
+                        "(meaningful on an H100 only)", r[phase], r[phase] < ms)
+        if r["impl"] == "rnnkit" and "packed_over_padded_fwd" in r:
+            add(f"{r['case']}: packed / padded time <= 1.1 x real / padded tokens "
+                f"({r['target_packed_over_padded']:.3g})", r["packed_over_padded_fwd"],
+                r["packed_over_padded_fwd"] <= r["target_packed_over_padded"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -132,6 +163,9 @@ def main() -> None:
         rows += bench_layer("LSTM", 1024 // scale, 16, 768, 768, dtype, args.warmup, args.iters,
                             with_nocudnn=False)
     rows += bench_packed(100 // scale, 64, 512, 512, args.warmup, args.iters)
+    targets = evaluate_targets(rows)
+    for t in targets:
+        print(("meets  " if t["met"] else "misses ") + t["target"] + f"  ({t['value']:.3g})", flush=True)
     report = {
         "gpu": torch.cuda.get_device_name(0),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -145,6 +179,7 @@ def main() -> None:
         "published_h100_lstm_h768_n16_t1024_fp16_ms": {
             "cudnn": {"fwd": 2.01, "fwd_bwd": 5.19}, "flashrnn": {"fwd": 4.87, "fwd_bwd": 13.61}},
         "results": rows,
+        "targets": targets,
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

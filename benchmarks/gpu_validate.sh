@@ -58,6 +58,11 @@ if step build build.log "$PY" setup.py build_ext --inplace; then
   "$PY" -m rnnkit info --json > "$OUT/info.json" 2>/dev/null || true
   if "$PY" -c 'import pytest' 2>/dev/null; then
     step tests pytest.log "$PY" -m pytest -q -rs tests --junitxml="$OUT/pytest.xml"
+    if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' &&
+       grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest.log"; then
+      echo "tests      FAILED: CUDA cases skipped on a machine with a GPU (see pytest.log)" | tee -a "$SUMMARY"
+      failed=1
+    fi
   else
     echo "tests      NOT RUN: pytest is not installed for $PY" | tee -a "$SUMMARY"
     failed=1
