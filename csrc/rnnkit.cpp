@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/index.h"
 #include "cpu/blas.h"
 
 TORCH_LIBRARY(rnnkit, m) {
@@ -78,10 +79,42 @@ TORCH_LIBRARY(rnnkit, m) {
 #define RNNKIT_CXX_FLAGS ""
 #endif
 
+// The index helpers of common/index.h, which the CUDA kernels use, exposed so that the tests
+// check them on every machine (tests/test_index.py).
+static PyObject* py_unit_of(PyObject*, PyObject* args) {
+  long long e = 0, H = 0;
+  if (!PyArg_ParseTuple(args, "LL", &e, &H)) return nullptr;
+  if (H <= 0 || e < 0) {
+    PyErr_Format(PyExc_ValueError, "unit_of: expected e >= 0 and H > 0, got e = %lld, H = %lld",
+                 e, H);
+    return nullptr;
+  }
+  const rnnkit::index::Unit u = rnnkit::index::unit_of(e, H);
+  return Py_BuildValue("(LL)", static_cast<long long>(u.n), static_cast<long long>(u.j));
+}
+
+static PyObject* py_grid_blocks(PyObject*, PyObject* args) {
+  long long count = 0, threads = 0, max_blocks = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &count, &threads, &max_blocks)) return nullptr;
+  if (count < 0 || threads <= 0 || max_blocks <= 0) {
+    PyErr_Format(PyExc_ValueError,
+                 "grid_blocks: expected count >= 0, threads > 0, max_blocks > 0, got %lld, "
+                 "%lld, %lld", count, threads, max_blocks);
+    return nullptr;
+  }
+  return PyLong_FromLongLong(rnnkit::index::grid_blocks(count, threads, max_blocks));
+}
+
+static PyMethodDef kMethods[] = {
+    {"unit_of", py_unit_of, METH_VARARGS, "unit_of(e, H) -> (n, j): index::unit_of"},
+    {"grid_blocks", py_grid_blocks, METH_VARARGS,
+     "grid_blocks(count, threads, max_blocks) -> blocks: index::grid_blocks"},
+    {nullptr, nullptr, 0, nullptr}};
+
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
                                       "rnnkit's compiled kernels (operators in torch.ops.rnnkit)",
-                                      -1, nullptr};
+                                      -1, kMethods};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
   PyModule_AddStringConstant(m, "torch_version", RNNKIT_TORCH_VERSION);

@@ -36,8 +36,8 @@ def _check_like(name: str, what: str, t: Tensor, ref: Tensor, ref_name: str,
 
 def _check_floating(name: str, input: Tensor) -> None:
     if not input.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point input (float32 or float64), got "
-                         f"{input.dtype}")
+        raise ValueError(f"{name}: expected a floating-point input (float32 or float64; also "
+                         f"float16 or bfloat16 on CUDA), got {input.dtype}")
 
 
 def _check_input_size(name: str, input: Tensor, input_size: int) -> None:
