@@ -82,7 +82,7 @@ def test_device_mismatch():
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
 def test_integer_input(dtype):
     m = rnnkit.LSTM(4, 6)
-    with pytest.raises(ValueError, match=f"expected a floating-point input .float32 or float64., got {dtype}"):
+    with pytest.raises(ValueError, match=f"expected a floating-point input .float32 or float64; also float16 or bfloat16 on CUDA., got {dtype}"):
         m(torch.ones(5, 3, 4, dtype=dtype))
 
 

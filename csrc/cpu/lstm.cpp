@@ -210,21 +210,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
-  m.impl("lstm", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
-  m.impl("lstm_cell", [](const Tensor& input, const Tensor& hx, const Tensor& cx,
-                         const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
-                         const optional<Tensor>& b_hh) {
-    return cells::lstm_cell(&lstm_forward, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  });
-  m.impl("lstm_cell_backward",
-         [](const optional<Tensor>& grad_hy, const optional<Tensor>& grad_cy, const Tensor& input,
-            const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-            const Tensor& hy, const Tensor& workspace) {
-           auto r = cells::lstm_cell_backward(&lstm_backward, grad_hy, grad_cy, input, hx, cx,
-                                              w_ih, w_hh, hy, workspace);
-           return r;
-         });
+  cells::register_lstm<&lstm_forward, &lstm_backward>(m);
 }
 
 }  // namespace cpu

@@ -127,20 +127,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
-  m.impl("rnn", &rnn_forward);
-  m.impl("rnn_backward", &rnn_backward);
-  m.impl("rnn_cell", [](const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                        const Tensor& w_hh, const optional<Tensor>& b_ih,
-                        const optional<Tensor>& b_hh, const std::string& nonlinearity) {
-    return cells::rnn_cell(&rnn_forward, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
-  });
-  m.impl("rnn_cell_backward",
-         [](const optional<Tensor>& grad_hy, const Tensor& input, const Tensor& hx,
-            const Tensor& w_ih, const Tensor& w_hh, const Tensor& hy,
-            const std::string& nonlinearity) {
-           return cells::rnn_cell_backward(&rnn_backward, grad_hy, input, hx, w_ih, w_hh, hy,
-                                           nonlinearity);
-         });
+  cells::register_rnn<&rnn_forward, &rnn_backward>(m);
 }
 
 }  // namespace cpu

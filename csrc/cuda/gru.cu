@@ -181,19 +181,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnkit, CUDA, m) {
-  m.impl("gru", &gru_forward);
-  m.impl("gru_backward", &gru_backward);
-  m.impl("gru_cell", [](const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                        const Tensor& w_hh, const optional<Tensor>& b_ih,
-                        const optional<Tensor>& b_hh) {
-    return cells::gru_cell(&gru_forward, input, hx, w_ih, w_hh, b_ih, b_hh);
-  });
-  m.impl("gru_cell_backward",
-         [](const optional<Tensor>& grad_hy, const Tensor& input, const Tensor& hx,
-            const Tensor& w_ih, const Tensor& w_hh, const Tensor& hy, const Tensor& workspace) {
-           return cells::gru_cell_backward(&gru_backward, grad_hy, input, hx, w_ih, w_hh, hy,
-                                           workspace);
-         });
+  cells::register_gru<&gru_forward, &gru_backward>(m);
 }
 
 }  // namespace cuda
