@@ -2,7 +2,7 @@
 # Builds the CPU extension with AddressSanitizer and UndefinedBehaviorSanitizer and runs the CPU
 # test suite under them.
 #
-#   tools/sanitize.sh                      build (incrementally) and run all of tests/
+#   tools/sanitize.sh                      build (incrementally) and run tests/ (but test_leaks.py)
 #   tools/sanitize.sh tests/test_layers.py -k lstm     extra arguments go to pytest
 #   SANITIZE_BUILD_ONLY=1 tools/sanitize.sh            build only
 #
@@ -83,7 +83,10 @@ export RNNKIT_HYPOTHESIS_PROFILE="${RNNKIT_HYPOTHESIS_PROFILE:-sanitize}"
 echo "sanitize.sh: running the CPU tests under ASan+UBSan (LD_PRELOAD=$LD_PRELOAD)" >&2
 (cd "$SRC" && "$PYTHON" -c "import rnnkit; assert rnnkit.build_info()['library'].startswith('$SRC'), rnnkit.build_info()['library']")
 set +e
-(cd "$SRC" && "$PYTHON" -m pytest -q -p no:cacheprovider "${@:-tests}") 2>&1 | tee "$LOG/pytest.log"
+# Default: every test but tests/test_leaks.py, whose resident-memory bound ASan's quarantine of
+# freed memory (256 MiB by default) would break by design.
+if [[ $# -eq 0 ]]; then set -- tests --ignore=tests/test_leaks.py; fi
+(cd "$SRC" && "$PYTHON" -m pytest -q -p no:cacheprovider --durations=10 "$@") 2>&1 | tee "$LOG/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 
