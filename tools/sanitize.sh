@@ -63,7 +63,9 @@ echo "sanitize.sh: building the CPU extension with -fsanitize=address,undefined 
 ) || { echo "sanitize.sh: build failed, see $LOG/build.log" >&2; tail -20 "$LOG/build.log" >&2; exit 2; }
 
 so="$(ls "$SRC"/rnnkit/_C*.so)"
-if ! ldd "$so" | grep -q libasan || ! ldd "$so" | grep -q libubsan; then
+# (ldd's output is kept first: with pipefail, "ldd | grep -q" fails when grep exits early.)
+deps="$(ldd "$so")"
+if ! grep -q libasan <<< "$deps" || ! grep -q libubsan <<< "$deps"; then
   echo "sanitize.sh: $so is not linked against libasan and libubsan: the sanitizer flags did not" \
        "reach the build" >&2
   exit 2
