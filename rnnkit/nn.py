@@ -304,6 +304,9 @@ class _RNNBase(nn.Module):
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             batch, batch_sizes, sorted_indices, unsorted_indices = x.shape[1], None, None, None
+            if x.shape[0] == 0:  # torch.nn refuses empty sequences too (an empty batch is fine)
+                raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, "
+                                   f"got input of shape {_shape(input)}")
         _check_floating(name, x)
         _check_input_size(name, x, self.input_size)
         _check_like(name, "input", x, self._flat_weights[0], "the parameters", ValueError)

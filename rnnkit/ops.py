@@ -10,6 +10,8 @@ GRU 4H, RNN none (backward reads the output).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import _library  # noqa: F401  (loads the operators)
@@ -31,7 +33,47 @@ def _like(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 # ---- fake implementations ---------------------------------------------------------------------
-@torch.library.register_fake("rnnkit::lstm")
+# The dispatcher sends a call to the fake (Meta) implementation as soon as one argument is a meta
+# tensor, so a direct call that mixes a CPU input with a meta state would otherwise "succeed" and
+# hand back uninitialised CPU tensors. Each fake therefore checks what the kernels check about
+# devices and dtypes first (shapes are left to the kernels, which see the real sizes).
+def _check_like_input(op: str, args: dict) -> None:
+    """Every tensor argument on input's device and in its dtype; batch_sizes (int64) on the CPU
+    or on input's device."""
+    ref = args["input"]
+    for name, t in args.items():
+        if name == "input" or not isinstance(t, torch.Tensor):
+            continue
+        if name == "batch_sizes":
+            if t.device.type != "cpu" and t.device != ref.device:
+                raise RuntimeError(f"rnnkit::{op}: expected batch_sizes on the CPU or on device "
+                                   f"{ref.device} (the device of input), got {t.device}")
+            continue
+        if t.device != ref.device:
+            raise RuntimeError(f"rnnkit::{op}: expected {name} on device {ref.device} (the device "
+                               f"of input), got {t.device}")
+        if t.dtype != ref.dtype:
+            raise RuntimeError(f"rnnkit::{op}: expected {name} to have dtype {ref.dtype} (the "
+                               f"dtype of input), got {t.dtype}")
+
+
+def _fake(op: str):
+    """register_fake for rnnkit::op, with the device and dtype checks of _check_like_input."""
+    names = [a.name for a in getattr(ops, op).default._schema.arguments]
+
+    def register(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            _check_like_input(op, {**dict(zip(names, args)), **kwargs})
+            return fn(*args, **kwargs)
+
+        torch.library.register_fake(f"rnnkit::{op}")(checked)
+        return fn
+
+    return register
+
+
+@_fake("lstm")
 def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     H = w_ih.shape[0] // 4
     R = H if w_hr is None else w_hr.shape[0]
@@ -40,7 +82,7 @@ def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     return _out(input, R), torch.empty_like(h0), torch.empty_like(c0), ws
 
 
-@torch.library.register_fake("rnnkit::lstm_backward")
+@_fake("lstm_backward")
 def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output,
       workspace, reverse):
     grad_w_hr = input.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
@@ -49,59 +91,59 @@ def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w
             grad_w_hr)
 
 
-@torch.library.register_fake("rnnkit::lstm_cell")
+@_fake("lstm_cell")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return torch.empty_like(hx), torch.empty_like(cx), input.new_empty((input.shape[0], 5 * hx.shape[1]))
 
 
-@torch.library.register_fake("rnnkit::lstm_cell_backward")
+@_fake("lstm_cell_backward")
 def _(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace):
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx),
             torch.empty_like(w_ih), torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
 
 
-@torch.library.register_fake("rnnkit::gru")
+@_fake("gru")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
     H = w_ih.shape[0] // 3
     return _out(input, H), torch.empty_like(h0), input.new_empty((_rows(input, batch_sizes), 4 * H))
 
 
-@torch.library.register_fake("rnnkit::gru_backward")
+@_fake("gru_backward")
 def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, reverse):
     G = w_ih.shape[0]
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty((G,)), w_ih.new_empty((G,)))
 
 
-@torch.library.register_fake("rnnkit::gru_cell")
+@_fake("gru_cell")
 def _(input, hx, w_ih, w_hh, b_ih, b_hh):
     return torch.empty_like(hx), input.new_empty((input.shape[0], 4 * hx.shape[1]))
 
 
-@torch.library.register_fake("rnnkit::gru_cell_backward")
+@_fake("gru_cell_backward")
 def _(grad_hy, input, hx, w_ih, w_hh, hy, workspace):
     G = w_ih.shape[0]
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty((G,)), w_ih.new_empty((G,)))
 
 
-@torch.library.register_fake("rnnkit::rnn")
+@_fake("rnn")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
     return _out(input, w_ih.shape[0]), torch.empty_like(h0)
 
 
-@torch.library.register_fake("rnnkit::rnn_backward")
+@_fake("rnn_backward")
 def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, nonlinearity, reverse):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
 
 
-@torch.library.register_fake("rnnkit::rnn_cell")
+@_fake("rnn_cell")
 def _(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     return torch.empty_like(hx)
 
 
-@torch.library.register_fake("rnnkit::rnn_cell_backward")
+@_fake("rnn_cell_backward")
 def _(grad_hy, input, hx, w_ih, w_hh, hy, nonlinearity):
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))

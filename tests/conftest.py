@@ -21,3 +21,22 @@ def device_param(device: str):
 
 ALL_DEVICES = [device_param(d) for d in DEVICES]
 assert devices()[0] == "cpu"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The counts of tests/test_properties.py (properties tried, bad inputs tried and refused),
+    when it ran; also written as JSON to $RNNKIT_FUZZ_REPORT if set."""
+    import json
+    import os
+    import sys
+
+    module = sys.modules.get("tests.test_properties")
+    if module is None or not module.COUNTS:
+        return
+    counts = dict(sorted(module.COUNTS.items()))
+    terminalreporter.section("rnnkit property and bad-input counts")
+    for key, value in counts.items():
+        terminalreporter.write_line(f"{key}: {value}")
+    if os.environ.get("RNNKIT_FUZZ_REPORT"):
+        with open(os.environ["RNNKIT_FUZZ_REPORT"], "w") as f:
+            json.dump(counts, f, indent=1)

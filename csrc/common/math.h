@@ -25,9 +25,10 @@ RNNKIT_HD double rk_tanh(double x) { return ::tanh(x); }
 // relu that keeps NaN (NaN < 0 is false), as torch.relu does.
 template <typename T>
 RNNKIT_HD T rk_relu(T x) { return x < T(0) ? T(0) : x; }
-// value where positive, else 0: the relu backward, as torch's threshold_backward (y <= 0 -> 0).
+// value unless y <= 0, then 0: the relu backward, as torch's threshold_backward (y <= 0 -> 0).
+// Written as "y <= 0" and not "y > 0" so that a NaN y lets the gradient through, as torch does.
 template <typename T>
-RNNKIT_HD T rk_where_positive(T y, T value) { return y > T(0) ? value : T(0); }
+RNNKIT_HD T rk_where_positive(T y, T value) { return y <= T(0) ? T(0) : value; }
 
 // ---- SIMD registers (CPU only) --------------------------------------------------------------
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
@@ -45,7 +46,7 @@ template <typename T>
 inline at::vec::Vectorized<T> rk_where_positive(const at::vec::Vectorized<T>& y,
                                                 const at::vec::Vectorized<T>& value) {
   const auto zero = at::vec::Vectorized<T>(T(0));
-  return at::vec::Vectorized<T>::blendv(zero, value, y > zero);
+  return at::vec::Vectorized<T>::blendv(value, zero, y <= zero);
 }
 #endif
 

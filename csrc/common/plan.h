@@ -59,12 +59,17 @@ inline SequencePlan make_plan(const at::Tensor& input, const c10::optional<at::T
                   "] = ", b);
     }
   }
+  // P adds up at most `rows` (the rows input really has), so the sum cannot overflow int64 even
+  // for absurd batch sizes.
+  const int64_t rows = batch_sizes.has_value() ? input.size(0) : plan.T() * plan.N;
   plan.offsets.resize(plan.T());
   for (int64_t t = 0; t < plan.T(); ++t) {
+    TORCH_CHECK(plan.batch_sizes[t] <= rows - plan.P, op, ": packed input has ", rows,
+                " rows but batch_sizes add up to more (", plan.P, " rows before batch_sizes[", t,
+                "] = ", plan.batch_sizes[t], ")");
     plan.offsets[t] = plan.P;
     plan.P += plan.batch_sizes[t];
   }
-  const int64_t rows = batch_sizes.has_value() ? input.size(0) : plan.P;
   TORCH_CHECK(rows == plan.P, op, ": packed input has ", rows,
               " rows but batch_sizes add up to ", plan.P);
   return plan;

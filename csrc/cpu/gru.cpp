@@ -144,8 +144,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, op);
   const LayerShape d =
       layer_shape(op, 3, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, c10::nullopt);
+  saved_shapes(op, input, output, d.H, &workspace, plan.P, 4 * d.H);
   grad_shapes(op, grad_output, output, grad_h_n, h0);
-  checks::shape(workspace, {plan.P, 4 * d.H}, op, "workspace (P, 4H)");
 
   const Tensor x = input.contiguous().view({plan.P, d.I});
   const Tensor h_prev = previous_states(output.contiguous().view({plan.P, d.H}),

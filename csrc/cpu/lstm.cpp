@@ -176,9 +176,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const LstmDims d = lstm_dims(
       layer_shape(op, 4, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, w_hr),
       w_hr.has_value());
+  checks::shape(c0, {plan.N, d.H}, op, "c0 (N, H)");
+  checks::like(c0, input, op, "c0");
+  saved_shapes(op, input, output, d.R, &workspace, plan.P, d.W);
   grad_shapes(op, grad_output, output, grad_h_n, h0);
-  checks::shape(workspace, {plan.P, d.W}, op, "workspace (P, W)");
-  if (grad_c_n.has_value()) checks::shape(*grad_c_n, c0.sizes(), op, "grad_c_n");
+  if (grad_c_n.has_value()) {
+    checks::shape(*grad_c_n, c0.sizes(), op, "grad_c_n");
+    checks::like(*grad_c_n, input, op, "grad_c_n");
+  }
 
   const Tensor x = input.contiguous().view({plan.P, d.I});
   const Tensor out2d = output.contiguous().view({plan.P, d.R});

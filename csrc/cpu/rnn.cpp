@@ -107,6 +107,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, op);
   const LayerShape d =
       layer_shape(op, 1, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, c10::nullopt);
+  saved_shapes(op, input, output, d.H, nullptr, plan.P, 0);
   grad_shapes(op, grad_output, output, grad_h_n, h0);
 
   const Tensor x = input.contiguous().view({plan.P, d.I});
