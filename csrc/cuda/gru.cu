@@ -145,9 +145,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const LayerShape d =
       layer_shape(op, 3, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, c10::nullopt);
   const int64_t H = d.H, G = d.G, W = 4 * H;
+  saved_shapes(op, input, output, H, &workspace, plan.P, W);
   grad_shapes(op, grad_output, output, grad_h_n, h0);
-  checks::shape(workspace, {plan.P, W}, op, "workspace (P, 4H)");
-  checks::like(workspace, input, op, "workspace");
 
   const Tensor x = input.contiguous().view({plan.P, d.I});
   const Tensor h_prev = previous_states(output.contiguous().view({plan.P, H}), h0.contiguous(), plan);

@@ -161,11 +161,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       layer_shape(op, 4, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, w_hr);
   const bool proj = w_hr.has_value();
   const int64_t H = d.H, R = d.R, G = d.G, W = (proj ? 6 : 5) * H;
-  grad_shapes(op, grad_output, output, grad_h_n, h0);
-  checks::shape(workspace, {plan.P, W}, op, "workspace (P, W)");
-  checks::like(workspace, input, op, "workspace");
   checks::shape(c0, {plan.N, H}, op, "c0 (N, H)");
   checks::like(c0, input, op, "c0");
+  saved_shapes(op, input, output, R, &workspace, plan.P, W);
+  grad_shapes(op, grad_output, output, grad_h_n, h0);
   if (grad_c_n.has_value()) {
     checks::shape(*grad_c_n, c0.sizes(), op, "grad_c_n");
     checks::like(*grad_c_n, input, op, "grad_c_n");

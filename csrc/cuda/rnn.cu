@@ -112,6 +112,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const LayerShape d =
       layer_shape(op, 1, input, plan, h0, w_ih, w_hh, c10::nullopt, c10::nullopt, c10::nullopt);
   const int64_t H = d.H;
+  saved_shapes(op, input, output, H, nullptr, plan.P, 0);
   grad_shapes(op, grad_output, output, grad_h_n, h0);
 
   const Tensor x = input.contiguous().view({plan.P, d.I});
