@@ -83,6 +83,24 @@ IMPL_NAMES = ("rnnkit", "torch", "torch-nocudnn", "cell-loop", "reference", "ref
 SUITE_NAMES = ("fastrnns", "small-batch", "sweep", "packed", "long")  # rnnkit.bench.SUITES
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the options that were given (for the results)."""
+    from click.core import ParameterSource
+
+    words = [ctx.command_path]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value, flag = ctx.params[param.name], param.opts[-1] if param.opts else param.name
+        if isinstance(param, click.Option) and param.is_flag:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words += [flag, ",".join(map(str, value))]
+        else:
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
 def _impl_list(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
     names = [n.strip() for v in value for n in v.split(",") if n.strip()]
     bad = [n for n in names if n not in IMPL_NAMES]
@@ -166,8 +184,7 @@ def bench(suite, cell, seq_len, batch_size, input_size, hidden_size, num_layers,
         for c in cases:  # refuse before running anything
             B.check_fits(c, settings.modes, settings.check)
         meta = B.machine_info(device)
-        meta["command"] = "rnnkit bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else \
-            "rnnkit bench"
+        meta["command"] = _command_line(click.get_current_context())
         meta["suite"] = suite
         results = []
         for c in cases:
