@@ -1041,7 +1041,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("small-batch", "T=100 I=H=256, N in 1, 4, 16", _small_batch),
     Suite("sweep", "T=50, N in {1, 16, 64} x I=H in {128, 256, 512, 1024}", _sweep,
           impls=("rnnkit", "torch", "cell-loop"), repeats=5),
-    Suite("packed", "N=64 I=H=256, lengths spread over 25-100 (PackedSequence)", _packed),
+    # reference-compile is left out: one compiled graph per distinct batch size (76 here)
+    Suite("packed", "N=64 I=H=256, lengths spread over 25-100 (PackedSequence)", _packed,
+          impls=("rnnkit", "torch", "torch-nocudnn", "cell-loop", "reference", "reference-jit")),
     Suite("long", "N=16 T=1024 I=H=768, float16 (GPU only)", _long,
           impls=("rnnkit", "torch", "torch-nocudnn", "cell-loop", "reference"), repeats=5,
           gpu_only=True),
@@ -1066,3 +1068,36 @@ def header(meta: dict[str, Any]) -> str:
     if load:
         s += f"; load average {load[0]:.2f}"
     return s
+
+
+# ---- results files -----------------------------------------------------------------------------
+def markdown_report(title: str, results: Sequence[Result], meta: dict[str, Any],
+                    notes: Sequence[str] = ()) -> str:
+    """A Markdown page: the machine, the versions and the command above the table."""
+    lines = [f"# {title}", "", f"- command: `{meta.get('command', '?')}`",
+             f"- date (UTC): {meta['date_utc']}",
+             f"- machine: {meta.get('gpu') or meta['cpu']}, {meta['cpu_count']} cores, "
+             f"{meta['threads']} torch threads, device {meta['device']}",
+             f"- versions: torch {meta['torch']}, rnnkit {meta['rnnkit']}, python {meta['python']}"
+             + (f", CUDA {meta['cuda']}, cuDNN {meta['cudnn']}" if meta.get("cuda") else ""),
+             ]
+    if meta.get("loadavg_1_5_15"):
+        lines.append("- load average at start (1, 5, 15 min): "
+                     + ", ".join(f"{x:.2f}" for x in meta["loadavg_1_5_15"]))
+    if meta.get("loadavg_end"):
+        lines.append("- load average at end: " + ", ".join(f"{x:.2f}" for x in meta["loadavg_end"]))
+    lines += [f"- {n}" for n in notes]
+    lines += ["", "Medians of interleaved repeats; `vs torch` is torch's median / this one's; "
+              "GFLOP/s counts the layer's matrix products only; `of matmul` is that rate over the "
+              "rate of the same products done alone with torch.mm in the same run (the `matmul` "
+              "rows); peak MB is resident-set growth (CPU) or max allocated (GPU) over one call.",
+              "", table(results, markdown=True), ""]
+    return "\n".join(lines)
+
+
+def results_dir() -> str:
+    """benchmarks/results/ of the source tree this module is in (created if missing)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(here, "benchmarks", "results")
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -165,6 +165,8 @@ def bench(suite, cell, seq_len, batch_size, input_size, hidden_size, num_layers,
         if suite:
             s, cases = B.suite_cases(suite, cell, device)
             chosen = impls if impls is not None else s.impls
+            if chosen is not None and impls is None:
+                chosen = [i for i in chosen if device == "cuda" or i not in B.GPU_ONLY]
             repeats = repeats or s.repeats
             if dtype:
                 for c in cases:
