@@ -231,3 +231,11 @@ def test_cli_plot_without_matplotlib_says_so(tmp_path, monkeypatch):
     r = _bench(*TINY_ARGS, "--impl", "torch", "--mode", "inference", "--plot",
                str(tmp_path / "p.png"))
     assert r.exit_code == 1 and "needs matplotlib" in r.output
+
+
+def test_cli_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    r = _bench(*TINY_ARGS, "--impl", "rnnkit,torch", "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
