@@ -403,15 +403,17 @@ def _compiled_reference_call(module: torch.nn.Module, case: Case) -> Callable:
     from . import functional as RF
     from . import reference as R
 
-    if case.packed:
-        # one compiled graph per distinct batch size; without room for them dynamo would fall
-        # back to eager silently after 8, and the numbers would not be torch.compile's
-        import torch._dynamo as dynamo
+    import torch._dynamo as dynamo
 
-        limit = len(set(case.batch_sizes())) * 2 + 8
-        for key in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo.config, key):
-                setattr(dynamo.config, key, max(getattr(dynamo.config, key), limit))
+    # A fresh start for each case and mode: dynamo keys its cache on the step's code object, so
+    # graphs of earlier cases would count against the recompile limit, past which it falls back
+    # to eager silently and the numbers would no longer be torch.compile's. Packed input needs
+    # one graph per distinct batch size (and per grad mode), so the limit is raised to fit.
+    dynamo.reset()
+    limit = 2 * len(set(case.batch_sizes())) + 8
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo.config, key):
+            setattr(dynamo.config, key, max(getattr(dynamo.config, key), limit))
     step = torch.compile({"lstm": R.lstm_cell, "gru": R.gru_cell, "rnn": R.rnn_cell}[case.cell],
                          dynamic=False)
     params = _layer_params(module, case)
