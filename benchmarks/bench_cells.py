@@ -115,7 +115,8 @@ def main() -> int:
                              "calls_per_sample": number,
                              "speedup_vs_torch": med["torch"] / summary["median_ms"]
                              if "torch" in med else None})
-    head = f"{'cell':<5} {'mode':<17} {'impl':<10} {'median us':>10} {'min-max us':>17} {'vs torch':>9}"
+    head = (f"{'cell':<5} {'mode':<17} {'impl':<10} {'median us':>10} {'min-max us':>17} "
+            f"{'vs torch':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         spread = "{:.0f}-{:.0f}".format(1000 * r["min_ms"], 1000 * r["max_ms"])

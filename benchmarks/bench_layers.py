@@ -77,7 +77,8 @@ def main() -> int:
             "rnnkit_gflops": ours.gflops, "rnnkit_of_matmul": ours.fraction_of_matmul,
             "torch_gflops": theirs.gflops, "torch_of_matmul": theirs.fraction_of_matmul,
             "matmul_gflops": mm.gflops,
-            "rnnkit_status": ours.status if ours.status == "ok" else f"{ours.status}: {ours.detail}",
+            "rnnkit_status": ours.status if ours.status == "ok" else
+            f"{ours.status}: {ours.detail}",
             "torch_status": theirs.status if theirs.status == "ok" else
             f"{theirs.status}: {theirs.detail}",
         })

@@ -6,7 +6,8 @@ How a benchmark runs (``run_case``):
 2. Before any timing, each implementation's outputs (and, in training mode, the gradients of the
    input, the initial states and every parameter) are compared with the plain-PyTorch reference
    computed in float64. The bound is relative to how far the reference itself lands in the
-   benchmark dtype: ``max|impl - ref64| <= 4 * max|ref_dtype - ref64| + 50 * eps * (1 + max|ref64|)``.
+   benchmark dtype:
+   ``max|impl - ref64| <= 4 * max|ref_dtype - ref64| + 50 * eps * (1 + max|ref64|)``.
    An implementation that fails the check, or raises, is reported with the reason and not timed.
 3. Warm-up calls (these also calibrate how many calls make one sample, and absorb compilation),
    then interleaved repeats A B C A B C ... so that drift in the machine's load hits all alike.
@@ -144,6 +145,8 @@ class Result:
     gflops: Optional[float] = None          # matrix-product GFLOP/s achieved
     fraction_of_matmul: Optional[float] = None
     peak_mem_mb: Optional[float] = None
+    device: str = ""                        # cpu, or the GPU's name
+    threads: int = 0                        # torch.get_num_threads() while timing
     shape: dict = field(default_factory=dict)
 
 
@@ -207,8 +210,8 @@ def check_device(device: str) -> None:
     if device not in ("cpu", "cuda"):
         raise BenchError(f"unknown device {device!r}; expected cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("CUDA was asked for, but no GPU is visible here (torch.cuda.is_available() "
-                         "is False); use --device cpu")
+        raise BenchError("CUDA was asked for, but no GPU is visible here "
+                         "(torch.cuda.is_available() is False); use --device cpu")
 
 
 def validate_impls(names: Sequence[str]) -> list[str]:
@@ -883,6 +886,9 @@ def run_case(case: Case, settings: Settings, impls: Optional[Sequence[str]] = No
             if settings.memory:
                 r.peak_mem_mb = peak_memory_mb(calls[name], case.device)
         _relate(mode_results)
+        where = torch.cuda.get_device_name() if case.device == "cuda" else "cpu"
+        for r in mode_results.values():
+            r.device, r.threads = where, torch.get_num_threads()
         results += list(mode_results.values())
     return results
 
@@ -940,7 +946,7 @@ def write_json(path: str, results: Sequence[Result], meta: dict[str, Any]) -> No
 
 CSV_FIELDS = ["case", "cell", "mode", "impl", "status", "median_ms", "min_ms", "max_ms", "q1_ms",
               "q3_ms", "samples", "calls_per_sample", "speedup_vs_torch", "gflops",
-              "fraction_of_matmul", "peak_mem_mb", "detail"]
+              "fraction_of_matmul", "peak_mem_mb", "device", "threads", "detail"]
 
 
 def write_csv(path: str, results: Sequence[Result]) -> None:

@@ -180,6 +180,7 @@ def test_cli_writes_table_json_and_csv(tmp_path):
     assert impls == {(m, i) for m in B.MODES for i in ("rnnkit", "torch", "reference", "matmul")}
     for x in data["results"]:
         assert x["status"] == "ok" and x["median_ms"] > 0 and x["shape"]["hidden_size"] == 4
+        assert x["device"] == "cpu" and x["threads"] == torch.get_num_threads()
     rows = list(csv.DictReader(c.open()))
     assert list(rows[0]) == B.CSV_FIELDS and len(rows) == 8
     assert {row["impl"] for row in rows} == {"rnnkit", "torch", "reference", "matmul"}
