@@ -109,34 +109,41 @@ def main() -> int:
                    for name, step in steps.items() if ok[name]}
             timed = B.interleaved(fns, "cpu", warmup=3, repeats=args.repeats, min_sample_s=0.02)
             med = {name: B.summarize(s)["median_ms"] for name, (s, _) in timed.items()}
+            low = {name: min(s) * 1000 for name, (s, _) in timed.items()}
             for name, (s, number) in timed.items():
                 summary = B.summarize(s)
                 rows.append({"cell": cell, "mode": mode, "impl": name, **summary,
                              "calls_per_sample": number,
                              "speedup_vs_torch": med["torch"] / summary["median_ms"]
-                             if "torch" in med else None})
+                             if "torch" in med else None,
+                             "speedup_of_mins": low["torch"] / low[name] if "torch" in low
+                             else None})
     head = (f"{'cell':<5} {'mode':<17} {'impl':<10} {'median us':>10} {'min-max us':>17} "
-            f"{'vs torch':>9}")
+            f"{'vs torch':>9} {'(of mins)':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         spread = "{:.0f}-{:.0f}".format(1000 * r["min_ms"], 1000 * r["max_ms"])
         lines.append(f"{r['cell']:<5} {r['mode']:<17} {r['impl']:<10} "
                      f"{1000 * r['median_ms']:>10.1f} {spread:>17} "
-                     f"{r['speedup_vs_torch'] or 0:>8.2f}x")
+                     f"{r['speedup_vs_torch'] or 0:>8.2f}x {r['speedup_of_mins'] or 0:>8.2f}x")
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
         stem = f"cells-{B.machine_slug('cpu')}-{datetime.date.today().isoformat()}"
         path = os.path.join(B.results_dir(), stem)
         with open(path + ".json", "w") as f:
+            meta["loadavg_end"] = list(os.getloadavg())
             json.dump({"meta": meta, "results": rows}, f, indent=1)
         with open(path + ".md", "w") as f:
             f.write(f"# One cell step, N={args.batch}, I=H={args.size}, float32, CPU\n\n"
                     f"- command: `{meta['command']}`\n- date (UTC): {meta['date_utc']}\n"
                     f"- machine: {meta['cpu']}, {meta['threads']} threads; load average at start "
-                    f"{', '.join(f'{v:.2f}' for v in meta.get('loadavg_1_5_15', []))}\n"
+                    f"{', '.join(f'{v:.2f}' for v in meta.get('loadavg_1_5_15', []))}, at end "
+                    f"{', '.join(f'{v:.2f}' for v in meta['loadavg_end'])}\n"
                     f"- versions: torch {meta['torch']}, rnnkit {meta['rnnkit']}\n\n"
-                    f"```\n{text}\n```\n")
+                    f"Medians of interleaved samples (each at least 20 ms of calls); `vs torch`"
+                    f" is torch's median over this one's, `(of mins)` the same for the fastest "
+                    f"sample, less hurt by a busy machine.\n\n```\n{text}\n```\n")
         print(f"wrote {path}.json and .md", file=sys.stderr)
     return 0
 
