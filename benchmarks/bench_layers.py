@@ -117,6 +117,7 @@ def _row_text(r) -> str:
 
 def _table(rows) -> str:
     head = ("| # | case | torch.nn in issue (ms) | torch.nn here (ms) | rnnkit (ms) | speed-up | "
+            "of mins | "
             "target | met | rnnkit GFLOP/s | rnnkit of matmul | torch of matmul | matmul GFLOP/s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -127,7 +128,8 @@ def _table(rows) -> str:
         status = "" if r["rnnkit_status"] == "ok" else f" ({r['rnnkit_status']})"
         lines.append(f"| {r['n']} | {r['case']}{status} | {r['torch_ms_in_issue']} | "
                      f"{_f(r['torch_ms'], '.4g')} | {_f(r['rnnkit_ms'], '.4g')} | "
-                     f"{_f(r['ratio'], '.2f')}× | {target} | {met} | "
+                     f"{_f(r['ratio'], '.2f')}× | {_f(r.get('ratio_of_mins'), '.2f')}× | "
+                     f"{target} | {met} | "
                      f"{_f(r['rnnkit_gflops'], '.0f')} | {pct(r['rnnkit_of_matmul'])} | "
                      f"{pct(r['torch_of_matmul'])} | {_f(r['matmul_gflops'], '.0f')} |")
     return "\n".join(lines)
