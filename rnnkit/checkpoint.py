@@ -19,7 +19,6 @@ import os
 import tempfile
 from typing import Any, Optional
 
-import torch
 from torch import Tensor
 
 from .data import UserError

@@ -92,21 +92,10 @@ def _user_errors():
         raise click.ClickException(str(e)) from None
 
 
-_D = None
-
-
 def _default(name: str):
-    # TrainConfig defaults, read without importing torch (train.py imports it lazily at use).
-    global _D
-    if _D is None:
-        import ast
-        import pathlib
+    from .config import TrainConfig
 
-        tree = ast.parse((pathlib.Path(__file__).parent / "train.py").read_text())
-        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
-        _D = {n.target.id: ast.literal_eval(n.value) for n in cls.body
-              if isinstance(n, ast.AnnAssign) and n.value is not None}
-    return _D[name]
+    return getattr(TrainConfig, name)
 
 
 TASKS = ["charlm", "classify", "tag", "adding", "copy"]

@@ -114,7 +114,7 @@ class Vocab:
 
 
 def tokenize(text: str, level: str) -> list[str]:
-    """Split ``text`` into characters (level "char") or lower-cased words and punctuation ("word")."""
+    """Split ``text`` into characters ("char") or lower-cased words and punctuation ("word")."""
     if level == "char":
         return list(text)
     return re.findall(r"\w+|[^\w\s]", text.lower())

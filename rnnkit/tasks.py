@@ -209,7 +209,8 @@ class Classify(Task):
             labels = {lab for _, lab in train_rows}
             if len(labels) < 2:
                 raise D.UserError(f"{path}: only one label class ({next(iter(labels))!r}) in "
-                                  f"column {config.label_column!r}; classification needs two or more")
+                                  f"column {config.label_column!r}; classification needs two "
+                                  "or more")
             self.labels = D.Vocab.build(lab for _, lab in rows + valid_rows)
             self.vocab = D.Vocab.build(
                 (t for text, _ in train_rows for t in D.tokenize(text, config.tokens)),

@@ -20,81 +20,8 @@ import torch
 
 from . import __version__
 from . import checkpoint as C
+from .config import RESUMABLE, TrainConfig
 from .data import UserError
-
-#: Options that may differ from the saved config when resuming (they change neither the model,
-#: nor the data, nor the optimisation path up to the saved step).
-RESUMABLE = ("steps", "epochs", "eval_every", "device", "threads", "log_every", "impl", "out")
-
-
-@dataclass
-class TrainConfig:
-    """Everything needed to rebuild a run's model and data pipeline (saved as config.json)."""
-
-    # task and data
-    task: str = "charlm"  # charlm | classify | tag | adding | copy
-    data: Optional[str] = None  # text (charlm), CSV/TSV (classify), CoNLL (tag); None: bundled
-    valid_data: Optional[str] = None  # separate validation file (classify, tag); else split
-    valid_fraction: float = 0.1  # share held out for validation (charlm: the last 10%)
-    text_column: str = "text"  # classify: column holding the text
-    label_column: str = "label"  # classify: column holding the label
-    tokens: str = "word"  # classify: "word" or "char" tokens
-    seq_len: Optional[int] = None  # charlm: BPTT chunk; adding/copy: length; classify: max tokens
-    # model
-    cell: str = "lstm"  # lstm | gru | rnn
-    impl: str = "fused"  # fused (rnnkit) | torch (torch.nn) | reference (plain PyTorch loop)
-    hidden_size: int = 512  # hidden units per direction and layer
-    num_layers: int = 1  # stacked recurrent layers
-    embed_size: int = 64  # width of the symbol embedding (tasks with symbol inputs)
-    dropout: float = 0.0  # on embeddings, between layers, before the head
-    bidirectional: Optional[bool] = None  # None: True for tag, False otherwise (never for charlm)
-    # optimisation
-    batch_size: int = 32  # sequences (charlm: parallel streams) per step and process
-    steps: Optional[int] = None  # optimiser steps; None: from epochs, or 1000 by default
-    epochs: Optional[float] = None  # passes over the training data (used when steps is None)
-    lr: float = 4e-3  # peak learning rate
-    min_lr_ratio: float = 0.05  # final learning rate as a fraction of lr (cosine floor)
-    warmup_steps: int = 50  # linear warm-up from 0 to lr
-    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices
-    betas: tuple = (0.9, 0.99)  # AdamW moment decay rates
-    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
-    # bookkeeping
-    eval_every: int = 250  # validate (and save the last checkpoint) every this many steps
-    log_every: int = 10  # training-loss records in metrics.jsonl every this many steps
-    seed: int = 1337  # seeds weights, dropout and data order
-    device: str = "auto"  # auto | cpu | cuda
-    threads: Optional[int] = None  # torch CPU threads; None: torch's default
-    out: Optional[str] = None  # run folder; None: runs/<task>-<date>-<time>
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with task-dependent defaults filled in."""
-        from .tasks import DEFAULT_SEQ_LEN
-
-        c = dataclasses.replace(self)
-        if c.seq_len is None:
-            c.seq_len = DEFAULT_SEQ_LEN.get(c.task, 100)
-        if c.bidirectional is None:
-            c.bidirectional = c.task == "tag"
-        if c.task == "charlm" and c.bidirectional:
-            raise UserError("--bidirectional makes no sense for a language model (--task charlm)")
-        if c.out is None:
-            c.out = os.path.join("runs", time.strftime(f"{c.task}-%Y%m%d-%H%M%S"))
-        c.betas = tuple(c.betas)
-        return c
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserError(f"config.json: unknown field(s) {', '.join(unknown)} (written by a "
-                            "newer rnnkit?)")
-        return cls(**d)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -130,8 +57,11 @@ def _set_rng_state(rng: dict, device: torch.device) -> None:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("embed")]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not n.startswith("embed"))]
+    def decays(name: str, p: torch.Tensor) -> bool:  # weight matrices, not embeddings or biases
+        return p.ndim >= 2 and not name.startswith("embed")
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)

@@ -162,7 +162,8 @@ def test_optimizer_state_roundtrip_without_pickle():
     meta = json.loads(json.dumps(meta))  # what the metadata goes through
     other = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
     other.load_state_dict(C.unflatten_optimizer(tensors, meta))
-    assert other.param_groups[0]["lr"] == 0.1 and tuple(other.param_groups[0]["betas"]) == (0.8, 0.9)
+    group = other.param_groups[0]
+    assert group["lr"] == 0.1 and tuple(group["betas"]) == (0.8, 0.9)
     assert torch.equal(other.state_dict()["state"][0]["exp_avg"],
                        opt.state_dict()["state"][0]["exp_avg"])
 
@@ -210,8 +211,9 @@ def test_tag_learns(tmp_path):
 
 
 def test_adding_beats_baseline(tmp_path):
-    res = train(TrainConfig(task="adding", seq_len=10, cell="gru", hidden_size=32, batch_size=32, steps=250,
-                            eval_every=250, lr=1e-2, threads=1, out=str(tmp_path / "run")),
+    res = train(TrainConfig(task="adding", seq_len=10, cell="gru", hidden_size=32, batch_size=32,
+                            steps=250, eval_every=250, lr=1e-2, threads=1,
+                            out=str(tmp_path / "run")),
                 progress=False, echo=quiet)
     assert res.valid["mse"] < 0.5 * res.valid["baseline_mse"]
 
