@@ -121,7 +121,7 @@ RUN = click.Path(exists=True, file_okay=False)
 @click.option("--tokens", type=click.Choice(["word", "char"]), default=_default("tokens"),
               help="classify: split texts into words or characters.")
 @click.option("--seq-len", type=click.IntRange(1), default=None,
-              help="charlm: BPTT chunk (128); adding/copy: sequence length (50/20); "
+              help="charlm: BPTT chunk (64); adding/copy: sequence length (50/20); "
                    "classify: max tokens (400).")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default=_default("cell"),
               help="Recurrent cell.")
@@ -142,7 +142,7 @@ RUN = click.Path(exists=True, file_okay=False)
 @click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"),
               help="Sequences (charlm: parallel text streams) per step and process.")
 @click.option("--steps", type=click.IntRange(1), default=None,
-              help="Optimiser steps [default: 1000, or from --epochs].")
+              help="Optimiser steps [default: 500, or from --epochs].")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None,
               help="Passes over the training data (instead of --steps).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=_default("lr"),

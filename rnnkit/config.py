@@ -34,16 +34,16 @@ class TrainConfig:
     # model
     cell: str = "lstm"  # lstm | gru | rnn
     impl: str = "fused"  # fused (rnnkit) | torch (torch.nn) | reference (plain PyTorch loop)
-    hidden_size: int = 512  # hidden units per direction and layer
+    hidden_size: int = 384  # hidden units per direction and layer
     num_layers: int = 1  # stacked recurrent layers
     embed_size: int = 64  # width of the symbol embedding (tasks with symbol inputs)
     dropout: float = 0.0  # on embeddings, between layers, before the head
     bidirectional: Optional[bool] = None  # None: True for tag, False otherwise (never for charlm)
     # optimisation
-    batch_size: int = 32  # sequences (charlm: parallel streams) per step and process
-    steps: Optional[int] = None  # optimiser steps; None: from epochs, or 1000 by default
+    batch_size: int = 64  # sequences (charlm: parallel streams) per step and process
+    steps: Optional[int] = None  # optimiser steps; None: from epochs, or 500 by default
     epochs: Optional[float] = None  # passes over the training data (used when steps is None)
-    lr: float = 4e-3  # peak learning rate
+    lr: float = 5e-3  # peak learning rate
     min_lr_ratio: float = 0.05  # final learning rate as a fraction of lr (cosine floor)
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices

@@ -26,7 +26,7 @@ from .models import ModelSpec, detach_state
 TASKS = ("charlm", "classify", "tag", "adding", "copy")
 
 #: Sequence length used when the config leaves it unset, per task.
-DEFAULT_SEQ_LEN = {"charlm": 128, "adding": 50, "copy": 20, "classify": 400, "tag": 0}
+DEFAULT_SEQ_LEN = {"charlm": 64, "adding": 50, "copy": 20, "classify": 400, "tag": 0}
 
 
 @dataclass

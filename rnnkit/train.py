@@ -231,7 +231,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         total = config.steps
         if total is None:
             total = (max(1, round(config.epochs * task.steps_per_epoch)) if config.epochs
-                     else 1000)
+                     else 500)
         torch.manual_seed(config.seed)
         model = build_model(task.spec, config).to(device)
         optimizer = _optimizer(model, config)

@@ -63,7 +63,7 @@ def test_help_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "--hidden-size" in r.stdout and re.search(r"default:\s+512\b", r.stdout)
+    assert "--hidden-size" in r.stdout and re.search(r"default:\s+384\b", r.stdout)
 
 
 def test_train_eval_generate(run_dir):
