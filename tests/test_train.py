@@ -238,3 +238,17 @@ def test_synthetic_batches_depend_only_on_seed_and_step(task, name):
         batch = a.batch(0)
         assert torch.all(batch.x[..., 1].sum(0) == 2)  # exactly two markers per sequence
         assert torch.allclose((batch.x[..., 0] * batch.x[..., 1]).sum(0), batch.y)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_stop_signals_become_a_flag(signum):
+    import signal
+
+    from rnnkit.train import _StopSignals
+
+    sig = getattr(signal, signum)
+    before = signal.getsignal(sig)
+    with _StopSignals() as stop:
+        os.kill(os.getpid(), sig)
+        assert stop.signal == sig  # recorded, not raised: the step in progress finishes
+    assert signal.getsignal(sig) == before  # handlers restored afterwards
