@@ -1,0 +1,397 @@
+"""Training, evaluation and sampling: ``train(config) -> metrics``.
+
+AdamW with gradient clipping, linear warm-up then cosine decay, evaluation every ``eval_every``
+steps, the best and the last checkpoint kept in the run folder (see checkpoint.py), exact resume,
+a clean stop on Ctrl-C / SIGTERM, and DistributedDataParallel when started by torchrun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from . import __version__
+from . import checkpoint as C
+from .config import RESUMABLE, TrainConfig
+from .data import UserError
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio * lr at ``total``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, total - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no GPU is visible to torch here")
+    return torch.device(name)
+
+
+def _rng_state(device: torch.device) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng_state(rng: dict, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    def decays(name: str, p: torch.Tensor) -> bool:  # weight matrices, not embeddings or biases
+        return p.ndim >= 2 and not name.startswith("embed")
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+class _Distributed:
+    """torchrun's environment: rank, world size; gloo on CPU, NCCL on GPU."""
+
+    def __init__(self, device_name: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.on = self.world > 1
+        if self.on:
+            import torch.distributed as dist
+
+            use_cuda = device_name != "cpu" and torch.cuda.is_available()
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if use_cuda else "gloo")
+            if use_cuda:
+                torch.cuda.set_device(self.local_rank)
+
+    def device(self, name: str) -> torch.device:
+        device = pick_device(name)
+        if device.type == "cuda" and self.on:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any."""
+        if not self.on:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def close(self) -> None:
+        if self.on:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+class _StopSignals:
+    """Turns the first SIGINT / SIGTERM into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self.saved: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        def handler(signum, frame):
+            if self.signal is not None:  # second press: give up at once
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.saved[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: no signal handling
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.saved.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class TrainResult:
+    """What train() returns."""
+
+    run_dir: str  # the run folder
+    step: int  # steps done in total
+    total_steps: int  # steps the run was configured for
+    interrupted: Optional[str] = None  # "SIGINT"/"SIGTERM"/"stopped" if cut short
+    valid: dict = field(default_factory=dict)  # last validation metrics
+    best: dict = field(default_factory=dict)  # best validation metrics (and their step)
+    seconds: float = 0.0  # wall time of this invocation's loop, evaluations included
+    tokens_per_second: float = 0.0  # training tokens per second, evaluations excluded
+
+
+# ---- starting and resuming -------------------------------------------------------------------
+def resume_config(run_dir: str, overrides: dict) -> TrainConfig:
+    """The saved config of ``run_dir`` with ``overrides`` applied; UserError naming every
+    override that contradicts the saved config in a field that cannot change mid-run."""
+    saved = TrainConfig.from_json(C.read_json(os.path.join(run_dir, C.CONFIG))["config"])
+    conflicts = []
+    for name, value in overrides.items():
+        old = getattr(saved, name)
+        if isinstance(old, tuple):
+            value = tuple(value)
+        if name not in RESUMABLE and value != old:
+            conflicts.append(f"--{name.replace('_', '-')} {value} (saved: {old})")
+    if conflicts:
+        raise UserError(f"--resume {run_dir}: options contradict the saved config: "
+                        + "; ".join(conflicts))
+    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE},
+                               out=run_dir)
+
+
+def _prepare_run_dir(config: TrainConfig, task) -> None:
+    out = config.out
+    if os.path.exists(os.path.join(out, C.CONFIG)) or os.path.exists(os.path.join(out, C.LAST)):
+        raise UserError(f"{out} already holds a run; continue it with --resume {out} or choose "
+                        "another --out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: exists and is not a folder")
+    os.makedirs(out, exist_ok=True)
+    C.write_json(os.path.join(out, C.CONFIG), {"rnnkit_version": __version__,
+                                               "config": config.to_json()})
+    C.write_json(os.path.join(out, C.VOCAB), task.meta)
+
+
+def load_run(run_dir: str, impl: Optional[str] = None, which: str = "best",
+             device: str = "cpu"):
+    """(config, task, model, checkpoint meta) of a run folder, ready for evaluation.
+    ``impl`` swaps the recurrent implementation (weights load unchanged)."""
+    from .models import build_model
+    from .tasks import build_task
+
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: no such run folder")
+    config = TrainConfig.from_json(C.read_json(os.path.join(run_dir, C.CONFIG))["config"])
+    if impl:
+        config.impl = impl
+    meta = C.read_json(os.path.join(run_dir, C.VOCAB))
+    weights, ckpt_meta = C.load_weights(run_dir, which)
+    task = build_task(config, meta=meta)
+    model = build_model(task.spec, config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{run_dir}: the weights do not fit the saved config "
+                        f"({str(e).splitlines()[0]})") from None
+    dev = pick_device(device)
+    return config, task, model.to(dev).eval(), ckpt_meta
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          should_stop: Optional[Callable[[int], bool]] = None,
+          echo: Callable[[str], None] = print) -> TrainResult:
+    """Train per ``config`` (resuming from ``config.out`` if ``resume``) and return a TrainResult.
+
+    ``should_stop(step)`` is asked after every step; True stops the run as Ctrl-C would (a
+    checkpoint is saved). ``echo`` receives the one-line summaries (validation, final).
+    """
+    from tqdm import tqdm
+
+    from .models import build_model, detach_state
+    from .tasks import build_task
+
+    config = config.resolved()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dist = _Distributed(config.device)
+    try:
+        device = dist.device(config.device)
+        lead = dist.rank == 0
+        meta = C.read_json(os.path.join(config.out, C.VOCAB)) if resume else None
+        task = build_task(config, dist.rank, dist.world, meta)
+        total = config.steps
+        if total is None:
+            total = (max(1, round(config.epochs * task.steps_per_epoch)) if config.epochs
+                     else 500)
+        torch.manual_seed(config.seed)
+        model = build_model(task.spec, config).to(device)
+        optimizer = _optimizer(model, config)
+        step, carry, best = 0, None, {}
+        if resume:
+            state = C.load_last(config.out)
+            try:
+                model.load_state_dict(state["model"], strict=True)
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UserError(f"{config.out}: checkpoint does not fit the saved config "
+                                f"({str(e).splitlines()[0]})") from None
+            step = int(state["meta"]["step"])
+            best = state["meta"].get("best", {})
+            _set_rng_state(state["rng"], device)
+            if dist.rank:  # ranks other than 0 continue their own dropout stream
+                torch.manual_seed(config.seed + 7 * dist.rank + step)
+            if state["carry"] is not None and task.carries_state and dist.world == 1:
+                carry = tuple(t.to(device) for t in state["carry"])
+                if config.cell != "lstm":
+                    carry = carry[0]
+            if lead:
+                C.truncate_metrics(config.out, step)
+                echo(f"resuming {config.out} at step {step} of {total}")
+        else:
+            if dist.rank:
+                torch.manual_seed(config.seed + 7 * dist.rank)
+            if lead:
+                _prepare_run_dir(config, task)
+        if dist.on:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                          else None)
+        else:
+            net = model
+
+        def save_last() -> None:
+            if not lead:
+                return
+            keep = None
+            if carry is not None:
+                keep = carry if isinstance(carry, tuple) else (carry,)
+            C.save_last(config.out, model.state_dict(), optimizer.state_dict(),
+                        _rng_state(device), keep,
+                        {"step": step, "total_steps": total, "best": best,
+                         "scheduler": {"step": step, "lr": learning_rate(config, step, total)},
+                         "rnnkit_version": __version__})
+
+        def validate() -> dict:
+            model.eval()
+            metrics = task.evaluate(model, device)
+            model.train()
+            return metrics
+
+        result = TrainResult(config.out, step, total)
+        bar = tqdm(total=total, initial=step, disable=not (progress and lead), file=sys.stderr,
+                   dynamic_ncols=True, unit="step", desc=f"{config.task} {config.cell}")
+        model.train()
+        rate, tokens_done, busy, started = None, 0, 0.0, time.perf_counter()
+        with _StopSignals() as stop:
+            while step < total:
+                t0 = time.perf_counter()
+                lr = learning_rate(config, step, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = task.batch(step)
+                batch.x, batch.y = batch.x.to(device), batch.y.to(device)
+                loss, new_carry = task.loss(net, batch, carry)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                carry = detach_state(new_carry) if new_carry is not None else None
+                step += 1
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise UserError(f"training diverged at step {step} (loss {loss_value}); "
+                                    "lower --lr")
+                dt = time.perf_counter() - t0
+                busy += dt
+                tokens_done += batch.tokens * dist.world
+                now = batch.tokens * dist.world / max(dt, 1e-9)
+                rate = now if rate is None else 0.9 * rate + 0.1 * now
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}",
+                                refresh=False)
+                if lead and (step % config.log_every == 0 or step == total):
+                    C.append_metrics(config.out, {"step": step, "split": "train",
+                                                  "loss": loss_value, "lr": lr,
+                                                  "tokens_per_s": rate,
+                                                  "time": time.time()})
+                if step % config.eval_every == 0 or step == total:
+                    valid = validate()
+                    result.valid = valid
+                    if not best or valid["loss"] < best["loss"]:
+                        best = {**valid, "step": step}
+                        if lead:
+                            C.save_best(config.out, model.state_dict(),
+                                        {"step": step, "metrics": valid})
+                    if lead:
+                        C.append_metrics(config.out, {"step": step, "split": "valid", **valid,
+                                                      "time": time.time()})
+                        summary = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in valid.items())
+                        bar.clear()
+                        echo(f"step {step}/{total}  valid {summary}")
+                        bar.refresh()
+                    save_last()
+                asked = stop.signal is not None or (should_stop is not None and should_stop(step))
+                if step < total and dist.any(asked):
+                    save_last()
+                    result.interrupted = ({signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+                                          .get(stop.signal, "stopped"))
+                    break
+        bar.close()
+        result.step, result.best = step, best
+        result.seconds = time.perf_counter() - started
+        result.tokens_per_second = tokens_done / max(busy, 1e-9)
+        return result
+    finally:
+        dist.close()
+
+
+# ---- evaluation and sampling --------------------------------------------------------------------
+def evaluate_run(run_dir: str, data: Optional[str] = None, impl: Optional[str] = None,
+                 which: str = "best", device: str = "auto") -> dict:
+    """Metrics of a run's checkpoint on its validation split, or on ``data``."""
+    config, task, model, meta = load_run(run_dir, impl, which, device)
+    metrics = task.evaluate(model, next(model.parameters()).device, data)
+    return {"task": config.task, "step": meta.get("step"), **metrics}
+
+
+@torch.no_grad()
+def generate(run_dir: str, prompt: str = "\n", length: int = 500, temperature: float = 0.8,
+             top_k: Optional[int] = None, seed: Optional[int] = None, impl: Optional[str] = None,
+             which: str = "best", device: str = "auto"):
+    """Yield ``length`` characters sampled from a charlm run, one at a time, after ``prompt``."""
+    config, task, model, _ = load_run(run_dir, impl, which, device)
+    if config.task != "charlm":
+        raise UserError(f"{run_dir}: generate needs a charlm run, this one is {config.task!r}")
+    unknown = sorted({c for c in prompt if c not in task.vocab.stoi})
+    if unknown:
+        raise UserError("--prompt: character(s) not in the run's vocabulary: "
+                        + " ".join(repr(c) for c in unknown))
+    if not prompt:
+        prompt = "\n"
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev)
+    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    x = torch.tensor(task.vocab.encode(prompt), dtype=torch.long, device=dev).view(-1, 1)
+    logits, state = model(x)
+    last = logits[-1, 0]
+    for _ in range(length):
+        scores = last / max(temperature, 1e-6)
+        if top_k:
+            kth = torch.topk(scores, min(top_k, scores.numel())).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        index = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=g))
+        yield task.vocab.itos[index]
+        logits, state = model(torch.tensor([[index]], device=dev), hx=state)
+        last = logits[-1, 0]
