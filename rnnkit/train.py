@@ -301,6 +301,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                 batch = task.batch(step)
                 batch.x, batch.y = batch.x.to(device), batch.y.to(device)
                 loss, new_carry = task.loss(net, batch, carry)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):  # before the update: the weights stay good
+                    raise UserError(
+                        f"training diverged at step {step + 1} (loss {loss_value}); nothing of "
+                        f"this step was applied or saved, and the last checkpoint in "
+                        f"{config.out} is intact; lower --lr, or raise --warmup-steps")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip > 0:
@@ -308,10 +314,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                 optimizer.step()
                 carry = detach_state(new_carry) if new_carry is not None else None
                 step += 1
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise UserError(f"training diverged at step {step} (loss {loss_value}); "
-                                    "lower --lr")
                 dt = time.perf_counter() - t0
                 busy += dt
                 tokens_done += batch.tokens * dist.world
