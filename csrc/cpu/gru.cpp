@@ -15,6 +15,7 @@
 #include "../common/shapes.h"
 #include "blas.h"
 #include "loops.h"
+#include "memory.h"
 #include "recurrent.h"
 
 #include <cstring>
@@ -40,8 +41,9 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan,
                     scalar_t* ws,          // [P, 4H]
                     scalar_t* gh) {        // [N, 3H] scratch: the recurrent product of a step
   const int64_t H = d.H, G = d.G, W = 4 * H;
-  if (b_ih) fill_rows<scalar_t>(ws, plan.P, W, G, b_ih, nullptr);
-  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, b_ih ? 1 : 0, ws, W);
+  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, 0, ws, W);
+  const std::vector<scalar_t> bx_vec = bias_sum(G, b_ih, static_cast<const scalar_t*>(nullptr));
+  const scalar_t* bx = bx_vec.data();  // [3H]: b_ih, or zeros
 
   const RecurrentStep<scalar_t> rec(w_hh, 3, H, H, plan.N);
   for (int64_t s = 0; s < plan.T(); ++s) {
@@ -58,9 +60,9 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan,
         h_z = h_z + L::load(b_hh + H + j);
         h_n = h_n + L::load(b_hh + 2 * H + j);
       }
-      const auto r = gates::gru_forward(L::load(g + j), L::load(g + H + j),
-                                        L::load(g + 2 * H + j), h_r, h_z, h_n,
-                                        L::load(h + n * H + j));
+      const auto r = gates::gru_forward(
+          L::load(g + j) + L::load(bx + j), L::load(g + H + j) + L::load(bx + H + j),
+          L::load(g + 2 * H + j) + L::load(bx + 2 * H + j), h_r, h_z, h_n, L::load(h + n * H + j));
       L::store(g + j, r.r);
       L::store(g + H + j, r.z);
       L::store(g + 2 * H + j, r.n);
@@ -119,9 +121,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
   const Tensor x = input.contiguous();
   auto out_sizes = input.sizes().vec();
   out_sizes.back() = d.H;
-  Tensor output = at::empty(out_sizes, input.options());
+  Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
-  Tensor ws = at::empty({plan.P, 4 * d.H}, input.options());
+  Tensor ws = large_buffer({plan.P, 4 * d.H}, input.options());
   Tensor gh = at::empty({plan.N, d.G}, input.options());
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : Tensor();
@@ -153,8 +155,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor ws = workspace.contiguous();
   const Tensor gout = grad_output.has_value() ? grad_output->contiguous() : Tensor();
   Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros_like(h0);
-  Tensor dx = at::empty({plan.P, d.G}, input.options());
-  Tensor dhh = at::empty({plan.P, d.G}, input.options());
+  Tensor dx = large_buffer({plan.P, d.G}, input.options());
+  Tensor dhh = large_buffer({plan.P, d.G}, input.options());
   const Tensor wh = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnkit_gru_backward_cpu", [&] {
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };

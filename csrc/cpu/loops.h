@@ -49,16 +49,13 @@ void for_each_unit(int64_t rows, int64_t H, const Body& body) {
   });
 }
 
-// Fills the first G columns of each of the P rows of dst (row stride ld) with a + b (either may
-// be null: it counts as zeros). The biases of a whole sequence, before its input projection.
+// a + b, G values (either may be null: it counts as zeros): the biases of a layer, which the
+// pointwise passes add to the pre-activations.
 template <typename scalar_t>
-void fill_rows(scalar_t* dst, int64_t P, int64_t ld, int64_t G, const scalar_t* a,
-               const scalar_t* b) {
+std::vector<scalar_t> bias_sum(int64_t G, const scalar_t* a, const scalar_t* b) {
   std::vector<scalar_t> sum(G);
   for (int64_t k = 0; k < G; ++k) sum[k] = (a ? a[k] : scalar_t(0)) + (b ? b[k] : scalar_t(0));
-  at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) std::copy(sum.begin(), sum.end(), dst + p * ld);
-  });
+  return sum;
 }
 
 }  // namespace cpu

@@ -2,8 +2,9 @@
 // cell step built on them (common/cells.h).
 //
 // Forward, per layer and direction:
-//   1. one product for the input projection of every step, both biases folded in
-//   2. per step: one recurrent product accumulated in place, one fused pointwise pass
+//   1. one product for the input projection of every step
+//   2. per step: one recurrent product accumulated in place, one fused pointwise pass (which
+//      also adds both biases)
 // Backward: per step one fused pointwise pass and one recurrent product; then the gradients of
 // the input and of every weight as one large product each over all steps.
 //
@@ -22,6 +23,7 @@
 #include "../common/shapes.h"
 #include "blas.h"
 #include "loops.h"
+#include "memory.h"
 #include "recurrent.h"
 
 namespace rnnkit {
@@ -58,9 +60,9 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan,
                     scalar_t* c,           // [N, H]: c0 in, c_n out
                     scalar_t* ws) {        // [P, W]
   const int64_t H = d.H, R = d.R, G = d.G, W = d.W;
-  const bool bias = b_ih || b_hh;
-  if (bias) fill_rows(ws, plan.P, W, G, b_ih, b_hh);
-  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, bias ? 1 : 0, ws, W);
+  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, 0, ws, W);
+  const std::vector<scalar_t> bias_vec = bias_sum(G, b_ih, b_hh);  // [G]
+  const scalar_t* bias = bias_vec.data();
 
   const RecurrentStep<scalar_t> rec(w_hh, 4, H, R, plan.N);
   for (int64_t s = 0; s < plan.T(); ++s) {
@@ -70,9 +72,10 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan,
     rec.run(bs, h, gates, W, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
       scalar_t* g = gates + n * W;
-      const auto r = gates::lstm_forward(L::load(g + j), L::load(g + H + j),
-                                         L::load(g + 2 * H + j), L::load(g + 3 * H + j),
-                                         L::load(c + n * H + j));
+      const auto r = gates::lstm_forward(
+          L::load(g + j) + L::load(bias + j), L::load(g + H + j) + L::load(bias + H + j),
+          L::load(g + 2 * H + j) + L::load(bias + 2 * H + j),
+          L::load(g + 3 * H + j) + L::load(bias + 3 * H + j), L::load(c + n * H + j));
       L::store(g + j, r.i);
       L::store(g + H + j, r.f);
       L::store(g + 2 * H + j, r.g);
@@ -147,10 +150,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor x = input.contiguous();
   auto out_sizes = input.sizes().vec();
   out_sizes.back() = d.R;
-  Tensor output = at::empty(out_sizes, input.options());
+  Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
-  Tensor ws = at::empty({plan.P, d.W}, input.options());
+  Tensor ws = large_buffer({plan.P, d.W}, input.options());
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : Tensor();
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : Tensor();
@@ -193,8 +196,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor gout = grad_output.has_value() ? grad_output->contiguous() : Tensor();
   Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros_like(h0);
   Tensor dc = grad_c_n.has_value() ? grad_c_n->contiguous().clone() : at::zeros_like(c0);
-  Tensor dgates = at::empty({plan.P, d.G}, input.options());
-  Tensor dr = d.proj ? at::empty({plan.P, d.R}, input.options()) : Tensor();
+  Tensor dgates = large_buffer({plan.P, d.G}, input.options());
+  Tensor dr = d.proj ? large_buffer({plan.P, d.R}, input.options()) : Tensor();
   Tensor dh_pre = d.proj ? at::empty({plan.N, d.H}, input.options()) : Tensor();
   const Tensor wh = w_hh.contiguous();
   const Tensor wr = w_hr.has_value() ? w_hr->contiguous() : Tensor();

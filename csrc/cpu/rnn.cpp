@@ -12,6 +12,7 @@
 #include "../common/shapes.h"
 #include "blas.h"
 #include "loops.h"
+#include "memory.h"
 #include "recurrent.h"
 
 #include <cstring>
@@ -32,19 +33,20 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activa
                     const scalar_t* w_hh,  // [H, H]
                     const scalar_t* b_ih,  // [H] or null
                     const scalar_t* b_hh,  // [H] or null
-                    scalar_t* out,         // [P, H]: pre-activations, then h of every step
+                    scalar_t* out,         // [P, H]: pre-activations (biases not yet added), then h
                     scalar_t* h) {         // [N, H]: h0 in, h_n out
   const int64_t H = d.H;
-  const bool bias = b_ih || b_hh;
-  if (bias) fill_rows(out, plan.P, H, H, b_ih, b_hh);
-  gemm<scalar_t>(false, true, plan.P, H, d.I, 1, x, d.I, w_ih, d.I, bias ? 1 : 0, out, H);
+  gemm<scalar_t>(false, true, plan.P, H, d.I, 1, x, d.I, w_ih, d.I, 0, out, H);
+  const std::vector<scalar_t> bias_vec = bias_sum(H, b_ih, b_hh);  // [H]
+  const scalar_t* bias = bias_vec.data();
   const RecurrentStep<scalar_t> rec(w_hh, 1, H, H, plan.N);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t];
     scalar_t* out_t = out + plan.offsets[t] * H;
     rec.run(bs, h, out_t, H, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
-      L::store(out_t + n * H + j, gates::rnn_forward(L::load(out_t + n * H + j), act));
+      const auto a = L::load(out_t + n * H + j) + L::load(bias + j);
+      L::store(out_t + n * H + j, gates::rnn_forward(a, act));
     });
     std::memcpy(h, out_t, sizeof(scalar_t) * bs * H);  // the state the next step reads
   }
@@ -83,7 +85,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const optional<Tenso
   const Tensor x = input.contiguous();
   auto out_sizes = input.sizes().vec();
   out_sizes.back() = d.H;
-  Tensor output = at::empty(out_sizes, input.options());
+  Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : Tensor();
@@ -115,7 +117,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const Tensor h_prev = previous_states(out2d, h0.contiguous(), plan);
   const Tensor gout = grad_output.has_value() ? grad_output->contiguous() : Tensor();
   Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros_like(h0);
-  Tensor da = at::empty({plan.P, d.H}, input.options());
+  Tensor da = large_buffer({plan.P, d.H}, input.options());
   const Tensor wh = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnkit_rnn_backward_cpu", [&] {
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
