@@ -24,8 +24,10 @@
 namespace rnnkit {
 namespace cpu {
 
-// The largest active batch that takes the fused small-batch path.
-constexpr int64_t kSmallBatch = 4;
+// The largest active batch that takes the fused small-batch path, and the batch rows one pass
+// over a block's weights serves (K gates x 4 rows of sums fill the SIMD registers).
+constexpr int64_t kSmallBatch = 16;
+constexpr int64_t kRowsPerPass = 4;
 
 template <typename scalar_t>
 class RecurrentStep {
@@ -51,6 +53,7 @@ class RecurrentStep {
   template <typename Body>
   void run(int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc, bool accumulate,
            const Body& pointwise) const {
+    if (rows <= 0) return;
     if (packed_.empty() || rows > kSmallBatch) {
       gemm<scalar_t>(false, true, rows, K_ * H_, R_, 1, h, R_, w_hh_, R_, accumulate ? 1 : 0, acc,
                      ld_acc);
@@ -58,51 +61,83 @@ class RecurrentStep {
       return;
     }
     at::parallel_for(0, blocks_, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t n = 0; n < rows; ++n) product_block(b, h + n * R_, acc + n * ld_acc, accumulate);
+      for (int64_t b = b0; b < b1; ++b) product_block(b, rows, h, acc, ld_acc, accumulate);
       const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
       for (int64_t n = 0; n < rows; ++n) unit_loop<scalar_t>(n, j0, j1, pointwise);
     });
   }
 
  private:
-  // acc[k * H + j] (+)= h . W_hh[k * H + j, :] for the units j of block b, one batch row.
-  void product_block(int64_t b, const scalar_t* h, scalar_t* acc, bool accumulate) const {
-    switch (K_) {
-      case 1: return product_block_k<1>(b, h, acc, accumulate);
-      case 3: return product_block_k<3>(b, h, acc, accumulate);
-      default: return product_block_k<4>(b, h, acc, accumulate);
+  // acc[n, k * H + j] (+)= h[n] . W_hh[k * H + j, :] for the units j of block b and every row
+  // n < rows: one pass over the block's weights per kRowsPerPass rows.
+  void product_block(int64_t b, int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
+                     bool accumulate) const {
+    for (int64_t n = 0; n < rows; n += kRowsPerPass) {
+      const int64_t m = std::min(kRowsPerPass, rows - n);
+      const scalar_t* hn = h + n * R_;
+      scalar_t* an = acc + n * ld_acc;
+      switch (K_) {
+        case 1: product_block_k<1>(b, m, hn, an, ld_acc, accumulate); break;
+        case 3: product_block_k<3>(b, m, hn, an, ld_acc, accumulate); break;
+        default: product_block_k<4>(b, m, hn, an, ld_acc, accumulate); break;
+      }
     }
   }
 
-  // K gates known at compile time, so the sums live in registers; two sums per gate (even and
-  // odd r) so that consecutive multiply-adds do not wait on each other.
   template <int K>
-  void product_block_k(int64_t b, const scalar_t* h, scalar_t* acc, bool accumulate) const {
-    Vec even[K], odd[K];
-    for (int k = 0; k < K; ++k) even[k] = odd[k] = Vec(scalar_t(0));
+  void product_block_k(int64_t b, int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
+                       bool accumulate) const {
+    switch (rows) {
+      case 1: return product_rows<K, 1>(b, h, acc, ld_acc, accumulate);
+      case 2: return product_rows<K, 2>(b, h, acc, ld_acc, accumulate);
+      case 3: return product_rows<K, 3>(b, h, acc, ld_acc, accumulate);
+      default: return product_rows<K, 4>(b, h, acc, ld_acc, accumulate);
+    }
+  }
+
+  // K gates and ROWS batch rows known at compile time, so the K * ROWS sums live in registers.
+  // With a single row, two sums per gate (even and odd r) keep consecutive multiply-adds from
+  // waiting on each other; with several rows, the rows do that.
+  template <int K, int ROWS>
+  void product_rows(int64_t b, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
+                    bool accumulate) const {
+    constexpr int S = ROWS == 1 ? 2 : 1;
+    Vec sum[S][ROWS][K];
+    for (int s = 0; s < S; ++s)
+      for (int n = 0; n < ROWS; ++n)
+        for (int k = 0; k < K; ++k) sum[s][n][k] = Vec(scalar_t(0));
     const scalar_t* w = packed_.data() + b * R_ * K * V;
     int64_t r = 0;
-    for (; r + 2 <= R_; r += 2) {
-      const Vec h0(h[r]), h1(h[r + 1]);
-      for (int k = 0; k < K; ++k) {
-        even[k] = at::vec::fmadd(h0, Vec::loadu(w + (r * K + k) * V), even[k]);
-        odd[k] = at::vec::fmadd(h1, Vec::loadu(w + ((r + 1) * K + k) * V), odd[k]);
+    if constexpr (S == 2) {
+      for (; r + 2 <= R_; r += 2) {
+        const Vec h0(h[r]), h1(h[r + 1]);
+        for (int k = 0; k < K; ++k) {
+          sum[0][0][k] = at::vec::fmadd(h0, Vec::loadu(w + (r * K + k) * V), sum[0][0][k]);
+          sum[1][0][k] = at::vec::fmadd(h1, Vec::loadu(w + ((r + 1) * K + k) * V), sum[1][0][k]);
+        }
       }
     }
-    for (; r < R_; ++r)
-      for (int k = 0; k < K; ++k)
-        even[k] = at::vec::fmadd(Vec(h[r]), Vec::loadu(w + (r * K + k) * V), even[k]);
+    for (; r < R_; ++r) {
+      Vec wk[K];
+      for (int k = 0; k < K; ++k) wk[k] = Vec::loadu(w + (r * K + k) * V);
+      for (int n = 0; n < ROWS; ++n) {
+        const Vec hn(h[n * R_ + r]);
+        for (int k = 0; k < K; ++k) sum[0][n][k] = at::vec::fmadd(hn, wk[k], sum[0][n][k]);
+      }
+    }
     const int64_t j = b * V, width = std::min<int64_t>(V, H_ - j);
-    for (int k = 0; k < K; ++k) {
-      const Vec sum = even[k] + odd[k];
-      scalar_t* dst = acc + k * H_ + j;
-      if (width == V) {
-        (accumulate ? sum + Vec::loadu(dst) : sum).store(dst);
-      } else {
-        scalar_t tmp[V];
-        sum.store(tmp);
-        for (int64_t v = 0; v < width; ++v) dst[v] = accumulate ? dst[v] + tmp[v] : tmp[v];
+    for (int n = 0; n < ROWS; ++n) {
+      for (int k = 0; k < K; ++k) {
+        Vec total = sum[0][n][k];
+        if constexpr (S == 2) total = total + sum[1][n][k];
+        scalar_t* dst = acc + n * ld_acc + k * H_ + j;
+        if (width == V) {
+          (accumulate ? total + Vec::loadu(dst) : total).store(dst);
+        } else {
+          scalar_t tmp[V];
+          total.store(tmp);
+          for (int64_t v = 0; v < width; ++v) dst[v] = accumulate ? dst[v] + tmp[v] : tmp[v];
+        }
       }
     }
   }
