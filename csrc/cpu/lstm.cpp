@@ -44,9 +44,6 @@ LstmDims lstm_dims(const LayerShape& s, bool proj) {
   return {s.I, s.H, s.R, s.G, (proj ? 6 : 5) * s.H, proj};
 }
 
-// Fills the first G columns of every row of ws [P, W] with b_ih + b_hh.
-
-
 template <typename scalar_t>
 void forward_kernel(const LstmDims& d, const SequencePlan& plan,
                     const scalar_t* x,     // [P, I]
