@@ -40,3 +40,14 @@ def pytest_terminal_summary(terminalreporter):
     if os.environ.get("RNNKIT_FUZZ_REPORT"):
         with open(os.environ["RNNKIT_FUZZ_REPORT"], "w") as f:
             json.dump(counts, f, indent=1)
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """One intra-op thread for the test: the per-step matrix products of small layers are tiny,
+    and a team of OpenMP threads per step costs more than it saves on a busy machine (for tests
+    whose subject does not depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,15 +30,7 @@ KINDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread: the per-step matrix products are small, and a team of OpenMP threads
-    per step costs more than it saves on a busy machine (what is tested here does not depend on
-    it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def rss_bytes() -> int:
