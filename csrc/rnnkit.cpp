@@ -7,7 +7,8 @@
 // Layer operators run one layer in one direction over a whole sequence. Their input is either
 // padded, [T, N, I] with batch_sizes None, or packed, [P, I] with batch_sizes [T] (int64, the
 // active batch of each step, non-increasing). `workspace` holds what backward needs; its layout
-// is private to the backend that made it.
+// is private to the backend that made it. With train=False (inference) the LSTM and GRU layers
+// keep no workspace: it comes back empty, [0], and backward through that call is an error.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -18,7 +19,7 @@ TORCH_LIBRARY(rnnkit, m) {
   // ---- LSTM ------------------------------------------------------------------------------
   m.def(
       "lstm(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool train=True) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, "
@@ -35,7 +36,8 @@ TORCH_LIBRARY(rnnkit, m) {
   // ---- GRU -------------------------------------------------------------------------------
   m.def(
       "gru(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor workspace)");
+      "Tensor? b_hh, bool reverse, bool train=True) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
       "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> "

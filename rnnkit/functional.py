@@ -49,18 +49,25 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
 # ---- one layer in one direction ---------------------------------------------------------------
 # Each takes (x, batch_sizes, states, params, reverse) and returns (output, states): the shape
 # that stack_layers composes; rnnkit.reference provides the same three in plain PyTorch.
+def _needs_workspace(*tensors: Tensor | None) -> bool:
+    """Whether autograd will need the layer's backward: only then is its workspace kept."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def lstm_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
                params: LayerParams, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
     w_ih, w_hh, b_ih, b_hh, w_hr = params
+    train = _needs_workspace(x, *states, *params)
     out, h, c, _ = rnnkit_ops.lstm(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
-                                   w_hr, reverse)
+                                   w_hr, reverse, train)
     return out, (h, c)
 
 
 def gru_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
               params: LayerParams, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
     w_ih, w_hh, b_ih, b_hh, _ = params
-    out, h, _ = rnnkit_ops.gru(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse)
+    train = _needs_workspace(x, *states, *params)
+    out, h, _ = rnnkit_ops.gru(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse, train)
     return out, (h,)
 
 

@@ -5,7 +5,8 @@ gets a backward that calls its C++ backward operator, and every operator gets a 
 implementation that gives output shapes without computing, for torch.compile and opcheck.
 
 Workspace widths (values per packed row saved for backward): LSTM 5H (6H with a projection),
-GRU 4H, RNN none (backward reads the output).
+GRU 4H, RNN none (backward reads the output). The LSTM and GRU layer operators take
+``train``: with False (inference) they keep no workspace and return an empty one, (0,).
 """
 
 from __future__ import annotations
@@ -73,12 +74,16 @@ def _fake(op: str):
     return register
 
 
+def _workspace(input, batch_sizes, width: int, train: bool) -> torch.Tensor:
+    """The workspace a layer operator returns: (P, width) in training, (0,) without."""
+    return input.new_empty((_rows(input, batch_sizes), width) if train else (0,))
+
+
 @_fake("lstm")
-def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True):
     H = w_ih.shape[0] // 4
     R = H if w_hr is None else w_hr.shape[0]
-    width = (6 if w_hr is not None else 5) * H
-    ws = input.new_empty((_rows(input, batch_sizes), width))
+    ws = _workspace(input, batch_sizes, (6 if w_hr is not None else 5) * H, train)
     return _out(input, R), torch.empty_like(h0), torch.empty_like(c0), ws
 
 
@@ -103,9 +108,9 @@ def _(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace):
 
 
 @_fake("gru")
-def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True):
     H = w_ih.shape[0] // 3
-    return _out(input, H), torch.empty_like(h0), input.new_empty((_rows(input, batch_sizes), 4 * H))
+    return _out(input, H), torch.empty_like(h0), _workspace(input, batch_sizes, 4 * H, train)
 
 
 @_fake("gru_backward")
@@ -166,8 +171,16 @@ def _named(op, inputs):
     return dict(zip(names, inputs))
 
 
+def _require_train(op: str, a: dict) -> None:
+    """Backward needs the workspace that only a call with train=True keeps."""
+    if not a.get("train", True):
+        raise RuntimeError(f"rnnkit::{op} was called with train=False, which keeps no workspace "
+                           "for backward; call it with train=True to differentiate it")
+
+
 def _lstm_setup(ctx, inputs, output):
     a = _named(ops.lstm.default, inputs)
+    _require_train("lstm", a)
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"], a["w_hh"],
@@ -180,7 +193,8 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
                           w_hh, w_hr, output, workspace, ctx.reverse)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = g
     return (grad_input, None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
-            *_bias_grads(ctx, grad_bias, grad_bias), grad_w_hr if w_hr is not None else None, None)
+            *_bias_grads(ctx, grad_bias, grad_bias), grad_w_hr if w_hr is not None else None, None,
+            None)
 
 
 torch.library.register_autograd("rnnkit::lstm", _lstm_backward, setup_context=_lstm_setup)
@@ -204,6 +218,7 @@ torch.library.register_autograd("rnnkit::lstm_cell", _lstm_cell_backward, setup_
 
 def _gru_setup(ctx, inputs, output):
     a = _named(ops.gru.default, inputs)
+    _require_train("gru", a)
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
@@ -216,7 +231,7 @@ def _gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
                          workspace, ctx.reverse)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
     return (grad_input, None, grad_h0, grad_w_ih, grad_w_hh,
-            *_bias_grads(ctx, grad_b_ih, grad_b_hh), None)
+            *_bias_grads(ctx, grad_b_ih, grad_b_hh), None, None)
 
 
 torch.library.register_autograd("rnnkit::gru", _gru_backward, setup_context=_gru_setup)

@@ -23,7 +23,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell(LayerForward layer, const Tensor& i
                                              const optional<Tensor>& b_ih,
                                              const optional<Tensor>& b_hh) {
   auto r = layer(input.unsqueeze(0), c10::nullopt, hx, cx, w_ih, w_hh, b_ih, b_hh, c10::nullopt,
-                 false);
+                 /*reverse=*/false, /*train=*/true);
   return {std::get<1>(r), std::get<2>(r), std::get<3>(r)};
 }
 
@@ -43,7 +43,8 @@ template <typename LayerForward>
 std::tuple<Tensor, Tensor> gru_cell(LayerForward layer, const Tensor& input, const Tensor& hx,
                                     const Tensor& w_ih, const Tensor& w_hh,
                                     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh) {
-  auto r = layer(input.unsqueeze(0), c10::nullopt, hx, w_ih, w_hh, b_ih, b_hh, false);
+  auto r = layer(input.unsqueeze(0), c10::nullopt, hx, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false,
+                 /*train=*/true);
   return {std::get<1>(r), std::get<2>(r)};
 }
 

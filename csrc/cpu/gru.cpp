@@ -13,6 +13,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "../common/weight_grads.h"
 #include "blas.h"
 #include "loops.h"
 #include "memory.h"
@@ -29,8 +30,10 @@ using c10::optional;
 
 constexpr const char* kOp = "rnnkit::gru";
 
+// Forward over the whole sequence. With train, ws is the workspace [P, 4H] that backward reads;
+// without, ws is scratch for the input projection of one chunk of steps (ProjectionChunks).
 template <typename scalar_t>
-void forward_kernel(const LayerShape& d, const SequencePlan& plan,
+void forward_kernel(const LayerShape& d, const SequencePlan& plan, bool train,
                     const scalar_t* x,     // [P, I]
                     const scalar_t* w_ih,  // [3H, I]
                     const scalar_t* w_hh,  // [3H, H]
@@ -38,21 +41,20 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan,
                     const scalar_t* b_hh,  // [3H] or null
                     scalar_t* out,         // [P, H]
                     scalar_t* h,           // [N, H]: h0 in, h_n out
-                    scalar_t* ws,          // [P, 4H]
+                    scalar_t* ws,          // train: [P, 4H]; else [chunk rows, 3H]
                     scalar_t* gh) {        // [N, 3H] scratch: the recurrent product of a step
-  const int64_t H = d.H, G = d.G, W = 4 * H;
-  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, 0, ws, W);
+  const int64_t H = d.H, G = d.G, W = train ? 4 * H : G;
   const std::vector<scalar_t> bx_vec = bias_sum(G, b_ih, static_cast<const scalar_t*>(nullptr));
   const scalar_t* bx = bx_vec.data();  // [3H]: b_ih, or zeros
 
   const RecurrentStep<scalar_t> rec(w_hh, 3, H, H, plan.N);
-  for (int64_t s = 0; s < plan.T(); ++s) {
-    const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
+  // One step: gates [bs, W] holds its input projection on entry.
+  const auto step = [&](int64_t, int64_t bs, int64_t row, scalar_t* gates) {
     scalar_t* out_t = out + row * H;
     rec.run(bs, h, gh, G, /*accumulate=*/false, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
       using V = typename L::V;
-      scalar_t* g = ws + (row + n) * W;
+      scalar_t* g = gates + n * W;
       const scalar_t* r_h = gh + n * G;
       V h_r = L::load(r_h + j), h_z = L::load(r_h + H + j), h_n = L::load(r_h + 2 * H + j);
       if (b_hh) {
@@ -62,15 +64,19 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan,
       }
       const auto r = gates::gru_forward(
           L::load(g + j) + L::load(bx + j), L::load(g + H + j) + L::load(bx + H + j),
-          L::load(g + 2 * H + j) + L::load(bx + 2 * H + j), h_r, h_z, h_n, L::load(h + n * H + j));
-      L::store(g + j, r.r);
-      L::store(g + H + j, r.z);
-      L::store(g + 2 * H + j, r.n);
-      L::store(g + 3 * H + j, h_n);
+          L::load(g + 2 * H + j) + L::load(bx + 2 * H + j), h_r, h_z, h_n,
+          L::load(h + n * H + j));
+      if (train) {
+        L::store(g + j, r.r);
+        L::store(g + H + j, r.z);
+        L::store(g + 2 * H + j, r.n);
+        L::store(g + 3 * H + j, h_n);
+      }
       L::store(out_t + n * H + j, r.h);
     });
     std::memcpy(h, out_t, sizeof(scalar_t) * bs * H);  // the state the next step reads
-  }
+  };
+  forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, step);
 }
 
 template <typename scalar_t>
@@ -114,7 +120,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
                                                const optional<Tensor>& batch_sizes,
                                                const Tensor& h0, const Tensor& w_ih,
                                                const Tensor& w_hh, const optional<Tensor>& b_ih,
-                                               const optional<Tensor>& b_hh, bool reverse) {
+                                               const optional<Tensor>& b_hh, bool reverse,
+                                               bool train) {
   checks::floating(input, false, kOp);
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, kOp);
   const LayerShape d = layer_shape(kOp, 3, input, plan, h0, w_ih, w_hh, b_ih, b_hh, c10::nullopt);
@@ -123,17 +130,19 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
   out_sizes.back() = d.H;
   Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
-  Tensor ws = large_buffer({plan.P, 4 * d.H}, input.options());
+  const ProjectionChunks chunks(plan, train);
+  Tensor ws = train ? large_buffer({plan.P, 4 * d.H}, input.options())
+                    : at::empty({chunks.max_rows(), d.G}, input.options());
   Tensor gh = at::empty({plan.N, d.G}, input.options());
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : Tensor();
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnkit_gru_cpu", [&] {
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-    forward_kernel<scalar_t>(d, plan, ptr(x), ptr(wi), ptr(wh), ptr(bi), ptr(bh), ptr(output),
-                             ptr(h_n), ptr(ws), ptr(gh));
+    forward_kernel<scalar_t>(d, plan, train, ptr(x), ptr(wi), ptr(wh), ptr(bi), ptr(bh),
+                             ptr(output), ptr(h_n), ptr(ws), ptr(gh));
   });
-  return {output, h_n, ws};
+  return {output, h_n, train ? ws : at::empty({0}, input.options())};
 }
 
 // Returns grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
@@ -163,8 +172,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     backward_kernel<scalar_t>(d, plan, ptr(gout), ptr(wh), ptr(ws), ptr(h_prev), ptr(dx),
                               ptr(dhh), ptr(dh));
   });
-  return {at::matmul(dx, w_ih).view(input.sizes()), dh, at::matmul(dx.t(), x),
-          at::matmul(dhh.t(), h_prev), dx.sum(0), dhh.sum(0)};
+  const WeightGrads g = weight_grads(dx, dhh, x, h_prev, w_ih, input.sizes());
+  return {g.input, dh, g.w_ih, g.w_hh, g.b_ih, g.b_hh};
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "../common/weight_grads.h"
 #include "blas.h"
 #include "loops.h"
 #include "memory.h"
@@ -44,8 +45,11 @@ LstmDims lstm_dims(const LayerShape& s, bool proj) {
   return {s.I, s.H, s.R, s.G, (proj ? 6 : 5) * s.H, proj};
 }
 
+// Forward over the whole sequence. With train, ws is the workspace [P, W] that backward reads;
+// without, ws is scratch for the gates of one chunk of steps (see ProjectionChunks) and only
+// the states and the output are written.
 template <typename scalar_t>
-void forward_kernel(const LstmDims& d, const SequencePlan& plan,
+void forward_kernel(const LstmDims& d, const SequencePlan& plan, bool train,
                     const scalar_t* x,     // [P, I]
                     const scalar_t* w_ih,  // [G, I]
                     const scalar_t* w_hh,  // [G, R]
@@ -55,17 +59,18 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan,
                     scalar_t* out,         // [P, R]
                     scalar_t* h,           // [N, R]: h0 in, h_n out
                     scalar_t* c,           // [N, H]: c0 in, c_n out
-                    scalar_t* ws) {        // [P, W]
-  const int64_t H = d.H, R = d.R, G = d.G, W = d.W;
-  gemm<scalar_t>(false, true, plan.P, G, d.I, 1, x, d.I, w_ih, d.I, 0, ws, W);
+                    scalar_t* ws,          // train: [P, W]; else [chunk rows, G]
+                    scalar_t* h_pre) {     // [N, H] scratch with a projection and without train
+  const int64_t H = d.H, R = d.R, G = d.G, W = train ? d.W : G;
   const std::vector<scalar_t> bias_vec = bias_sum(G, b_ih, b_hh);  // [G]
   const scalar_t* bias = bias_vec.data();
 
   const RecurrentStep<scalar_t> rec(w_hh, 4, H, R, plan.N);
-  for (int64_t s = 0; s < plan.T(); ++s) {
-    const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-    scalar_t* gates = ws + row * W;  // [bs, W]
-    scalar_t* out_t = out + row * R;  // [bs, R]
+  // One step: gates [bs, W] holds its input projection on entry.
+  const auto step = [&](int64_t, int64_t bs, int64_t row, scalar_t* gates) {
+    scalar_t* out_t = out + row * R;               // [bs, R]
+    scalar_t* hp = train ? gates + 5 * H : h_pre;  // h before the projection
+    const int64_t ld_hp = train ? W : H;
     rec.run(bs, h, gates, W, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
       using L = decltype(lanes);
       scalar_t* g = gates + n * W;
@@ -73,17 +78,20 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan,
           L::load(g + j) + L::load(bias + j), L::load(g + H + j) + L::load(bias + H + j),
           L::load(g + 2 * H + j) + L::load(bias + 2 * H + j),
           L::load(g + 3 * H + j) + L::load(bias + 3 * H + j), L::load(c + n * H + j));
-      L::store(g + j, r.i);
-      L::store(g + H + j, r.f);
-      L::store(g + 2 * H + j, r.g);
-      L::store(g + 3 * H + j, r.o);
-      L::store(g + 4 * H + j, r.c);
+      if (train) {
+        L::store(g + j, r.i);
+        L::store(g + H + j, r.f);
+        L::store(g + 2 * H + j, r.g);
+        L::store(g + 3 * H + j, r.o);
+        L::store(g + 4 * H + j, r.c);
+      }
       L::store(c + n * H + j, r.c);
-      L::store(d.proj ? g + 5 * H + j : out_t + n * R + j, r.h);
+      L::store(d.proj ? hp + n * ld_hp + j : out_t + n * R + j, r.h);
     });
-    if (d.proj) gemm<scalar_t>(false, true, bs, R, H, 1, gates + 5 * H, W, w_hr, H, 0, out_t, R);
+    if (d.proj) gemm<scalar_t>(false, true, bs, R, H, 1, hp, ld_hp, w_hr, H, 0, out_t, R);
     std::memcpy(h, out_t, sizeof(scalar_t) * bs * R);  // the state the next step reads
-  }
+  };
+  forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, step);
 }
 
 template <typename scalar_t>
@@ -136,7 +144,7 @@ void backward_kernel(const LstmDims& d, const SequencePlan& plan,
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
-    const optional<Tensor>& b_hh, const optional<Tensor>& w_hr, bool reverse) {
+    const optional<Tensor>& b_hh, const optional<Tensor>& w_hr, bool reverse, bool train) {
   checks::floating(input, false, kOp);
   const SequencePlan plan = make_plan(input, batch_sizes, reverse, kOp);
   const LstmDims d = lstm_dims(layer_shape(kOp, 4, input, plan, h0, w_ih, w_hh, b_ih, b_hh, w_hr),
@@ -150,17 +158,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
-  Tensor ws = large_buffer({plan.P, d.W}, input.options());
+  const ProjectionChunks chunks(plan, train);
+  Tensor ws = train ? large_buffer({plan.P, d.W}, input.options())
+                    : at::empty({chunks.max_rows(), d.G}, input.options());
+  Tensor h_pre = d.proj && !train ? at::empty({plan.N, d.H}, input.options()) : Tensor();
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : Tensor();
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : Tensor();
   const Tensor wr = w_hr.has_value() ? w_hr->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnkit_lstm_cpu", [&] {
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-    forward_kernel<scalar_t>(d, plan, ptr(x), ptr(wi), ptr(wh), ptr(bi), ptr(bh), ptr(wr),
-                             ptr(output), ptr(h_n), ptr(c_n), ptr(ws));
+    forward_kernel<scalar_t>(d, plan, train, ptr(x), ptr(wi), ptr(wh), ptr(bi), ptr(bh), ptr(wr),
+                             ptr(output), ptr(h_n), ptr(c_n), ptr(ws), ptr(h_pre));
   });
-  return {output, h_n, c_n, ws};
+  return {output, h_n, c_n, train ? ws : at::empty({0}, input.options())};
 }
 
 // Returns grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the same for b_ih and
@@ -203,13 +214,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     backward_kernel<scalar_t>(d, plan, ptr(gout), ptr(wh), ptr(wr), ptr(ws), ptr(c_prev),
                               ptr(dgates), ptr(dr), ptr(dh), ptr(dc), ptr(dh_pre));
   });
-  Tensor grad_input = at::matmul(dgates, w_ih).view(input.sizes());
-  Tensor grad_w_ih = at::matmul(dgates.t(), x);
-  Tensor grad_w_hh = at::matmul(dgates.t(), h_prev);
-  Tensor grad_bias = dgates.sum(0);
-  Tensor grad_w_hr = d.proj ? at::matmul(dr.t(), ws.narrow(1, 5 * d.H, d.H))
+  const WeightGrads g = weight_grads(dgates, dgates, x, h_prev, w_ih, input.sizes());
+  Tensor grad_w_hr = d.proj ? at::mm(dr.t(), ws.narrow(1, 5 * d.H, d.H))
                             : at::empty({0}, input.options());
-  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr};
+  return {g.input, dh, dc, g.w_ih, g.w_hh, g.b_ih, grad_w_hr};
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../common/plan.h"
 #include "blas.h"
 #include "loops.h"
 
@@ -146,6 +147,27 @@ class RecurrentStep {
   int64_t K_, H_, R_, blocks_;
   std::vector<scalar_t> packed_;  // empty: the BLAS path
 };
+
+// The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first
+// getting its input projection x w_ih^T into ws, with row stride W. With train, ws holds every
+// packed row (the workspace); without, it holds the rows of one chunk and is reused.
+//   x: [P, I]; w_ih: [G, I]; ws: train [P, W], else [ProjectionChunks::max_rows(), W]
+// step(t, bs, row, gates): time index t, active batch bs, first packed row, and the step's rows
+// of ws ([bs, W]) holding its input projection.
+template <typename scalar_t, typename Step>
+void forward_steps(const SequencePlan& plan, bool train, const scalar_t* x, int64_t I,
+                   const scalar_t* w_ih, int64_t G, scalar_t* ws, int64_t W, const Step& step) {
+  const ProjectionChunks chunks(plan, train);
+  for (int64_t k = 0; k < chunks.count(); ++k) {
+    const int64_t first_row = chunks.first_row(k);
+    gemm<scalar_t>(false, true, chunks.rows(k), G, I, 1, x + first_row * I, I, w_ih, I, 0,
+                   ws + (train ? first_row * W : 0), W);
+    for (int64_t s = chunks.first_step(k); s < chunks.end_step(k); ++s) {
+      const int64_t t = plan.forward_step(s), row = plan.offsets[t];
+      step(t, plan.batch_sizes[t], row, ws + (train ? row : row - first_row) * W);
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace rnnkit

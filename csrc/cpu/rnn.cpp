@@ -10,6 +10,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "../common/weight_grads.h"
 #include "blas.h"
 #include "loops.h"
 #include "memory.h"
@@ -123,8 +124,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     backward_kernel<scalar_t>(d, plan, act, ptr(gout), ptr(wh), ptr(out2d), ptr(da), ptr(dh));
   });
-  return {at::matmul(da, w_ih).view(input.sizes()), dh, at::matmul(da.t(), x),
-          at::matmul(da.t(), h_prev), da.sum(0)};
+  const WeightGrads g = weight_grads(da, da, x, h_prev, w_ih, input.sizes());
+  return {g.input, dh, g.w_ih, g.w_hh, g.b_ih};
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "../common/weight_grads.h"
 #include "blas.cuh"
 #include "launch.cuh"
 
@@ -91,7 +92,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
                                                const optional<Tensor>& batch_sizes,
                                                const Tensor& h0, const Tensor& w_ih,
                                                const Tensor& w_hh, const optional<Tensor>& b_ih,
-                                               const optional<Tensor>& b_hh, bool reverse) {
+                                               const optional<Tensor>& b_hh, bool reverse,
+                                               bool train) {
   check_on_cuda(input, kOp);
   checks::floating(input, true, kOp);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -129,7 +131,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
       for_each_unit(bs, H, step);
     }
   });
-  return {output, h_n, ws};
+  // Without train the workspace goes back to the caching allocator here (see lstm.cu).
+  return {output, h_n, train ? ws : at::empty({0}, input.options())};
 }
 
 // Returns grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
@@ -173,8 +176,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                      H, 1, ptr<scalar_t>(dh), H);
     }
   });
-  return {at::mm(dx, w_ih).view(input.sizes()), dh, at::mm(dx.t(), x),
-          at::mm(dhh.t(), h_prev), dx.sum(0), dhh.sum(0)};
+  const WeightGrads g = weight_grads(dx, dhh, x, h_prev, w_ih, input.sizes());
+  return {g.input, dh, g.w_ih, g.w_hh, g.b_ih, g.b_hh};
 }
 
 }  // namespace

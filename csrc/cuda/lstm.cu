@@ -18,6 +18,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "../common/weight_grads.h"
 #include "blas.cuh"
 #include "launch.cuh"
 
@@ -90,7 +91,7 @@ struct LstmBackwardStep {
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
-    const optional<Tensor>& b_hh, const optional<Tensor>& w_hr, bool reverse) {
+    const optional<Tensor>& b_hh, const optional<Tensor>& w_hr, bool reverse, bool train) {
   check_on_cuda(input, kOp);
   checks::floating(input, true, kOp);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -142,7 +143,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
       }
     }
   });
-  return {output, h_n, c_n, ws};
+  // Without train the workspace goes back to the caching allocator here (the CPU kernels never
+  // hold the whole sequence's gates in inference; this backend still does, during the call).
+  return {output, h_n, c_n, train ? ws : at::empty({0}, input.options())};
 }
 
 // Returns grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the same for b_ih and
@@ -214,13 +217,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                      ptr<scalar_t>(wh), R, 0, ptr<scalar_t>(dh), R);
     }
   });
-  Tensor grad_input = at::mm(dgates, w_ih).view(input.sizes());
-  Tensor grad_w_ih = at::mm(dgates.t(), x);
-  Tensor grad_w_hh = at::mm(dgates.t(), h_prev);
-  Tensor grad_bias = dgates.sum(0);
+  const WeightGrads g = weight_grads(dgates, dgates, x, h_prev, w_ih, input.sizes());
   Tensor grad_w_hr =
       proj ? at::mm(dr.t(), ws.narrow(1, 5 * H, H)) : at::empty({0}, input.options());
-  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr};
+  return {g.input, dh, dc, g.w_ih, g.w_hh, g.b_ih, grad_w_hr};
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "../common/gates.h"
 #include "../common/plan.h"
 #include "../common/shapes.h"
+#include "../common/weight_grads.h"
 #include "blas.cuh"
 #include "launch.cuh"
 
@@ -135,8 +136,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                      0, ptr<scalar_t>(dh), H);
     }
   });
-  return {at::mm(da, w_ih).view(input.sizes()), dh, at::mm(da.t(), x), at::mm(da.t(), h_prev),
-          da.sum(0)};
+  const WeightGrads g = weight_grads(da, da, x, h_prev, w_ih, input.sizes());
+  return {g.input, dh, g.w_ih, g.w_hh, g.b_ih};
 }
 
 }  // namespace
