@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../common/plan.h"
@@ -40,12 +41,17 @@ class RecurrentStep {
   RecurrentStep(const scalar_t* w_hh, int64_t K, int64_t H, int64_t R, int64_t max_batch)
       : w_hh_(w_hh), K_(K), H_(H), R_(R), blocks_((H + V - 1) / V) {
     if (max_batch > kSmallBatch || K > 4) return;
-    packed_.assign(blocks_ * R * K * V, scalar_t(0));
-    for (int64_t b = 0; b < blocks_; ++b)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t v = 0; v < V && b * V + v < H; ++v)
-            packed_[((b * R + r) * K + k) * V + v] = w_hh[(k * H + b * V + v) * R + r];
+    packed_.reset(new scalar_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
+    // Split over threads as run() splits the blocks, so each thread packs (and first touches)
+    // the weights it will read every step.
+    at::parallel_for(0, blocks_, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t v = 0; v < V; ++v)
+              packed_[((b * R + r) * K + k) * V + v] =
+                  b * V + v < H ? w_hh[(k * H + b * V + v) * R + r] : scalar_t(0);
+    });
   }
 
   // acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for n < rows, then
@@ -55,7 +61,7 @@ class RecurrentStep {
   void run(int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc, bool accumulate,
            const Body& pointwise) const {
     if (rows <= 0) return;
-    if (packed_.empty() || rows > kSmallBatch) {
+    if (!packed_ || rows > kSmallBatch) {
       gemm<scalar_t>(false, true, rows, K_ * H_, R_, 1, h, R_, w_hh_, R_, accumulate ? 1 : 0, acc,
                      ld_acc);
       for_each_unit<scalar_t>(rows, H_, pointwise);
@@ -107,7 +113,7 @@ class RecurrentStep {
     for (int s = 0; s < S; ++s)
       for (int n = 0; n < ROWS; ++n)
         for (int k = 0; k < K; ++k) sum[s][n][k] = Vec(scalar_t(0));
-    const scalar_t* w = packed_.data() + b * R_ * K * V;
+    const scalar_t* w = packed_.get() + b * R_ * K * V;
     int64_t r = 0;
     if constexpr (S == 2) {
       for (; r + 2 <= R_; r += 2) {
@@ -145,7 +151,7 @@ class RecurrentStep {
 
   const scalar_t* w_hh_;
   int64_t K_, H_, R_, blocks_;
-  std::vector<scalar_t> packed_;  // empty: the BLAS path
+  std::unique_ptr<scalar_t[]> packed_;  // null: the BLAS path
 };
 
 // The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first
