@@ -5,12 +5,20 @@
 // a torch build that does not export them (ARM wheels, say), the pointers are null and every
 // product goes through ATen's addmm_out on tensor views instead (the portable path). Which path
 // this build took is reported by rnnkit.build_info()["cpu_blas"].
+//
+// PackedB serves the products that reuse one weight matrix at every time step: with MKL (float32)
+// it packs the matrix once into MKL's internal layout (cblas_sgemm_pack) and each step reads
+// that (cblas_sgemm_compute), which ran 15-45% faster than sgemm_ at the shapes of one step on
+// the development machine (benchmarks/bench_blas.py). These are weak symbols too; without them
+// PackedB multiplies with gemm().
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -19,14 +27,28 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
             const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's packed products (LP64: int sizes; the enums are passed as their int values).
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
 }
 
 namespace rnnkit {
 namespace cpu {
 
+inline bool has_packed_sgemm() {
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+         cblas_sgemm_compute != nullptr;
+}
+
 inline const char* blas_path() {
-  return (sgemm_ != nullptr && dgemm_ != nullptr) ? "blas (sgemm_/dgemm_ from torch's library)"
-                                                  : "aten (addmm_out)";
+  if (sgemm_ == nullptr || dgemm_ == nullptr) return "aten (addmm_out)";
+  return has_packed_sgemm() ? "blas (sgemm_/dgemm_ from torch's library; MKL packed sgemm for "
+                              "the per-step products)"
+                            : "blas (sgemm_/dgemm_ from torch's library)";
 }
 
 namespace detail {
@@ -88,6 +110,61 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t Nc, int64_t K, scalar_t
     at::addmm_out(c, c, a, b, beta, alpha);
   }
 }
+
+// The B operand of C = A op(B) + beta C for a run of products that share it (a layer's W_hh at
+// every step). op(B): [K, Nc] (B is [Nc, K] when trans_b), row stride ldb; A has at most max_m
+// rows. With `pack` (worth it when there are several
+// products) and MKL's packed sgemm available, B is packed once here; otherwise multiply() is
+// gemm() on B as it is. B must outlive this object.
+template <typename scalar_t>
+class PackedB {
+ public:
+  PackedB(bool trans_b, int64_t max_m, int64_t Nc, int64_t K, const scalar_t* B, int64_t ldb,
+          bool pack)
+      : trans_b_(trans_b), Nc_(Nc), K_(K), B_(B), ldb_(ldb) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      using detail::fits_int;
+      if (!pack || !has_packed_sgemm() || max_m <= 0 || Nc == 0 || K == 0 ||
+          !(fits_int(max_m) && fits_int(Nc) && fits_int(K) && fits_int(ldb)))
+        return;
+      constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(max_m), int(Nc), int(K));
+      constexpr size_t kAlign = 64;
+      packed_.reset(static_cast<float*>(std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign)));
+      TORCH_CHECK(packed_ != nullptr, "rnnkit: out of memory packing a ", Nc, " x ", K,
+                  " weight matrix");
+      cblas_sgemm_pack(kRowMajor, kBMatrix, trans_b ? kTrans : kNoTrans, int(max_m), int(Nc),
+                       int(K), 1.0f, B, int(ldb), packed_.get());
+      max_m_ = max_m;
+    }
+  }
+
+  // C = A op(B) + beta C for A: [M, K] (row stride lda), C: [M, Nc] (row stride ldc), M <= max_m.
+  void multiply(int64_t M, const scalar_t* A, int64_t lda, scalar_t beta, scalar_t* C,
+                int64_t ldc) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      using detail::fits_int;
+      if (packed_ && M > 0 && M <= max_m_ && fits_int(lda) && fits_int(ldc)) {
+        constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
+        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(M), int(Nc_), int(K_), A, int(lda),
+                            packed_.get(), int(K_), beta, C, int(ldc));
+        return;
+      }
+    }
+    gemm<scalar_t>(false, trans_b_, M, Nc_, K_, scalar_t(1), A, lda, B_, ldb_, beta, C, ldc);
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  bool trans_b_;
+  int64_t Nc_, K_;
+  const scalar_t* B_;
+  int64_t ldb_;
+  int64_t max_m_ = 0;
+  std::unique_ptr<float, Free> packed_;  // null: multiply() is gemm()
+};
 
 }  // namespace cpu
 }  // namespace rnnkit

@@ -47,7 +47,7 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, bool train,
   const std::vector<scalar_t> bx_vec = bias_sum(G, b_ih, static_cast<const scalar_t*>(nullptr));
   const scalar_t* bx = bx_vec.data();  // [3H]: b_ih, or zeros
 
-  const RecurrentStep<scalar_t> rec(w_hh, 3, H, H, plan.N);
+  const RecurrentStep<scalar_t> rec(w_hh, 3, H, H, plan.N, plan.T());
   // One step: gates [bs, W] holds its input projection on entry.
   const auto step = [&](int64_t, int64_t bs, int64_t row, scalar_t* gates) {
     scalar_t* out_t = out + row * H;
@@ -89,6 +89,8 @@ void backward_kernel(const LayerShape& d, const SequencePlan& plan,
                      scalar_t* dhh,             // [P, 3H] out: gradients of the recurrent side
                      scalar_t* dh) {            // [N, H]: grad_h_n in, grad_h0 out
   const int64_t H = d.H, G = d.G, W = 4 * H;
+  const PackedB<scalar_t> w_hh_b(/*trans_b=*/false, plan.N, H, G, w_hh, H,
+                                 plan.T() >= kPackFromSteps);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     const scalar_t* gout_t = grad_out ? grad_out + row * H : nullptr;
@@ -112,7 +114,7 @@ void backward_kernel(const LayerShape& d, const SequencePlan& plan,
       L::store(dh + n * H + j, r.dh_prev_direct);
     });
     // dh_prev = z ⊙ dh (stored above) + dhh_t @ w_hh
-    gemm<scalar_t>(false, false, bs, H, G, 1, dhh + row * G, G, w_hh, H, 1, dh, H);
+    w_hh_b.multiply(bs, dhh + row * G, G, 1, dh, H);
   }
 }
 

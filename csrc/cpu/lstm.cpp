@@ -65,7 +65,7 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan, bool train,
   const std::vector<scalar_t> bias_vec = bias_sum(G, b_ih, b_hh);  // [G]
   const scalar_t* bias = bias_vec.data();
 
-  const RecurrentStep<scalar_t> rec(w_hh, 4, H, R, plan.N);
+  const RecurrentStep<scalar_t> rec(w_hh, 4, H, R, plan.N, plan.T());
   // One step: gates [bs, W] holds its input projection on entry.
   const auto step = [&](int64_t, int64_t bs, int64_t row, scalar_t* gates) {
     scalar_t* out_t = out + row * R;               // [bs, R]
@@ -107,6 +107,8 @@ void backward_kernel(const LstmDims& d, const SequencePlan& plan,
                      scalar_t* dc,              // [N, H]: grad_c_n in, grad_c0 out
                      scalar_t* dh_pre) {        // [N, H] scratch with a projection
   const int64_t H = d.H, R = d.R, G = d.G, W = d.W;
+  const PackedB<scalar_t> w_hh_b(/*trans_b=*/false, plan.N, R, G, w_hh, R,
+                                 plan.T() >= kPackFromSteps);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     const scalar_t* gout_t = grad_out ? grad_out + row * R : nullptr;
@@ -137,7 +139,7 @@ void backward_kernel(const LstmDims& d, const SequencePlan& plan,
       L::store(dg + 3 * H + j, r.da_o);
       L::store(dc + n * H + j, r.dc_prev);
     });
-    gemm<scalar_t>(false, false, bs, R, G, 1, dgates + row * G, G, w_hh, R, 0, dh, R);
+    w_hh_b.multiply(bs, dgates + row * G, G, 0, dh, R);  // dh_prev = dgates w_hh
   }
 }
 

@@ -8,7 +8,8 @@
 // Each thread then owns a fixed range of unit blocks (the same every step, so its share of the
 // weights stays in its own cache), computes the gates of its units and runs the pointwise pass
 // on them at once: one parallel region per step, no BLAS call. Larger batches take the BLAS
-// product followed by the row-parallel pointwise pass.
+// product (PackedB: MKL's packed sgemm where available) followed by the row-parallel pointwise
+// pass.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -30,6 +31,9 @@ namespace cpu {
 // over a block's weights serves (K gates x 4 rows of sums fill the SIMD registers).
 constexpr int64_t kSmallBatch = 16;
 constexpr int64_t kRowsPerPass = 4;
+// The fewest steps for which a layer packs W_hh for MKL's packed product (the packing costs
+// about one product; a cell step, T = 1, multiplies unpacked).
+constexpr int64_t kPackFromSteps = 4;
 
 template <typename scalar_t>
 class RecurrentStep {
@@ -37,9 +41,13 @@ class RecurrentStep {
   using Vec = at::vec::Vectorized<scalar_t>;
   static constexpr int64_t V = Vec::size();
 
-  // w_hh: [K * H, R]; max_batch: the largest active batch of the sequence.
-  RecurrentStep(const scalar_t* w_hh, int64_t K, int64_t H, int64_t R, int64_t max_batch)
-      : w_hh_(w_hh), K_(K), H_(H), R_(R), blocks_((H + V - 1) / V) {
+  // w_hh: [K * H, R]; max_batch: the largest active batch of the sequence; steps: how many
+  // steps will run (packing for MKL's packed product pays from a few steps on).
+  RecurrentStep(const scalar_t* w_hh, int64_t K, int64_t H, int64_t R, int64_t max_batch,
+                int64_t steps)
+      : K_(K), H_(H), R_(R), blocks_((H + V - 1) / V),
+        blas_(/*trans_b=*/true, max_batch, K * H, R, w_hh, R,
+              /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
     if (max_batch > kSmallBatch || K > 4) return;
     packed_.reset(new scalar_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
     // Split over threads as run() splits the blocks, so each thread packs (and first touches)
@@ -62,8 +70,7 @@ class RecurrentStep {
            const Body& pointwise) const {
     if (rows <= 0) return;
     if (!packed_ || rows > kSmallBatch) {
-      gemm<scalar_t>(false, true, rows, K_ * H_, R_, 1, h, R_, w_hh_, R_, accumulate ? 1 : 0, acc,
-                     ld_acc);
+      blas_.multiply(rows, h, R_, accumulate ? 1 : 0, acc, ld_acc);
       for_each_unit<scalar_t>(rows, H_, pointwise);
       return;
     }
@@ -149,9 +156,9 @@ class RecurrentStep {
     }
   }
 
-  const scalar_t* w_hh_;
   int64_t K_, H_, R_, blocks_;
-  std::unique_ptr<scalar_t[]> packed_;  // null: the BLAS path
+  PackedB<scalar_t> blas_;              // the BLAS path's product
+  std::unique_ptr<scalar_t[]> packed_;  // the small-batch path's weights; null: the BLAS path
 };
 
 // The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first

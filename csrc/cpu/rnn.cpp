@@ -40,7 +40,7 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activa
   gemm<scalar_t>(false, true, plan.P, H, d.I, 1, x, d.I, w_ih, d.I, 0, out, H);
   const std::vector<scalar_t> bias_vec = bias_sum(H, b_ih, b_hh);  // [H]
   const scalar_t* bias = bias_vec.data();
-  const RecurrentStep<scalar_t> rec(w_hh, 1, H, H, plan.N);
+  const RecurrentStep<scalar_t> rec(w_hh, 1, H, H, plan.N, plan.T());
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t];
     scalar_t* out_t = out + plan.offsets[t] * H;
@@ -61,6 +61,8 @@ void backward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activ
                      scalar_t* da,              // [P, H] out: gradients of the pre-activations
                      scalar_t* dh) {            // [N, H]: grad_h_n in, grad_h0 out
   const int64_t H = d.H;
+  const PackedB<scalar_t> w_hh_b(/*trans_b=*/false, plan.N, H, H, w_hh, H,
+                                 plan.T() >= kPackFromSteps);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
@@ -71,7 +73,7 @@ void backward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activ
       if (grad_out) grad_h = grad_h + L::load(grad_out + k);
       L::store(da + k, gates::rnn_backward(grad_h, L::load(out + k), act));
     });
-    gemm<scalar_t>(false, false, bs, H, H, 1, da + row * H, H, w_hh, H, 0, dh, H);
+    w_hh_b.multiply(bs, da + row * H, H, 0, dh, H);  // dh_prev = da w_hh
   }
 }
 
