@@ -3,7 +3,10 @@
     "4071" -> "four thousand seventy one"        "1000000" -> "one million"
 
 Source: the digits of a number of 1 to ``--seq-len`` digits (default 6: 0..999,999; at most 9),
-no leading zeros, one symbol per digit. Target: words, no "and", no hyphens, no commas:
+no leading zeros, one symbol per digit. The digit count is uniform, the digits too, except that
+each digit after the first is 0 outright with probability 0.3: uniform digits alone make round
+numbers (1,000, 100,000, 20,019) so rare that a model that gets 2,000 random numbers right may
+still spell 100000 as "ten hundred thousand". Target: words, no "and", no hyphens, no commas:
 zero..nineteen, twenty..ninety, hundred, thousand, million, then an end-of-sequence symbol.
 
 Model: an encoder RNN reads the digits (packed, so padding never enters it); its final state,
@@ -39,6 +42,7 @@ PAD, BOS, EOS = 0, 1, 2  # special indices of both vocabularies (BOS, EOS: targe
 SOURCE = Vocab(["<pad>", *"0123456789"])
 TARGET = Vocab(["<pad>", "<bos>", "<eos>", *ONES, *TENS[2:], "hundred", *SCALES[1:]])
 VALID_SIZE = 2000
+ZERO_RATE = 0.3  # chance that a digit after the first is drawn as 0 outright
 
 
 def number_to_words(n: int) -> list[str]:
@@ -72,11 +76,17 @@ def max_target_len(digits: int) -> int:
 
 def draw_numbers(n: int, max_digits: int, g: torch.Generator, min_digits: int = 1) -> Tensor:
     """(n,) int64: a digit count uniform in [min_digits, max_digits], then a number uniform among
-    those with that many digits (0..9 for one digit)."""
+    those with that many digits (0..9 for one digit), then each digit after the first set to 0
+    with probability ZERO_RATE (so that round numbers such as 100,000 are not rare)."""
     digits = torch.randint(min_digits, max_digits + 1, (n,), generator=g)
     lo = torch.where(digits == 1, 0, 10 ** (digits - 1))
     span = 10 ** digits - lo
-    return lo + (torch.rand(n, dtype=torch.float64, generator=g) * span).long().clamp_max(span - 1)
+    numbers = lo + (torch.rand(n, dtype=torch.float64, generator=g) * span).long().clamp_max(
+        span - 1)
+    for k in range(max_digits - 1):  # 10**k: the digit k places from the right
+        zero = (torch.rand(n, generator=g) < ZERO_RATE) & (k < digits - 1)
+        numbers -= torch.where(zero, numbers // 10 ** k % 10 * 10 ** k, 0)
+    return numbers
 
 
 def encode_pairs(numbers: list[int]) -> Batch:
