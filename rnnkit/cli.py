@@ -227,7 +227,7 @@ def _default(name: str):
     return getattr(TrainConfig, name)
 
 
-TASKS = ["charlm", "classify", "tag", "adding", "copy"]
+TASKS = ["charlm", "classify", "tag", "adding", "copy", "seq2seq"]
 IMPLS = ["fused", "torch", "reference"]
 DEVICES = ["auto", "cpu", "cuda"]
 FILE = click.Path(exists=True, dir_okay=False)
@@ -237,7 +237,8 @@ RUN = click.Path(exists=True, file_okay=False)
 @main.command()
 @click.option("--task", type=click.Choice(TASKS), default=_default("task"),
               help="charlm: character LM on a text; classify: CSV/TSV rows; tag: CoNLL tokens; "
-                   "adding / copy: synthetic long-range tasks.")
+                   "adding / copy: synthetic long-range tasks; seq2seq: spell numbers out in "
+                   "words (encoder-decoder).")
 @click.option("--data", type=FILE, default=None,
               help="Training data (charlm: UTF-8 text, default: bundled Tiny Shakespeare; "
                    "classify: CSV/TSV; tag: CoNLL).")
@@ -251,7 +252,7 @@ RUN = click.Path(exists=True, file_okay=False)
               help="classify: split texts into words or characters.")
 @click.option("--seq-len", type=click.IntRange(1), default=None,
               help="charlm: BPTT chunk (64); adding/copy: sequence length (50/20); "
-                   "classify: max tokens (400).")
+                   "classify: max tokens (400); seq2seq: most digits of a number (6).")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default=_default("cell"),
               help="Recurrent cell.")
 @click.option("--impl", type=click.Choice(IMPLS), default=_default("impl"),
@@ -355,7 +356,8 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
     """Evaluate a run's checkpoint on its validation split or on --data.
 
     charlm: loss, perplexity, bits per character; classify / tag: accuracy, macro-F1;
-    adding: mean squared error beside the trivial baseline; copy: symbol accuracy.
+    adding: mean squared error beside the trivial baseline; copy: symbol accuracy;
+    seq2seq: exact match and token accuracy of greedy decoding.
     """
     with _user_errors():
         from .train import evaluate_run
@@ -370,7 +372,8 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
 
 @main.command()
 @click.argument("run_dir", type=RUN)
-@click.option("--prompt", default="\n", show_default="a line break", help="Text to start from.")
+@click.option("--prompt", default="\n", show_default="a line break",
+              help="Text to start from (seq2seq: numbers in digits, separated by spaces).")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to sample.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.8,
               help="Sampling temperature (lower: safer, higher: wilder).")
@@ -384,9 +387,19 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", help="Where to sample.")
 def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: int | None,
              seed: int | None, checkpoint: str, impl: str | None, device: str) -> None:
-    """Sample text from a charlm run, printing characters as they come."""
+    """Sample text from a charlm run, printing characters as they come.
+
+    A seq2seq run instead spells out each number of --prompt, greedily decoded, one
+    "NUMBER -> words" line each (--length, --temperature, --top-k and --seed do not apply).
+    """
     with _user_errors():
         from .train import generate as sample
+        from .train import run_task, translate
+
+        if run_task(run_dir) == "seq2seq":
+            for number, words in translate(run_dir, prompt, impl, checkpoint, device):
+                click.echo(f"{number} -> {words}")
+            return
 
         chars = sample(run_dir, prompt, length, temperature, top_k, seed, impl, checkpoint,
                        device)

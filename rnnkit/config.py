@@ -23,14 +23,15 @@ class TrainConfig:
     """Everything needed to rebuild a run's model and data pipeline (saved as config.json)."""
 
     # task and data
-    task: str = "charlm"  # charlm | classify | tag | adding | copy
+    task: str = "charlm"  # charlm | classify | tag | adding | copy | seq2seq
     data: Optional[str] = None  # text (charlm), CSV/TSV (classify), CoNLL (tag); None: bundled
     valid_data: Optional[str] = None  # separate validation file (classify, tag); else split
     valid_fraction: float = 0.1  # share held out for validation (charlm: the last 10%)
     text_column: str = "text"  # classify: column holding the text
     label_column: str = "label"  # classify: column holding the label
     tokens: str = "word"  # classify: "word" or "char" tokens
-    seq_len: Optional[int] = None  # charlm: BPTT chunk; adding/copy: length; classify: max tokens
+    seq_len: Optional[int] = None  # charlm: BPTT chunk; adding/copy: length; classify: max
+    #                                tokens; seq2seq: most digits of a number (3..9)
     # model
     cell: str = "lstm"  # lstm | gru | rnn
     impl: str = "fused"  # fused (rnnkit) | torch (torch.nn) | reference (plain PyTorch loop)

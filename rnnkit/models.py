@@ -45,6 +45,7 @@ class ModelSpec:
     output_size: int  # classes (or 1 for regression)
     per_step: bool  # True: one output per time step; False: one per sequence (from h_n)
     pad_index: Optional[int] = None  # padding symbol of the inputs, if any
+    seq2seq: bool = False  # True: encoder-decoder (rnnkit.seq2seq); output_size: target symbols
 
 
 class SequenceModel(nn.Module):
@@ -92,8 +93,14 @@ class SequenceModel(nn.Module):
         return self.head(self.drop(final)), hn
 
 
-def build_model(spec: ModelSpec, config) -> SequenceModel:
-    """A SequenceModel from a TrainConfig (cell, impl and sizes)."""
+def build_model(spec: ModelSpec, config) -> nn.Module:
+    """A SequenceModel (or, for a seq2seq spec, a Seq2Seq) from a TrainConfig (cell, impl and
+    sizes)."""
+    if spec.seq2seq:
+        from .seq2seq import Seq2Seq
+
+        return Seq2Seq(spec, config.cell, config.impl, config.hidden_size, config.num_layers,
+                       config.embed_size, config.dropout, bool(config.bidirectional))
     return SequenceModel(spec, config.cell, config.impl, config.hidden_size, config.num_layers,
                          config.embed_size, config.dropout, bool(config.bidirectional))
 

@@ -5,6 +5,7 @@ classify  many-to-one classification of CSV/TSV rows (text column -> label colum
 tag       many-to-many tagging of CoNLL-style files (token, tag)
 adding    synthetic: sum of the two marked numbers of a sequence (regression)
 copy      synthetic: remember a few symbols over a long delay, then repeat them
+seq2seq   synthetic: spell a number out in words, encoder-decoder (rnnkit/seq2seq.py)
 
 The batch a task returns for step ``s`` is a function of (seed, s, rank) alone, so a resumed run
 sees exactly the batches an uninterrupted run would have seen.
@@ -23,10 +24,11 @@ from torch import Tensor
 from . import data as D
 from .models import ModelSpec, detach_state
 
-TASKS = ("charlm", "classify", "tag", "adding", "copy")
+TASKS = ("charlm", "classify", "tag", "adding", "copy", "seq2seq")
 
-#: Sequence length used when the config leaves it unset, per task.
-DEFAULT_SEQ_LEN = {"charlm": 64, "adding": 50, "copy": 20, "classify": 400, "tag": 0}
+#: Sequence length used when the config leaves it unset, per task (seq2seq: digits).
+DEFAULT_SEQ_LEN = {"charlm": 64, "adding": 50, "copy": 20, "classify": 400, "tag": 0,
+                   "seq2seq": 6}
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Batch:
     lengths: Optional[Tensor] = None  # (N,) true lengths for padded batches, else None
     tokens: int = 0  # input tokens in the batch (for tokens per second)
     reset: bool = False  # charlm: start of an epoch, forget the carried hidden state
+    target_lengths: Optional[Tensor] = None  # (N,) true lengths of padded targets (seq2seq)
 
 
 def _permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -452,4 +455,8 @@ def build_task(config, rank: int = 0, world: int = 1, meta: Optional[dict] = Non
         return Adding(config=config, rank=rank, world=world)
     if config.task == "copy":
         return Copy(config=config, rank=rank, world=world)
+    if config.task == "seq2seq":
+        from .seq2seq import NumberWords
+
+        return NumberWords(config, rank, world, meta)
     raise D.UserError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")

@@ -368,6 +368,23 @@ def evaluate_run(run_dir: str, data: Optional[str] = None, impl: Optional[str] =
     return {"task": config.task, "step": meta.get("step"), **metrics}
 
 
+def run_task(run_dir: str) -> str:
+    """The task a run folder was trained on."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: no such run folder")
+    return C.read_json(os.path.join(run_dir, C.CONFIG))["config"]["task"]
+
+
+@torch.no_grad()
+def translate(run_dir: str, prompt: str, impl: Optional[str] = None, which: str = "best",
+              device: str = "auto") -> list[tuple[str, str]]:
+    """(number, words) pairs greedily decoded by a seq2seq run for the numbers in ``prompt``."""
+    config, task, model, _ = load_run(run_dir, impl, which, device)
+    if config.task != "seq2seq":
+        raise UserError(f"{run_dir}: translate needs a seq2seq run, this one is {config.task!r}")
+    return task.translate(model, next(model.parameters()).device, prompt)
+
+
 @torch.no_grad()
 def generate(run_dir: str, prompt: str = "\n", length: int = 500, temperature: float = 0.8,
              top_k: Optional[int] = None, seed: Optional[int] = None, impl: Optional[str] = None,
