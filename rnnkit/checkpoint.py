@@ -3,7 +3,8 @@
     RUN_DIR/config.json        the TrainConfig and the rnnkit version that wrote it
     RUN_DIR/vocab.json         vocabularies (symbols, labels) the task built
     RUN_DIR/last.safetensors   everything to resume: weights (model.*), optimizer state (optim.*),
-                               RNG states (rng.*), the carried hidden state (carry.*); step,
+                               RNG states (rng.*), the carried hidden state (carry.*), and under
+                               torchrun those of every other process (rank<r>.rng.*, ...); step,
                                schedule and optimizer settings in the JSON metadata
     RUN_DIR/best.safetensors   the weights with the lowest validation loss, metrics in metadata
     RUN_DIR/metrics.jsonl      one JSON object per line: training and validation records
@@ -116,24 +117,36 @@ def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 
 # ---- whole checkpoints --------------------------------------------------------------------------
-def save_last(run_dir: str, model_state: dict, optimizer_state: dict, rng: dict[str, Tensor],
-              carry: Optional[tuple], meta: dict) -> None:
+def save_last(run_dir: str, model_state: dict, optimizer_state: dict, ranks: list[dict],
+              meta: dict) -> None:
+    """``ranks[r]``: what process r alone holds, ``{"rng": {name: tensor}, "carry": tuple or
+    None}``; one entry for a single process. Process 0's go under ``rng.*`` / ``carry.*``, those
+    of process r > 0 under ``rank<r>.rng.*`` / ``rank<r>.carry.*``."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     optim_tensors, optim_meta = flatten_optimizer(optimizer_state)
     tensors.update(optim_tensors)
-    tensors.update({f"rng.{k}": v for k, v in rng.items()})
-    for i, t in enumerate(carry or ()):
-        tensors[f"carry.{i}"] = t
-    save_tensors(os.path.join(run_dir, LAST), tensors, {**meta, "optimizer": optim_meta})
+    for r, own in enumerate(ranks):
+        prefix = f"rank{r}." if r else ""
+        tensors.update({f"{prefix}rng.{k}": v for k, v in own["rng"].items()})
+        for i, t in enumerate(own["carry"] or ()):
+            tensors[f"{prefix}carry.{i}"] = t
+    save_tensors(os.path.join(run_dir, LAST), tensors,
+                 {**meta, "world": len(ranks), "optimizer": optim_meta})
 
 
 def load_last(run_dir: str) -> dict:
-    """{'model', 'optimizer', 'rng', 'carry', 'meta'} of RUN_DIR/last.safetensors."""
+    """{'model', 'optimizer', 'rng', 'carry', 'ranks', 'meta'} of RUN_DIR/last.safetensors;
+    'rng' and 'carry' are process 0's, 'ranks' lists every process's (see save_last)."""
     tensors, meta = load_tensors(os.path.join(run_dir, LAST))
-    carry = [tensors[f"carry.{i}"] for i in range(len(_prefixed(tensors, "carry.")))]
-    return {"model": _prefixed(tensors, "model."), "rng": _prefixed(tensors, "rng."),
+    ranks = []
+    for r in range(int(meta.get("world", 1))):
+        prefix = f"rank{r}." if r else ""
+        carry = _prefixed(tensors, prefix + "carry.")
+        ranks.append({"rng": _prefixed(tensors, prefix + "rng."),
+                      "carry": tuple(carry[str(i)] for i in range(len(carry))) or None})
+    return {"model": _prefixed(tensors, "model."), "rng": ranks[0]["rng"],
             "optimizer": unflatten_optimizer(tensors, meta.pop("optimizer")),
-            "carry": tuple(carry) or None, "meta": meta}
+            "carry": ranks[0]["carry"], "ranks": ranks, "meta": meta}
 
 
 def save_best(run_dir: str, model_state: dict, meta: dict) -> None:

@@ -227,15 +227,34 @@ def _default(name: str):
     return getattr(TrainConfig, name)
 
 
-TASKS = ["charlm", "classify", "tag", "adding", "copy", "seq2seq"]
-IMPLS = ["fused", "torch", "reference"]
-DEVICES = ["auto", "cpu", "cuda"]
+def _choice(name: str) -> click.Choice:
+    """The values of a TrainConfig field with a fixed set (config.CHOICES)."""
+    from .config import CHOICES
+
+    return click.Choice(CHOICES[name])
+
+
+def _bounded(name: str) -> click.ParamType:
+    """IntRange or FloatRange of a numeric TrainConfig field, from config.BOUNDS (the same bounds
+    from_json holds a saved config.json to)."""
+    import typing
+
+    from .config import BOUNDS, TrainConfig, field_type
+
+    low, high, low_open, high_open = BOUNDS[name]
+    kind = field_type(typing.get_type_hints(TrainConfig)[name])
+    cls = click.IntRange if kind is int else click.FloatRange
+    return cls(low, high, min_open=low_open, max_open=high_open)
+
+
+IMPLS = _choice("impl")
+DEVICES = _choice("device")
 FILE = click.Path(exists=True, dir_okay=False)
 RUN = click.Path(exists=True, file_okay=False)
 
 
 @main.command()
-@click.option("--task", type=click.Choice(TASKS), default=_default("task"),
+@click.option("--task", type=_choice("task"), default=_default("task"),
               help="charlm: character LM on a text; classify: CSV/TSV rows; tag: CoNLL tokens; "
                    "adding / copy: synthetic long-range tasks; seq2seq: spell numbers out in "
                    "words (encoder-decoder).")
@@ -244,56 +263,58 @@ RUN = click.Path(exists=True, file_okay=False)
                    "classify: CSV/TSV; tag: CoNLL).")
 @click.option("--valid-data", type=FILE, default=None,
               help="Separate validation file (classify, tag); default: split --data.")
-@click.option("--valid-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--valid-fraction", type=_bounded("valid_fraction"),
               default=_default("valid_fraction"), help="Share of the data held out for validation.")
 @click.option("--text-column", default=_default("text_column"), help="classify: text column.")
 @click.option("--label-column", default=_default("label_column"), help="classify: label column.")
-@click.option("--tokens", type=click.Choice(["word", "char"]), default=_default("tokens"),
+@click.option("--tokens", type=_choice("tokens"), default=_default("tokens"),
               help="classify: split texts into words or characters.")
-@click.option("--seq-len", type=click.IntRange(1), default=None,
+@click.option("--seq-len", type=_bounded("seq_len"), default=None,
               help="charlm: BPTT chunk (64); adding/copy: sequence length (50/20); "
                    "classify: max tokens (400); seq2seq: most digits of a number (6).")
-@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default=_default("cell"),
+@click.option("--cell", type=_choice("cell"), default=_default("cell"),
               help="Recurrent cell.")
-@click.option("--impl", type=click.Choice(IMPLS), default=_default("impl"),
+@click.option("--impl", type=IMPLS, default=_default("impl"),
               help="Recurrent layer: rnnkit's fused kernels, torch.nn, or the plain-PyTorch "
                    "reference loop.")
-@click.option("--hidden-size", type=click.IntRange(1), default=_default("hidden_size"),
+@click.option("--hidden-size", type=_bounded("hidden_size"), default=_default("hidden_size"),
               help="Hidden units per layer and direction.")
-@click.option("--num-layers", type=click.IntRange(1), default=_default("num_layers"),
+@click.option("--num-layers", type=_bounded("num_layers"), default=_default("num_layers"),
               help="Stacked recurrent layers.")
-@click.option("--embed-size", type=click.IntRange(1), default=_default("embed_size"),
+@click.option("--embed-size", type=_bounded("embed_size"), default=_default("embed_size"),
               help="Symbol embedding width.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--dropout", type=_bounded("dropout"),
               default=_default("dropout"), help="Dropout on embeddings, between layers, before "
                                                 "the output layer.")
 @click.option("--bidirectional/--unidirectional", default=None,
               help="Bidirectional layers [default: bidirectional for tag only].")
-@click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"),
+@click.option("--batch-size", type=_bounded("batch_size"), default=_default("batch_size"),
               help="Sequences (charlm: parallel text streams) per step and process.")
-@click.option("--steps", type=click.IntRange(1), default=None,
-              help="Optimiser steps [default: 500, or from --epochs].")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--steps", type=_bounded("steps"), default=None,
+              help="Optimiser steps [default: 500, or from --epochs]. With --resume: where to "
+                   "stop; the learning-rate schedule keeps the run's first length (steps past "
+                   "it run at the cosine floor).")
+@click.option("--epochs", type=_bounded("epochs"), default=None,
               help="Passes over the training data (instead of --steps).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_default("lr"),
+@click.option("--lr", type=_bounded("lr"), default=_default("lr"),
               help="Peak learning rate (AdamW).")
-@click.option("--warmup-steps", type=click.IntRange(0), default=_default("warmup_steps"),
+@click.option("--warmup-steps", type=_bounded("warmup_steps"), default=_default("warmup_steps"),
               help="Linear learning-rate warm-up steps.")
-@click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=_default("min_lr_ratio"),
+@click.option("--min-lr-ratio", type=_bounded("min_lr_ratio"), default=_default("min_lr_ratio"),
               help="Final learning rate of the cosine decay, as a fraction of --lr.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=_default("weight_decay"),
+@click.option("--weight-decay", type=_bounded("weight_decay"), default=_default("weight_decay"),
               help="AdamW weight decay on weight matrices.")
-@click.option("--grad-clip", type=click.FloatRange(0), default=_default("grad_clip"),
+@click.option("--grad-clip", type=_bounded("grad_clip"), default=_default("grad_clip"),
               help="Clip the global gradient norm to this (0: off).")
-@click.option("--eval-every", type=click.IntRange(1), default=_default("eval_every"),
+@click.option("--eval-every", type=_bounded("eval_every"), default=_default("eval_every"),
               help="Validate and save a checkpoint every this many steps.")
-@click.option("--log-every", type=click.IntRange(1), default=_default("log_every"),
+@click.option("--log-every", type=_bounded("log_every"), default=_default("log_every"),
               help="Write the training loss to metrics.jsonl every this many steps.")
 @click.option("--seed", type=int, default=_default("seed"), help="Seed of weights, dropout "
                                                                   "and data order.")
-@click.option("--device", type=click.Choice(DEVICES), default=_default("device"),
+@click.option("--device", type=DEVICES, default=_default("device"),
               help="Where to train (auto: a GPU if torch sees one).")
-@click.option("--threads", type=click.IntRange(1), default=None,
+@click.option("--threads", type=_bounded("threads"), default=None,
               help="CPU threads for torch [default: torch's choice].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/<task>-<date>-<time>].")
@@ -306,7 +327,7 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
 
     With no options: a character-level LSTM on the bundled Tiny Shakespeare corpus, about two
     minutes on two CPU cores. Ctrl-C saves a checkpoint; continue with --resume RUN_DIR.
-    Multi-process: torchrun --nproc-per-node N -m rnnkit train ...
+    Multi-process: torchrun --nproc-per-node N -m rnnkit train ... (resume with the same N).
     """
     from click.core import ParameterSource
 
@@ -327,13 +348,14 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
         lead = os.environ.get("RANK", "0") == "0"
         result = run_training(config, resume=bool(resume), progress=not quiet,
                               echo=click.echo if lead else (lambda s: None))
+    if result.interrupted:
+        if lead:
+            click.echo(f"interrupted ({result.interrupted}) at step {result.step}/"
+                       f"{result.total_steps}; checkpoint saved in {result.run_dir}\n"
+                       f"resume with: {result.resume_command}", err=True)
+        ctx.exit(130)
     if not lead:
         return
-    if result.interrupted:
-        click.echo(f"interrupted ({result.interrupted}) at step {result.step}/"
-                   f"{result.total_steps}; checkpoint saved in {result.run_dir}\n"
-                   f"resume with: rnnkit train --resume {result.run_dir}", err=True)
-        ctx.exit(130)
     best = result.best
     click.echo(f"done: {result.step} steps in {result.seconds:.1f} s "
                f"({result.tokens_per_second:,.0f} tokens/s); best valid loss "
@@ -347,9 +369,9 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
               help="Evaluate on this file instead of the run's validation split.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               help="Which checkpoint of the run.")
-@click.option("--impl", type=click.Choice(IMPLS), default=None,
+@click.option("--impl", type=IMPLS, default=None,
               help="Recurrent implementation [default: the run's].")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", help="Where to evaluate.")
+@click.option("--device", type=DEVICES, default="auto", help="Where to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, device: str,
           as_json: bool) -> None:
@@ -382,9 +404,9 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
 @click.option("--seed", type=int, default=None, help="Seed of the sampling [default: fresh].")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               help="Which checkpoint of the run.")
-@click.option("--impl", type=click.Choice(IMPLS), default=None,
+@click.option("--impl", type=IMPLS, default=None,
               help="Recurrent implementation [default: the run's].")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="Where to sample.")
+@click.option("--device", type=DEVICES, default="cpu", help="Where to sample.")
 def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: int | None,
              seed: int | None, checkpoint: str, impl: str | None, device: str) -> None:
     """Sample text from a charlm run, printing characters as they come.

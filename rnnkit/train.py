@@ -50,6 +50,22 @@ def _rng_state(device: torch.device) -> dict:
     return rng
 
 
+def _own_state(device: torch.device, carry) -> dict[str, torch.Tensor]:
+    """What this process alone holds: its RNG states (dropout) and its carried hidden state."""
+    own = {f"rng.{k}": v for k, v in _rng_state(device).items()}
+    if carry is not None:
+        for i, t in enumerate(carry if isinstance(carry, tuple) else (carry,)):
+            own[f"carry.{i}"] = t
+    return own
+
+
+def _split_own(own: dict[str, torch.Tensor]) -> dict:
+    """_own_state's flat dict as checkpoint.save_last wants it: {"rng": ..., "carry": ...}."""
+    carry = tuple(own[f"carry.{i}"] for i in range(sum(k.startswith("carry.") for k in own)))
+    return {"rng": {k[4:]: v for k, v in own.items() if k.startswith("rng.")},
+            "carry": carry or None}
+
+
 def _set_rng_state(rng: dict, device: torch.device) -> None:
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and "cuda" in rng:
@@ -90,14 +106,74 @@ class _Distributed:
             return torch.device("cuda", self.local_rank)
         return device
 
+    def gather(self, tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every process's ``tensors`` (the same names and shapes on each), in rank order, on
+        every process (CPU copies). A collective: every rank must call it."""
+        if not self.on:
+            return [tensors]
+        import torch.distributed as dist
+
+        out: list[dict] = [{} for _ in range(self.world)]
+        for name in sorted(tensors):
+            mine = tensors[name].detach().to(self._comm_device()).contiguous()
+            parts = [torch.empty_like(mine) for _ in range(self.world)]
+            self._run(lambda: dist.all_gather(parts, mine), [mine, *parts])
+            for r, part in enumerate(parts):
+                out[r][name] = part.cpu()
+        return out
+
+    def _comm_device(self) -> torch.device:
+        """Where collective tensors live: NCCL takes GPU tensors only, gloo CPU ones."""
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    @staticmethod
+    def _run(collective: Callable[[], object], tensors: list[torch.Tensor]) -> None:
+        """``collective()`` on ``tensors``, then, with gloo, wait until its worker thread has let
+        go of them. That thread drops its references to a finished collective a moment after
+        waking us, and a Python tensor's last C++ reference takes the GIL to go: if this process
+        is by then shutting down (a rank that leaves right after its last collective), the
+        thread cannot have it and the process aborts ("terminate called without an active
+        exception"; seen in 4 of about 110 two-process runs on a busy machine)."""
+        import torch.distributed as dist
+
+        counts = [t._use_count() for t in tensors]
+        collective()
+        if dist.get_backend() != "gloo":
+            return
+        deadline = time.monotonic() + 5.0
+        while (any(t._use_count() > n for t, n in zip(tensors, counts))
+               and time.monotonic() < deadline):
+            time.sleep(0.0002)
+        time.sleep(0)  # and let it take the GIL if it is waiting for it
+
+    def barrier(self) -> None:
+        if self.on:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def resume_command(self, run_dir: str) -> str:
+        """The command that continues this run with the same number of processes."""
+        if not self.on:
+            return f"rnnkit train --resume {run_dir}"
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        nodes = "" if per_node == self.world else f"--nnodes {self.world // per_node} "
+        more = "" if not nodes else " (with the same rendezvous options)"
+        return (f"torchrun {nodes}--nproc-per-node {per_node} -m rnnkit train "
+                f"--resume {run_dir}{more}")
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is True on any."""
         if not self.on:
             return flag
         import torch.distributed as dist
 
-        t = torch.tensor([1 if flag else 0])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([1 if flag else 0], device=self._comm_device())
+        self._run(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX), [t])
         return bool(t.item())
 
     def close(self) -> None:
@@ -142,8 +218,9 @@ class TrainResult:
     step: int  # steps done in total
     total_steps: int  # steps the run was configured for
     interrupted: Optional[str] = None  # "SIGINT"/"SIGTERM"/"stopped" if cut short
-    valid: dict = field(default_factory=dict)  # last validation metrics
-    best: dict = field(default_factory=dict)  # best validation metrics (and their step)
+    resume_command: str = ""  # the command that continues the run (torchrun's under torchrun)
+    valid: dict = field(default_factory=dict)  # last validation metrics (rank 0 only)
+    best: dict = field(default_factory=dict)  # best validation metrics and step (rank 0 only)
     seconds: float = 0.0  # wall time of this invocation's loop, evaluations included
     tokens_per_second: float = 0.0  # training tokens per second, evaluations excluded
 
@@ -152,7 +229,7 @@ class TrainResult:
 def resume_config(run_dir: str, overrides: dict) -> TrainConfig:
     """The saved config of ``run_dir`` with ``overrides`` applied; UserError naming every
     override that contradicts the saved config in a field that cannot change mid-run."""
-    saved = TrainConfig.from_json(C.read_json(os.path.join(run_dir, C.CONFIG))["config"])
+    saved = saved_config(run_dir)
     conflicts = []
     for name, value in overrides.items():
         old = getattr(saved, name)
@@ -163,8 +240,22 @@ def resume_config(run_dir: str, overrides: dict) -> TrainConfig:
     if conflicts:
         raise UserError(f"--resume {run_dir}: options contradict the saved config: "
                         + "; ".join(conflicts))
-    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE},
-                               out=run_dir)
+    changes = {k: v for k, v in overrides.items() if k in RESUMABLE}
+    if changes.get("epochs") is not None and "steps" not in changes:
+        changes["steps"] = None  # --epochs on resume replaces a saved --steps
+    return dataclasses.replace(saved, **changes, out=run_dir)
+
+
+def saved_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig in RUN_DIR/config.json, every field checked (UserError naming the file,
+    the field, what was expected and what came)."""
+    path = os.path.join(run_dir, C.CONFIG)
+    saved = C.read_json(path)
+    if not isinstance(saved, dict) or "config" not in saved:
+        raise UserError(f"{path}: expected an object with a \"config\" entry, got "
+                        f"{type(saved).__name__}" + (f" with keys {', '.join(sorted(saved))}"
+                                                     if isinstance(saved, dict) else ""))
+    return TrainConfig.from_json(saved["config"], source=path)
 
 
 def _prepare_run_dir(config: TrainConfig, task) -> None:
@@ -189,7 +280,7 @@ def load_run(run_dir: str, impl: Optional[str] = None, which: str = "best",
 
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir}: no such run folder")
-    config = TrainConfig.from_json(C.read_json(os.path.join(run_dir, C.CONFIG))["config"])
+    config = saved_config(run_dir).resolved()
     if impl:
         config.impl = impl
     meta = C.read_json(os.path.join(run_dir, C.VOCAB))
@@ -236,6 +327,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         model = build_model(task.spec, config).to(device)
         optimizer = _optimizer(model, config)
         step, carry, best = 0, None, {}
+        horizon = total  # where the cosine decay ends: the run's first length, kept on resume
         if resume:
             state = C.load_last(config.out)
             try:
@@ -246,16 +338,36 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                                 f"({str(e).splitlines()[0]})") from None
             step = int(state["meta"]["step"])
             best = state["meta"].get("best", {})
-            _set_rng_state(state["rng"], device)
-            if dist.rank:  # ranks other than 0 continue their own dropout stream
+            horizon = int(state["meta"].get("horizon", state["meta"]["total_steps"]))
+            if total < step:
+                raise UserError(f"--resume {config.out}: the run is already at step {step}; "
+                                f"{total} steps would end before it (give --steps above {step})")
+            saved_world = len(state["ranks"])
+            if saved_world == dist.world:  # each process continues its own streams
+                own = state["ranks"][dist.rank]
+                _set_rng_state(own["rng"], device)
+                if own["carry"] is not None and task.carries_state:
+                    carry = tuple(t.to(device) for t in own["carry"])
+                    if config.cell != "lstm":
+                        carry = carry[0]
+            else:  # another split of the data: fresh dropout streams and hidden states
                 torch.manual_seed(config.seed + 7 * dist.rank + step)
-            if state["carry"] is not None and task.carries_state and dist.world == 1:
-                carry = tuple(t.to(device) for t in state["carry"])
-                if config.cell != "lstm":
-                    carry = carry[0]
             if lead:
                 C.truncate_metrics(config.out, step)
                 echo(f"resuming {config.out} at step {step} of {total}")
+                if saved_world != dist.world:
+                    echo(f"note: saved by {saved_world} process(es), resumed by {dist.world}: "
+                         "the data are split differently from here (and dropout streams and "
+                         "carried states start afresh), so this is not the run an "
+                         "uninterrupted one would have been")
+                if total > horizon and step < total:
+                    floor = config.lr * config.min_lr_ratio
+                    echo(f"note: the learning-rate schedule ends at step {horizon} (the run's "
+                         f"first length); steps {max(step, horizon) + 1}-{total} run at its "
+                         f"floor, {floor:.3g}")
+                elif total < horizon:
+                    echo(f"note: stopping at step {total}, before the learning-rate schedule "
+                         f"ends (step {horizon}, the run's first length)")
         else:
             if dist.rank:
                 torch.manual_seed(config.seed + 7 * dist.rank)
@@ -270,24 +382,27 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             net = model
 
         def save_last() -> None:
-            if not lead:
-                return
-            keep = None
-            if carry is not None:
-                keep = carry if isinstance(carry, tuple) else (carry,)
-            C.save_last(config.out, model.state_dict(), optimizer.state_dict(),
-                        _rng_state(device), keep,
-                        {"step": step, "total_steps": total, "best": best,
-                         "scheduler": {"step": step, "lr": learning_rate(config, step, total)},
-                         "rnnkit_version": __version__})
+            """Every rank hands its RNG and carried state to rank 0, which writes the file."""
+            ranks = [_split_own(own) for own in dist.gather(_own_state(device, carry))]
+            if lead:
+                C.save_last(config.out, model.state_dict(), optimizer.state_dict(), ranks,
+                            {"step": step, "total_steps": total, "horizon": horizon,
+                             "best": best, "rnnkit_version": __version__,
+                             "scheduler": {"step": step,
+                                           "lr": learning_rate(config, step, horizon)}})
 
         def validate() -> dict:
-            model.eval()
-            metrics = task.evaluate(model, device)
-            model.train()
+            """Rank 0 evaluates the whole validation split; the others wait for it."""
+            metrics = {}
+            if lead:
+                model.eval()
+                metrics = task.evaluate(model, device)
+                model.train()
+            dist.barrier()
             return metrics
 
-        result = TrainResult(config.out, step, total)
+        result = TrainResult(config.out, step, total,
+                             resume_command=dist.resume_command(config.out))
         bar = tqdm(total=total, initial=step, disable=not (progress and lead), file=sys.stderr,
                    dynamic_ncols=True, unit="step", desc=f"{config.task} {config.cell}")
         model.train()
@@ -295,7 +410,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         with _StopSignals() as stop:
             while step < total:
                 t0 = time.perf_counter()
-                lr = learning_rate(config, step, total)
+                lr = learning_rate(config, step, horizon)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = task.batch(step)
@@ -329,13 +444,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                                                   "time": time.time()})
                 if step % config.eval_every == 0 or step == total:
                     valid = validate()
-                    result.valid = valid
-                    if not best or valid["loss"] < best["loss"]:
-                        best = {**valid, "step": step}
-                        if lead:
+                    if lead:
+                        result.valid = valid
+                        if not best or valid["loss"] < best["loss"]:
+                            best = {**valid, "step": step}
                             C.save_best(config.out, model.state_dict(),
                                         {"step": step, "metrics": valid})
-                    if lead:
                         C.append_metrics(config.out, {"step": step, "split": "valid", **valid,
                                                       "time": time.time()})
                         summary = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

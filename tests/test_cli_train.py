@@ -4,7 +4,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -88,6 +87,7 @@ def test_train_eval_generate(run_dir):
     (["train", "--resume", "{run}", "--hidden-size", "32", "--cell", "gru"],
      "--hidden-size 32 (saved: 16); --cell gru (saved: lstm)"),
     (["train", "--out", "{run}", "--steps", "2", *TINY], "already holds a run"),
+    (["train", "--resume", "{run}", "--steps", "4"], "already at step 6; 4 steps would end"),
 ])
 def test_errors_leave_run_untouched(run_dir, args, message):
     before = digest(run_dir)
@@ -208,24 +208,68 @@ def test_sigterm_saves_and_resumes(corpus, tmp_path):
     assert f"resuming {out} at step {saved}" in r.output and f"done: {saved + 2} steps" in r.output
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ---- a hand-edited config.json ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run for the module; tests copy it (training is the slow part)."""
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "corpus.txt").write_text(TEXT)
+    out = str(folder / "run")
+    r = CliRunner().invoke(main, ["train", "--data", str(folder / "corpus.txt"), "--steps", "2",
+                                  "--eval-every", "2", "--out", out, *TINY])
+    assert r.exit_code == 0, r.output
+    return out
 
 
-def test_torchrun_two_cpu_processes(tmp_path):
-    out = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           "-m", "rnnkit", "train", "--task", "adding", "--cell", "gru", "--seq-len", "8",
-           "--hidden-size", "16", "--batch-size", "8", "--steps", "6", "--eval-every", "3",
-           "--threads", "1", "--device", "cpu", "--out", out, "-q"]
-    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("done: 6 steps") == 1  # only rank 0 reports
-    from rnnkit import checkpoint as C
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", "16", "field 'hidden_size': expected an integer >= 1, got \"16\" (a string)"),
+    ("hidden_size", 0, "field 'hidden_size': expected an integer >= 1, got 0 (a number)"),
+    ("steps", 2.5, "field 'steps': expected an integer >= 1 or null, got 2.5 (a number)"),
+    ("cell", "transformer",
+     "field 'cell': expected one of \"lstm\", \"gru\", \"rnn\", got \"transformer\" (a string)"),
+    ("task", None, "field 'task': expected one of \"charlm\", "),
+    ("dropout", 1.5, "field 'dropout': expected a number in [0, 1), got 1.5 (a number)"),
+    ("lr", True, "field 'lr': expected a number > 0, got true (true/false)"),
+    ("bidirectional", "no", "field 'bidirectional': expected true, false or null, got \"no\""),
+    ("betas", [0.9], "field 'betas': expected a list of two numbers in [0, 1), got [0.9] (a list)"),
+    ("impl", "cudnn", "field 'impl': expected one of \"fused\", \"torch\", \"reference\""),
+    ("data", 7, "field 'data': expected a string or null, got 7 (a number)"),
+])
+@pytest.mark.parametrize("command", ["resume", "eval", "generate"])
+def test_hand_edited_config_is_checked(trained, tmp_path, field, value, message, command):
+    import json
+    import shutil
 
-    records = C.read_metrics(out)
-    assert [x["step"] for x in records if x["split"] == "valid"] == [3, 6]  # not doubled
-    assert C.load_last(out)["meta"]["step"] == 6
+    run = str(tmp_path / "run")
+    shutil.copytree(trained, run)
+    path = os.path.join(run, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    saved["config"][field] = value
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    before = digest(run)
+    args = {"resume": ["train", "--resume", run, "--steps", "4", "-q"], "eval": ["eval", run],
+            "generate": ["generate", run, "--length", "3"]}[command]
+    line = one_line_error(CliRunner().invoke(main, args))
+    assert line.startswith(f"Error: {path}: ") and message in line, line
+    assert digest(run) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "expected an object with a \"config\" entry, got list"),
+    ('{"config": [1]}', "expected an object of settings, got [1] (a list)"),
+    ('{"settings": {}}', "expected an object with a \"config\" entry, got dict with keys "
+                         "settings"),
+])
+def test_config_json_of_the_wrong_shape(trained, tmp_path, content, message):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained, run)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        f.write(content)
+    before = digest(run)
+    for args in (["eval", run], ["train", "--resume", run, "-q"]):
+        assert message in one_line_error(CliRunner().invoke(main, args))
+    assert digest(run) == before

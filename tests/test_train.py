@@ -68,6 +68,71 @@ def test_interrupted_and_resumed_equals_uninterrupted(corpus, tmp_path, cell):
     assert strip == again  # no record lost or doubled across the interruption
 
 
+def lrs(run_dir):
+    return [r["lr"] for r in C.read_metrics(str(run_dir)) if r["split"] == "train"]
+
+
+def test_resume_keeps_the_learning_rate_schedule(corpus, tmp_path):
+    """The cosine decay ends where the run was first planned to end: resuming with the same
+    --steps gives the same learning rate at every step, a larger --steps runs on at the floor."""
+    from rnnkit.train import resume_config
+
+    kw = dict(lr=1e-2, min_lr_ratio=0.1)
+    train(tiny(corpus, tmp_path / "whole", **kw), progress=False, echo=quiet)
+    whole = lrs(tmp_path / "whole")
+    assert len(whole) == 12 and whole[2] == 1e-2 and whole[3] > whole[-1] > 1e-3  # a decay
+    for name in ("same", "longer"):
+        train(tiny(corpus, tmp_path / name, **kw), progress=False, echo=quiet,
+              should_stop=lambda step: step == 6)
+    said = []
+    train(resume_config(str(tmp_path / "same"), {"steps": 12}), resume=True, progress=False,
+          echo=said.append)
+    assert lrs(tmp_path / "same") == whole  # exactly, step by step
+    assert not any("note" in s for s in said)
+    said = []
+    train(resume_config(str(tmp_path / "longer"), {"steps": 16}), resume=True, progress=False,
+          echo=said.append)
+    longer = lrs(tmp_path / "longer")
+    assert longer[:12] == whole  # the first 12 steps as planned ...
+    assert longer[12:] == [pytest.approx(1e-3, rel=1e-12)] * 4  # ... then the floor
+    assert any("schedule ends at step 12" in s and "steps 13-16 run at its floor" in s
+               for s in said), said
+    meta = C.load_last(str(tmp_path / "longer"))["meta"]
+    assert meta["horizon"] == 12 and meta["total_steps"] == 16
+
+
+def test_resume_with_epochs_replaces_saved_steps(corpus, tmp_path):
+    from rnnkit.train import resume_config
+
+    train(tiny(corpus, tmp_path / "run", steps=2), progress=False, echo=quiet)
+    config = resume_config(str(tmp_path / "run"), {"epochs": 3.0})
+    assert config.steps is None and config.epochs == 3.0
+    assert resume_config(str(tmp_path / "run"), {"epochs": 3.0, "steps": 5}).steps == 5
+
+
+def test_config_from_json_types_and_bounds():
+    from rnnkit.config import TrainConfig as T
+
+    saved = T(task="tag", seq_len=0).to_json()  # a tag run saves seq_len 0 (unused)
+    saved.update(lr=1, betas=[0.5, 0.9], threads=None, dropout=0)  # int for float, list: fine
+    config = T.from_json(saved, "x/config.json")
+    assert config.lr == 1 and config.betas == (0.5, 0.9) and config.seq_len == 0
+    for field, value in [("seq_len", 0), ("lr", float("nan")), ("lr", 0), ("betas", [0.9, 1]),
+                         ("tokens", "bytes"), ("epochs", "2"), ("seed", 1.0), ("num_layers", True)]:
+        bad = dict(saved, task="charlm") if field == "seq_len" else dict(saved)
+        bad[field] = value
+        with pytest.raises(UserError, match=rf"^x/config.json: field '{field}': expected .*, got "):
+            T.from_json(bad, "x/config.json")
+
+
+def test_config_choices_are_those_of_the_code():
+    from rnnkit import models, tasks
+    from rnnkit.config import CHOICES
+
+    assert CHOICES["task"] == tasks.TASKS
+    assert CHOICES["cell"] == models.CELLS and CHOICES["impl"] == models.IMPLS
+
+
 def test_checkpoint_loads_into_every_impl(corpus, tmp_path):
     train(tiny(corpus, tmp_path / "run", steps=4), progress=False, echo=quiet)
     losses = {impl: evaluate_run(str(tmp_path / "run"), impl=impl, device="cpu")["loss"]
