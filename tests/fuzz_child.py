@@ -74,6 +74,7 @@ def valid_args(spec: dict) -> tuple[list[str], list[Any]]:
     v: dict[str, Any] = {
         "input": x, "batch_sizes": bs, "h0": rand(N, R), "c0": rand(N, H), "hx": rand(N, H),
         "cx": rand(N, H), "w_ih": rand(G, I), "w_hh": rand(G, R), "reverse": spec.get("reverse", False),
+        "train": spec.get("train", True),
         "b_ih": rand(G) if spec.get("bias", True) else None,
         "b_hh": rand(G) if spec.get("bias", True) else None,
         "w_hr": rand(R, H) if proj else None, "nonlinearity": spec.get("nonlinearity", "tanh"),
@@ -81,6 +82,7 @@ def valid_args(spec: dict) -> tuple[list[str], list[Any]]:
     fwd = op.replace("_backward", "")
     if op.endswith("_backward"):
         f_names = _schema_names(fwd)
+        v["train"] = True  # the workspace that backward reads
         result = getattr(torch.ops.rnnkit, fwd)(*[v[n] for n in f_names])
         result = result if isinstance(result, (tuple, list)) else (result,)
         if cell:

@@ -243,6 +243,7 @@ def op_specs(draw):
                 I=draw(st.integers(1, 5)), H=H,
                 proj=draw(st.integers(1, H - 1)) if H > 1 and draw(st.booleans()) else 0,
                 packed=draw(st.booleans()), reverse=draw(st.booleans()), bias=draw(st.booleans()),
+                train=draw(st.booleans()),
                 dtype=draw(st.sampled_from(["float32", "float64"])),
                 nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
                 seed=draw(st.integers(0, 2**31 - 1)), arg=draw(st.integers(0, 20)))
