@@ -461,14 +461,15 @@ def _write_json(path: str, data: dict) -> None:
               help="Cells to train and measure, comma-separated.")
 @click.option("--hidden-size", type=click.IntRange(1), default=64)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Training batch.")
-@click.option("--steps", type=click.IntRange(1), default=600, help="Training steps per cell.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.02,
+@click.option("--steps", type=click.IntRange(1), default=1000, help="Training steps per cell.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.03,
               help="Peak learning rate (AdamW, warm-up and cosine decay as rnnkit train).")
 @click.option("--seed", type=int, default=_default("seed"), help="Seed of weights and data.")
 @click.option("--impl", type=click.Choice(IMPLS), default="fused",
               help="Recurrent implementation for training.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU threads for torch [default: torch's choice].")
+@click.option("--threads", type=click.IntRange(1), default=1,
+              help="CPU threads for torch (one is fastest for layers this small, most of all on "
+                   "a busy machine).")
 @click.option("--sequences", type=click.IntRange(1), default=256,
               help="Validation sequences the gradient norms are averaged over.")
 @click.option("--run", "runs", type=RUN, multiple=True,
@@ -496,8 +497,7 @@ def gradflow(task, seq_len, cells, hidden_size, batch_size, steps, lr, seed, imp
         from . import gradflow as G
         from .config import TrainConfig
 
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         base = TrainConfig(task=task, seq_len=seq_len, hidden_size=hidden_size,
                            batch_size=batch_size, steps=steps, lr=lr, seed=seed, impl=impl,
                            threads=threads, eval_every=steps)
@@ -505,7 +505,7 @@ def gradflow(task, seq_len, cells, hidden_size, batch_size, steps, lr, seed, imp
                             echo=lambda s: click.echo(s, err=True))
         for line in G.summary(curves):
             click.echo(line)
-        _write_json(json_path, G.to_json(curves, base, sequences))
+        _write_json(json_path, G.to_json(curves, None if runs else base, sequences))
         if not no_png:
             _png_note(png, lambda p: G.plot(curves, p))
 
@@ -522,7 +522,11 @@ def _length_list(ctx: click.Context, param: click.Parameter, value: str) -> list
 
 #: The budget of `rnnkit longrange` per task (found to show the classic result in minutes on two
 #: CPU cores; see docs/lessons.md): hidden size, steps, learning rate, batch size.
-LONGRANGE_BUDGET = {"adding": (64, 1500, 0.02, 64), "copy": (64, 1500, 0.01, 64)}
+LONGRANGE_BUDGET = {"adding": (64, 2000, 0.03, 64), "copy": (128, 600, 0.01, 64)}
+
+
+def _budget_help(field: int) -> str:
+    return ", ".join(f"{task} {b[field]}" for task, b in LONGRANGE_BUDGET.items())
 
 
 @main.command()
@@ -534,17 +538,19 @@ LONGRANGE_BUDGET = {"adding": (64, 1500, 0.02, 64), "copy": (64, 1500, 0.01, 64)
 @click.option("--cells", default="rnn,lstm,gru", callback=_cell_list,
               help="Cells, comma-separated.")
 @click.option("--hidden-size", type=click.IntRange(1), default=None,
-              help="[default: adding 64, copy 64]")
+              help=f"Hidden units [default: {_budget_help(0)}].")
 @click.option("--steps", type=click.IntRange(1), default=None,
-              help="Training steps per model [default: adding 1500, copy 1500].")
+              help=f"Training steps per model [default: {_budget_help(1)}].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-              help="Peak learning rate [default: adding 0.02, copy 0.01].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 64]")
+              help=f"Peak learning rate [default: {_budget_help(2)}].")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help=f"Sequences per step [default: {_budget_help(3)}].")
 @click.option("--seed", type=int, default=_default("seed"), help="Seed of weights and data.")
 @click.option("--impl", type=click.Choice(IMPLS), default="fused",
               help="Recurrent implementation.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU threads for torch [default: torch's choice].")
+@click.option("--threads", type=click.IntRange(1), default=1,
+              help="CPU threads for torch (one is fastest for layers this small, most of all on "
+                   "a busy machine).")
 @click.option("--keep-runs", type=click.Path(file_okay=False), default=None,
               help="Keep the run folders here [default: a temporary folder, removed].")
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
@@ -566,8 +572,7 @@ def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, im
         from . import longrange as LR
         from .config import TrainConfig
 
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         h, n, rate, batch = LONGRANGE_BUDGET[task]
         base = TrainConfig(task=task, hidden_size=hidden_size or h, steps=steps or n,
                            lr=lr or rate, batch_size=batch_size or batch, seed=seed, impl=impl,

@@ -131,13 +131,13 @@ class Curve:
 
     cell: str  # rnn | lstm | gru
     run_dir: str  # the run folder the trained weights came from ("" if it was removed)
-    seq_len: int  # T of the task's sequences
+    seq_len: int  # T, the time steps the model reads (copy: symbols, delay and recall)
     init: dict  # {"h": [T floats], "c": [...] (LSTM)}: at initialisation
     trained: dict  # the same after training
     valid: dict = field(default_factory=dict)  # the trained model's validation metrics
 
 
-def _measure(config: TrainConfig, run_dir: str, sequences: int) -> Curve:
+def _measure(run_dir: str, sequences: int) -> Curve:
     from .train import load_run
 
     config_saved, task, model, _ = load_run(run_dir, which="last", device="cpu")
@@ -149,8 +149,8 @@ def _measure(config: TrainConfig, run_dir: str, sequences: int) -> Curve:
     valid = task.evaluate(model, torch.device("cpu"))
     init = model_gradient_norms(initial_model(config_saved, task).eval(), x, y)
     as_lists = lambda d: {k: [float(v) for v in t] for k, t in d.items()}  # noqa: E731
-    return Curve(config_saved.cell, run_dir, config_saved.resolved().seq_len,
-                 as_lists(init), as_lists(trained), valid)
+    return Curve(config_saved.cell, run_dir, x.shape[0], as_lists(init), as_lists(trained),
+                 valid)
 
 
 def gradflow(base: TrainConfig, cells: Sequence[str] = ("rnn", "lstm", "gru"),
@@ -164,7 +164,7 @@ def gradflow(base: TrainConfig, cells: Sequence[str] = ("rnn", "lstm", "gru"),
     from .train import train
 
     if runs:
-        return [_measure(base, r, sequences) for r in runs]
+        return [_measure(r, sequences) for r in runs]
     if base.task not in GRADFLOW_TASKS:
         raise UserError(f"--task {base.task}: gradflow trains on {' or '.join(GRADFLOW_TASKS)}")
     root = keep or tempfile.mkdtemp(prefix="rnnkit-gradflow-")
@@ -175,7 +175,7 @@ def gradflow(base: TrainConfig, cells: Sequence[str] = ("rnn", "lstm", "gru"),
             echo(f"training {cell} on {base.task} T={config.resolved().seq_len} "
                  f"({base.steps} steps)")
             train(config, progress=False, echo=lambda s: None)
-            curve = _measure(config, config.out, sequences)
+            curve = _measure(config.out, sequences)
             if keep is None:
                 curve.run_dir = ""
             curves.append(curve)
@@ -188,19 +188,27 @@ def gradflow(base: TrainConfig, cells: Sequence[str] = ("rnn", "lstm", "gru"),
 def summary(curves: Sequence[Curve]) -> list[str]:
     """One line per cell: the gradient at the first step relative to the last, before and after
     training (how much of the loss's gradient reaches the start of the sequence)."""
+    def ratio(d: dict) -> str:
+        first, last = d["h"][0], d["h"][-1]
+        if last == 0:
+            return "nan"
+        return f"{first / last:.3g}" if first > 0 else "0 (underflow)"
+
     lines = []
     for c in curves:
-        ratio = lambda d: d["h"][0] / d["h"][-1] if d["h"][-1] > 0 else float("nan")  # noqa: E731
-        metric = "  ".join(f"{k} {v:.4g}" for k, v in c.valid.items() if isinstance(v, float))
-        lines.append(f"{c.cell:<5} T={c.seq_len}  |dL/dh_1| / |dL/dh_T|: init {ratio(c.init):.3g}"
-                     f", trained {ratio(c.trained):.3g}  (valid {metric})")
+        shown = [k for k in ("mse", "baseline_mse", "symbol_accuracy") if k in c.valid]
+        metric = "  ".join(f"{k} {c.valid[k]:.4g}" for k in shown)
+        lines.append(f"{c.cell:<5} T={c.seq_len}  |dL/dh_1| / |dL/dh_T|: init {ratio(c.init)}, "
+                     f"trained {ratio(c.trained)}  (valid {metric})")
     return lines
 
 
-def to_json(curves: Sequence[Curve], base: TrainConfig, sequences: int) -> dict:
+def to_json(curves: Sequence[Curve], base: Optional[TrainConfig], sequences: int) -> dict:
+    """The measurement as JSON; ``base`` is the training config shared by the cells (None when
+    the runs were loaded: each curve names its run folder)."""
     return {"what": "mean over sequences of ||dL/dh_t||, t = 1..T (the loss is taken at the "
                     "end); c: the LSTM cell state's ||dL/dc_t||",
-            "sequences": sequences, "config": base.to_json(),
+            "sequences": sequences, "config": base.to_json() if base else None,
             "curves": [dataclasses.asdict(c) for c in curves]}
 
 

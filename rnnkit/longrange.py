@@ -10,10 +10,12 @@ copy    accuracy on the copied symbols; guessing scores 1/8 (eight symbols)
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -37,7 +39,7 @@ class Row:
     metric: str  # key of the reported score in ``valid``
     value: float  # the final validation score
     baseline: float  # the score of a model that learned nothing (adding: predict 1.0; copy: 1/8)
-    seconds: float  # wall time of the training (evaluations included)
+    seconds: float  # wall time of the training (set-up and evaluations included)
     valid: dict = field(default_factory=dict)  # every final validation metric
 
 
@@ -64,10 +66,20 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
             for cell in cells:
                 config = dataclasses.replace(base, cell=cell, seq_len=T,
                                              out=os.path.join(root, f"{base.task}-{cell}-T{T}"))
-                result = train(config, progress=False, echo=lambda s: None)
+                started = time.perf_counter()
+                try:
+                    result = train(config, progress=False, echo=lambda s: None)
+                except UserError as e:
+                    if not str(e).startswith("training diverged"):
+                        raise
+                    row = Row(base.task, cell, T, key, math.nan, math.nan,
+                              time.perf_counter() - started, {"error": str(e)})
+                    echo(f"{base.task} T={T} {cell}: {e}")
+                    rows.append(row)
+                    continue
                 valid = result.valid
                 row = Row(base.task, cell, T, key, valid[key], baseline(base.task, valid),
-                          result.seconds, valid)
+                          time.perf_counter() - started, valid)
                 echo(f"{base.task} T={T} {cell}: {key} {row.value:.4f} (baseline "
                      f"{row.baseline:.4f}) in {row.seconds:.0f} s")
                 rows.append(row)
@@ -78,7 +90,11 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
 
 
 def _fmt(value: float, task: str) -> str:
-    return f"{value:.4f}" if task == "adding" else f"{value:.1%}"
+    if math.isnan(value):
+        return "diverged"
+    if task == "copy":
+        return f"{value:.1%}"
+    return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def markdown(rows: Sequence[Row], base: TrainConfig) -> str:
@@ -97,9 +113,11 @@ def markdown(rows: Sequence[Row], base: TrainConfig) -> str:
                      + " | ".join(_fmt(at[cell, T].value, task) if (cell, T) in at else "-"
                                   for T in lengths) + " |")
     what = "always predict 1.0" if task == "adding" else "guess (1/8)"
-    first = {T: next(r for r in rows if r.seq_len == T) for T in lengths}
+    base_at = {T: next((r.baseline for r in rows if r.seq_len == T
+                        and not math.isnan(r.baseline)), math.nan) for T in lengths}
     lines.append(f"| baseline: {what} | "
-                 + " | ".join(_fmt(first[T].baseline, task) for T in lengths) + " |")
+                 + " | ".join(_fmt(base_at[T], task) if not math.isnan(base_at[T]) else "-"
+                              for T in lengths) + " |")
     lines.append("")
     lines.append(f"{task}, {base.impl} kernels, hidden size {base.hidden_size}, {base.steps} "
                  f"steps of batch {base.batch_size}, lr {base.lr:g} (AdamW, warm-up "

@@ -140,3 +140,15 @@ def test_cli_errors_are_one_line(runs, args, message):
     r = CliRunner().invoke(main, ["inspect", run, *args[2:], "--no-png"])
     line = one_line_error(r)
     assert message in line, line
+
+
+def test_without_matplotlib_the_png_is_skipped_with_a_reason(runs, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    png = tmp_path / "g.png"
+    r = CliRunner().invoke(main, ["inspect", runs["lstm"], "--text", "my lord", "--png",
+                                  str(png), "--no-color"])
+    assert r.exit_code == 0, r.output
+    assert "PNG skipped" in r.output and "pip install matplotlib" in r.output
+    assert "  forget │" in r.output and not png.exists()
