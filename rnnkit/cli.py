@@ -440,12 +440,12 @@ def _png_note(path: str | None, draw) -> None:
     click.echo(f"wrote {path}")
 
 
-def _write_json(path: str, data: dict) -> None:
+def _write_json(path: str, data: dict, indent: int | None = 1) -> None:
     from .data import UserError
 
     try:
         with open(path, "w") as f:
-            json.dump(data, f, indent=1)
+            json.dump(data, f, indent=indent)
             f.write("\n")
     except OSError as e:
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
@@ -629,7 +629,7 @@ def inspect_(run_dir, text, layer, count, show, units, width, color, checkpoint,
         for line in GT.render(trace, chosen[:show] if not units else chosen, width, color):
             click.echo(line, color=color)
         if json_path:
-            _write_json(json_path, GT.to_json(trace, chosen))
+            _write_json(json_path, GT.to_json(trace, chosen), indent=None)
         if not no_png:
             _png_note(png, lambda p: GT.plot(trace, chosen, p))
 

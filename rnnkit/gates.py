@@ -118,9 +118,11 @@ def _level(v: float) -> int:
 
 def rows_of(trace: Trace, unit: int) -> list[tuple[str, list[float]]]:
     """(name, values in [0, 1]) for the rows drawn per unit: the three gates, and the cell state
-    as (tanh(c) + 1) / 2 (blank: -1, full: +1)."""
+    scaled from its lowest value over the text (0) to its highest (1)."""
     rows = [(name, getattr(trace, name)[:, unit].tolist()) for name in GATES]
-    rows.append(("cell", ((torch.tanh(trace.cell[:, unit]) + 1) / 2).tolist()))
+    c = trace.cell[:, unit]
+    span = float(c.max() - c.min())
+    rows.append(("cell", ((c - c.min()) / span).tolist() if span > 0 else [0.5] * len(c)))
     return rows
 
 
@@ -132,7 +134,8 @@ def render(trace: Trace, units: Sequence[int], width: int = 72, color: bool = Fa
     import click
 
     chars = [printable(c) for c in trace.text]
-    out = [f"layer {trace.layer}; shading ' ░▒▓█' from 0 to 1 (cell: tanh(c) from -1 to +1)"]
+    out = [f"layer {trace.layer}; shading ' ░▒▓█': gates from 0 to 1, cell state from its "
+           "lowest to its highest over the text"]
     for unit in units:
         rows = rows_of(trace, unit)
         out.append("")
@@ -197,7 +200,12 @@ def plot(trace: Trace, units: Sequence[int], path: str) -> None:
         plt.close(fig)
 
 
-def to_json(trace: Trace, units: Sequence[int]) -> dict:
+def to_json(trace: Trace, units: Sequence[int], digits: int = 4) -> dict:
+    """The text, the units, and per gate or state one row per unit of one value per character
+    (rounded to ``digits`` decimals)."""
+    def rows(t: Tensor) -> list[list[float]]:
+        return [[round(v, digits) for v in row] for row in t[:, units].T.tolist()]
+
     return {"text": trace.text, "layer": trace.layer, "units": list(units),
-            **{name: getattr(trace, name)[:, units].T.tolist()
+            **{name: rows(getattr(trace, name))
                for name in ("input", "forget", "cell_input", "output", "cell", "hidden")}}

@@ -115,6 +115,16 @@ def test_cli_terminal_view_json_and_png(runs, tmp_path):
     data = json.loads(js.read_text())
     assert len(data["units"]) == 5 and len(data["forget"][0]) == len(text)
     assert all(0 <= v <= 1 for row in data["forget"] for v in row)
+    # the first unit shown is the first of the JSON's; its cell row runs from blank at its lowest
+    # cell state to full at its highest, and its forget row shades f itself
+    assert f"unit {data['units'][0]} " in r.output
+    cell_row = "".join([ln.split("│")[1] for ln in lines if ln.startswith("  cell ")][:3])
+    forget_row = "".join([ln.split("│")[1] for ln in lines if ln.startswith("  forget ")][:3])
+    trace = GT.trace_run(runs["lstm"], text)
+    unit = data["units"][0]
+    c, f = trace.cell[:, unit], trace.forget[:, unit]
+    assert cell_row[int(c.argmin())] == " " and cell_row[int(c.argmax())] == "█"
+    assert forget_row == "".join(GT.SHADES[min(4, int(v * 5))] for v in f.tolist())
     try:
         import matplotlib  # noqa: F401
 

@@ -1,6 +1,7 @@
 """rnnkit longrange: a tiny table end to end; every row carries its no-learning baseline."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -73,3 +74,21 @@ def test_same_budget_for_every_model(tmp_path):
     for key in ("hidden_size", "steps", "lr", "seed", "batch_size", "impl", "seq_len"):
         assert configs[0][key] == configs[1][key], key
     assert configs[0]["lr"] == 0.003 and configs[0]["hidden_size"] == 6
+
+
+def test_lesson_help_does_not_import_torch():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; from rnnkit.cli import main\n"
+            "for cmd in ('gradflow', 'longrange', 'inspect'):\n"
+            "    sys.argv = ['rnnkit', cmd, '--help']\n"
+            "    try: main()\n"
+            "    except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"adding\s+2000,\s+copy\s+600", r.stdout) and "--keep-runs" in r.stdout
