@@ -1,6 +1,7 @@
 """Lesson 2: long-range dependencies as a paper's table. Each cell is trained at each sequence
-length with the same budget (steps, hidden size, learning rate, seed) by rnnkit.train, and its
-final validation score is set beside the score of a model that learned nothing.
+length with the same budget (steps, hidden size, learning rate, seed) by rnnkit.train (float32
+subnormals flushed to zero, see gradflow.flush_denormals), and its final validation score is set
+beside the score of a model that learned nothing.
 
 adding  mean squared error on the sum of the two marked numbers; always predicting 1.0 (the mean
         of the sum) scores about 1/6
@@ -54,6 +55,7 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
               echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[Row]:
     """Train ``base`` for every (length, cell) and return one Row each, in that order. Run folders
     go to ``keep``/<task>-<cell>-T<length> when given, else to a temporary folder removed after."""
+    from .gradflow import flush_denormals
     from .train import train
 
     if base.task not in METRICS:
@@ -68,7 +70,8 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
                                              out=os.path.join(root, f"{base.task}-{cell}-T{T}"))
                 started = time.perf_counter()
                 try:
-                    result = train(config, progress=False, echo=lambda s: None)
+                    with flush_denormals():
+                        result = train(config, progress=False, echo=lambda s: None)
                 except UserError as e:
                     if not str(e).startswith("training diverged"):
                         raise
@@ -77,6 +80,9 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
                     echo(f"{base.task} T={T} {cell}: {e}")
                     rows.append(row)
                     continue
+                if result.interrupted:
+                    raise UserError(f"interrupted ({result.interrupted}) while training {cell} "
+                                    f"at T={T}; the table is incomplete")
                 valid = result.valid
                 row = Row(base.task, cell, T, key, valid[key], baseline(base.task, valid),
                           time.perf_counter() - started, valid)

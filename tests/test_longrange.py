@@ -92,3 +92,26 @@ def test_lesson_help_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert re.search(r"adding\s+2000,\s+copy\s+600", r.stdout) and "--keep-runs" in r.stdout
+
+
+def test_flush_denormals_is_undone():
+    import torch
+
+    from rnnkit.gradflow import flush_denormals
+
+    tiny = torch.tensor([1e-40])  # a float32 subnormal
+    with flush_denormals():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() > 0.0
+
+
+def test_an_interrupted_training_stops_the_table(monkeypatch, tmp_path):
+    import rnnkit.train
+    from rnnkit.config import TrainConfig
+    from rnnkit.data import UserError
+    from rnnkit.longrange import longrange
+
+    monkeypatch.setattr(rnnkit.train, "train", lambda config, **kw: rnnkit.train.TrainResult(
+        config.out, 1, 3, interrupted="SIGINT"))
+    with pytest.raises(UserError, match=r"interrupted \(SIGINT\) while training rnn at T=4"):
+        longrange(TrainConfig(task="adding", steps=3), [4], ["rnn"], str(tmp_path))
