@@ -440,16 +440,19 @@ def _png_note(path: str | None, draw) -> None:
     click.echo(f"wrote {path}")
 
 
-def _write_json(path: str, data: dict, indent: int | None = 1) -> None:
+def _write_text(path: str, text: str) -> None:
     from .data import UserError
 
     try:
         with open(path, "w") as f:
-            json.dump(data, f, indent=indent)
-            f.write("\n")
+            f.write(text)
     except OSError as e:
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
     click.echo(f"wrote {path}")
+
+
+def _write_json(path: str, data: dict, indent: int | None = 1) -> None:
+    _write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
 @main.command()
@@ -581,20 +584,15 @@ def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, im
                             echo=lambda s: click.echo(s, err=True))
         table = LR.markdown(rows, base)
         click.echo(table, nl=False)
-        table_path = table_path or f"longrange-{task}.md"
-        try:
-            with open(table_path, "w") as f:
-                f.write(table)
-        except OSError as e:
-            raise click.ClickException(f"{table_path}: cannot write ({e.strerror})") from None
-        click.echo(f"wrote {table_path}")
+        _write_text(table_path or f"longrange-{task}.md", table)
         _write_json(json_path or f"longrange-{task}.json", LR.to_json(rows, base))
 
 
 @main.command(name="inspect")
 @click.argument("run_dir", type=RUN)
 @click.option("--text", required=True, help="Text the LSTM reads (characters of its vocabulary).")
-@click.option("--layer", type=click.IntRange(1), default=None, help="Layer to show, 1 = first [default: last].")
+@click.option("--layer", type=click.IntRange(1), default=None,
+              help="Layer to show, 1 = first [default: the last].")
 @click.option("--units", "count", type=click.IntRange(1), default=16,
               help="Heat-map: this many units, those whose cell state varies most.")
 @click.option("--show", type=click.IntRange(0), default=3,
@@ -610,7 +608,7 @@ def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, im
               help="Heat-map to write (needs matplotlib).")
 @click.option("--no-png", is_flag=True, help="Write no figure.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the gate and state values of the shown units as JSON.")
+              help="Also write the gates and states of the heat-map's units as JSON.")
 def inspect_(run_dir, text, layer, count, show, units, width, color, checkpoint, png, no_png,
              json_path) -> None:
     """Lesson: an LSTM's forget, input and output gates and cell state on a text, per character.

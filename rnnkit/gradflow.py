@@ -92,8 +92,9 @@ def model_step(model) -> tuple[Callable[[Tensor, State], State], int]:
 
     rnn = model.rnn
     if rnn.num_layers != 1 or rnn.bidirectional:
+        both = ", bidirectional" if rnn.bidirectional else ""
         raise UserError(f"gradflow measures one-layer, one-direction models; this one has "
-                        f"{rnn.num_layers} layer(s){', bidirectional' if rnn.bidirectional else ''}")
+                        f"{rnn.num_layers} layer(s){both}")
     w = (rnn.weight_ih_l0, rnn.weight_hh_l0, getattr(rnn, "bias_ih_l0", None),
          getattr(rnn, "bias_hh_l0", None))
     if model.cell == "lstm":

@@ -150,3 +150,15 @@ def test_cli_refuses_a_run_of_another_task(tmp_path):
                                   str(tmp_path / "x.json")])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "needs an adding or copy run" in r.output and "'charlm'" in r.output
+
+
+def test_cli_refuses_a_stacked_model(tmp_path):
+    run = str(tmp_path / "deep")
+    r = CliRunner().invoke(main, ["train", "--task", "adding", "--seq-len", "6", "--steps", "1",
+                                  "--num-layers", "2", "--hidden-size", "4", "--batch-size", "2",
+                                  "--out", run, "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["gradflow", "--run", run, "--no-png", "--json",
+                                  str(tmp_path / "x.json")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "one-layer, one-direction models; this one has 2 layer(s)" in r.output
