@@ -9,6 +9,15 @@ from . import checkpoint as C
 from .data import UserError
 
 
+def matplotlib_missing() -> Optional[str]:
+    """None when matplotlib can be imported, else a one-line reason and how to install it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        return f"matplotlib is not installed ({e}); pip install matplotlib"
+    return None
+
+
 def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> str:
     """Draw the train and valid losses of each run against the step; return the PNG's path."""
     try:
