@@ -503,7 +503,7 @@ def _write_json(path: str, data: dict, indent: int | None = 1) -> None:
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.03,
               help="Peak learning rate (AdamW, warm-up and cosine decay as rnnkit train).")
 @click.option("--seed", type=int, default=_default("seed"), help="Seed of weights and data.")
-@click.option("--impl", type=click.Choice(IMPLS), default="fused",
+@click.option("--impl", type=IMPLS, default="fused",
               help="Recurrent implementation for training.")
 @click.option("--threads", type=click.IntRange(1), default=1,
               help="CPU threads for torch (one is fastest for layers this small, most of all on "
@@ -584,7 +584,7 @@ def _budget_help(field: int) -> str:
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help=f"Sequences per step [default: {_budget_help(3)}].")
 @click.option("--seed", type=int, default=_default("seed"), help="Seed of weights and data.")
-@click.option("--impl", type=click.Choice(IMPLS), default="fused",
+@click.option("--impl", type=IMPLS, default="fused",
               help="Recurrent implementation.")
 @click.option("--threads", type=click.IntRange(1), default=1,
               help="CPU threads for torch (one is fastest for layers this small, most of all on "
