@@ -12,7 +12,6 @@ f near 1 keeps the cell state, i near 1 writes g into it, o near 1 shows it in h
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -190,14 +189,9 @@ def plot(trace: Trace, units: Sequence[int], path: str) -> None:
     axes[-1, 0].set_xlabel("character read")
     fig.supylabel("unit", fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror})") from None
-    finally:
-        plt.close(fig)
+    from .plot import save_figure
+
+    save_figure(fig, path)
 
 
 def to_json(trace: Trace, units: Sequence[int], digits: int = 4) -> dict:

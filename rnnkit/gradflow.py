@@ -256,14 +256,6 @@ def plot(curves: Sequence[Curve], path: str) -> None:
     axes[0].set_ylabel("gradient norm (mean over sequences)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    from .plot import save_figure
 
-
-def _save(fig, path: str) -> None:
-    tmp = path + ".tmp.png"
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+    save_figure(fig, path)

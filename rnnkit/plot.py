@@ -18,6 +18,21 @@ def matplotlib_missing() -> Optional[str]:
     return None
 
 
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Writes a matplotlib figure to path atomically (a temporary file, then a rename) and closes
+    it; a path that cannot be written is a UserError."""
+    import matplotlib.pyplot as plt
+
+    tmp = path + ".tmp.png"
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+
+
 def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> str:
     """Draw the train and valid losses of each run against the step; return the PNG's path."""
     try:
@@ -49,12 +64,5 @@ def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out + ".tmp.png"
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write ({e.strerror})") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, out, dpi=110)
     return out
