@@ -63,3 +63,13 @@ def random_packed(T: int, N: int, features: int, dtype, enforce_sorted: bool, ge
         lengths = lengths.sort(descending=True).values
     padded = torch.randn(T, N, features, dtype=dtype, generator=gen).requires_grad_()
     return pack_padded_sequence(padded, lengths, enforce_sorted=enforce_sorted), padded
+
+
+def one_line_error(result, code=1):
+    """The one "Error: ..." line of a failed command (a CliRunner result), after checking the exit
+    code and that no traceback reached the user."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1, result.output
+    return error[0]

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from rnnkit.cli import main
 
+from .helpers import one_line_error
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = ("KING:\nWhat say you, my lord? Speak, and be brief.\n\n"
         "LORD:\nMy liege, the night is cold and full of fear.\n\n") * 30
@@ -45,14 +47,6 @@ def run_dir(corpus, tmp_path):
 def digest(folder):
     return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
             for name in sorted(os.listdir(folder))}
-
-
-def one_line_error(result, code=1):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1, result.output
-    return error[0]
 
 
 def test_help_does_not_import_torch():

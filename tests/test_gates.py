@@ -12,6 +12,8 @@ from rnnkit import gates as GT
 from rnnkit.cli import main
 from rnnkit.train import load_run
 
+from .helpers import one_line_error
+
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 TEXT = ("KING:\nWhat say you, my lord? Speak, and be brief.\n\n"
@@ -36,14 +38,6 @@ def runs(tmp_path_factory):
     return {"lstm": _train(tmp, "lstm"), "lstm2": _train(tmp, "lstm2", "--num-layers", "2"),
             "gru": _train(tmp, "gru", "--cell", "gru"),
             "adding": _train(tmp, "adding", "--task", "adding")}
-
-
-def one_line_error(result, code=1):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1, result.output
-    return error[0]
 
 
 def test_gates_equal_the_lstm_cell_gate_math(runs):

@@ -13,7 +13,7 @@ from rnnkit.data import UserError
 from rnnkit.tasks import build_task
 from rnnkit.train import TrainConfig, evaluate_run, load_run, train, translate
 
-from .test_cli_train import one_line_error
+from .helpers import one_line_error
 
 TINY = dict(seq_len=3, hidden_size=16, embed_size=8, batch_size=8, threads=1, warmup_steps=2)
 TINY_CLI = ["--task", "seq2seq", "--seq-len", "3", "--hidden-size", "16", "--embed-size", "8",
