@@ -127,7 +127,6 @@ class PackedB {
       if (!pack || !has_packed_sgemm() || max_m <= 0 || Nc == 0 || K == 0 ||
           !(fits_int(max_m) && fits_int(Nc) && fits_int(K) && fits_int(ldb)))
         return;
-      constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
       const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(max_m), int(Nc), int(K));
       constexpr size_t kAlign = 64;
       packed_.reset(static_cast<float*>(std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign)));
@@ -145,7 +144,6 @@ class PackedB {
     if constexpr (std::is_same_v<scalar_t, float>) {
       using detail::fits_int;
       if (packed_ && M > 0 && M <= max_m_ && fits_int(lda) && fits_int(ldc)) {
-        constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
         cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(M), int(Nc_), int(K_), A, int(lda),
                             packed_.get(), int(K_), beta, C, int(ldc));
         return;
@@ -155,6 +153,9 @@ class PackedB {
   }
 
  private:
+  // CBLAS enum values (cblas.h): layout, transposition, packed-matrix identifiers.
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151,
+                       kBMatrix = 162;
   struct Free {
     void operator()(float* p) const { std::free(p); }
   };
