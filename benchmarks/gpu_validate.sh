@@ -8,10 +8,18 @@
 # RESULTS_DIR defaults to benchmarks/results/<gpu>-<UTC date>. Nothing is pip-installed: the build
 # is `python setup.py build_ext --inplace` and rnnkit runs from the source tree via PYTHONPATH.
 # Exit status: 0 when every step passed, 1 otherwise (summary.txt lists each step's status).
+#
+# The steps run in the order that matters most when a lease is short: the build, the GPU tests
+# (every test whose name says cuda), the GPU benchmarks, `rnnkit check`, then the whole suite
+# (spread over the cores with pytest-xdist when it is installed). Each step has a time limit
+# (STEP_TIMEOUT seconds, default 900) and each test one of TEST_TIMEOUT seconds (default 300)
+# where pytest-timeout is installed, so a hung kernel fails its step instead of eating the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python}
+STEP_TIMEOUT=${STEP_TIMEOUT:-900}
+TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
 gpu=${gpu:-unknown-gpu}
@@ -28,7 +36,7 @@ step() {  # step NAME LOGFILE COMMAND...: runs COMMAND, tees its output, records
   shift 2
   echo "== $name: $*" | tee -a "$OUT/validate.log"
   local start=$SECONDS
-  "$@" 2>&1 | tee "$OUT/$log"
+  timeout "$STEP_TIMEOUT" "$@" 2>&1 | tee "$OUT/$log"
   local rc=${PIPESTATUS[0]}
   printf '%-10s %s  (%d s, log %s)\n' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED rc=$rc")" \
     $((SECONDS - start)) "$log" | tee -a "$SUMMARY"
@@ -57,18 +65,25 @@ if step build build.log "$PY" setup.py build_ext --inplace; then
   step info info.log "$PY" -m rnnkit info
   "$PY" -m rnnkit info --json > "$OUT/info.json" 2>/dev/null || true
   if "$PY" -c 'import pytest' 2>/dev/null; then
-    step tests pytest.log "$PY" -m pytest -q -rs tests --junitxml="$OUT/pytest.xml"
+    pytest_args=(-q -rs -p no:cacheprovider)
+    "$PY" -c 'import pytest_timeout' 2>/dev/null && pytest_args+=(--timeout "$TEST_TIMEOUT")
+    step gpu-tests pytest-gpu.log "$PY" -m pytest "${pytest_args[@]}" -k cuda tests \
+      --junitxml="$OUT/pytest-gpu.xml"
     if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' &&
-       grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest.log"; then
-      echo "tests      FAILED: CUDA cases skipped on a machine with a GPU (see pytest.log)" | tee -a "$SUMMARY"
+       grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest-gpu.log"; then
+      echo "gpu-tests  FAILED: CUDA cases skipped on a machine with a GPU (see pytest-gpu.log)" | tee -a "$SUMMARY"
       failed=1
     fi
   else
     echo "tests      NOT RUN: pytest is not installed for $PY" | tee -a "$SUMMARY"
     failed=1
   fi
-  step check check.log "$PY" -m rnnkit check
   step bench bench.log "$PY" benchmarks/bench_gpu.py --json "$OUT/bench.json"
+  step check check.log "$PY" -m rnnkit check
+  if "$PY" -c 'import pytest' 2>/dev/null; then
+    "$PY" -c 'import xdist' 2>/dev/null && pytest_args+=(-n "$(( $(nproc) > 8 ? 8 : $(nproc) ))")
+    step tests pytest.log "$PY" -m pytest "${pytest_args[@]}" tests --junitxml="$OUT/pytest.xml"
+  fi
 fi
 
 echo "results in $OUT" | tee -a "$SUMMARY"
