@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -154,4 +155,36 @@ print(f"rnnkit build: CPU kernels for {cpu_capability}, CUDA kernels {'on' if wi
       f"{' (' + ';'.join(cuda_archs()) + ')' if with_cuda else ''}, debug {'on' if debug else 'off'}"
       f"{', sanitizers ' + ','.join(sanitize) if sanitize else ''}", file=sys.stderr)
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+
+
+def own_cxx_runtime(library: str) -> bool | None:
+    """Whether the built library defines the C++ runtime's exception entry points itself (a
+    compiler that links libstdc++ statically). Then an error thrown by the kernels unwinds through
+    torch's own runtime and crashes the process instead of raising. None when nm is missing."""
+    try:
+        symbols = subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True,
+                                 text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return any(line.split()[-1] in ("__cxa_throw", "__gxx_personality_v0")
+               for line in symbols.splitlines() if line.strip())
+
+
+class Build(BuildExtension):
+    def build_extension(self, extension):
+        super().build_extension(extension)
+        library = self.get_ext_fullpath(extension.name)
+        verdict = own_cxx_runtime(library)
+        if verdict is None:
+            print("rnnkit build: nm not found, so the C++ runtime linkage was not checked",
+                  file=sys.stderr)
+        elif verdict:
+            os.remove(library)
+            fail(f"the compiler ({os.environ.get('CXX', 'c++')}) linked its own copy of the C++ "
+                 "runtime (libstdc++) into rnnkit._C, so every error the kernels raise would crash "
+                 "Python instead. Build with a compiler that links libstdc++ dynamically, as torch's "
+                 "does, e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ (and for CUDA the same gcc as nvcc's "
+                 "host compiler).")
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": Build.with_options(use_ninja=True)})

@@ -72,11 +72,18 @@ def bench_layer(mode, T, N, I, H, dtype, warmup, iters, with_nocudnn=True):
     x = torch.randn(T, N, I, device="cuda", dtype=dtype, requires_grad=True)
     g = torch.randn(T, N, H, device="cuda", dtype=dtype)
     rows = []
-    impls = [("rnnkit", ours, True), ("torch.nn cudnn", theirs, True)]
+    # cuDNN computes float32 RNNs with TF32 tensor cores unless told not to
+    # (torch.backends.cudnn.allow_tf32 is on by default); rnnkit's float32 products follow
+    # torch.backends.cuda.matmul.allow_tf32, off by default. The "no-tf32" row is cuDNN at
+    # rnnkit's precision.
+    tf32 = torch.backends.cudnn.allow_tf32
+    impls = [("rnnkit", ours, True, tf32), ("torch.nn cudnn", theirs, True, tf32)]
+    if dtype == torch.float32 and tf32:
+        impls.append(("torch.nn cudnn no-tf32", theirs, True, False))
     if with_nocudnn:
-        impls.append(("torch.nn no-cudnn", theirs, False))
-    for name, module, cudnn in impls:
-        with torch.backends.cudnn.flags(enabled=cudnn):
+        impls.append(("torch.nn no-cudnn", theirs, False, tf32))
+    for name, module, cudnn, allow_tf32 in impls:
+        with torch.backends.cudnn.flags(enabled=cudnn, allow_tf32=allow_tf32):
             fwd, fwd_bwd = runners(module, x, g)
             row = {"case": f"{mode} T={T} N={N} I={I} H={H} {str(dtype).replace('torch.', '')}",
                    "impl": name}
@@ -122,11 +129,16 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
         out.append({"target": target, "value": value, "met": bool(met)})
 
     for case in sorted({r["case"] for r in rows if "float32" in r["case"] and "packed" not in r["case"]}):
-        ours, cudnn, plain = (by.get((case, k), {}) for k in ("rnnkit", "torch.nn cudnn", "torch.nn no-cudnn"))
+        ours, cudnn, exact, plain = (by.get((case, k), {}) for k in (
+            "rnnkit", "torch.nn cudnn", "torch.nn cudnn no-tf32", "torch.nn no-cudnn"))
         for phase in ("fwd_ms", "fwd_bwd_ms"):
             if phase in ours and phase in cudnn:
                 ratio = ours[phase] / cudnn[phase]
                 add(f"{case} {phase[:-3]}: rnnkit / cuDNN <= 1.25", ratio, ratio <= 1.25)
+            if phase in ours and phase in exact:
+                ratio = ours[phase] / exact[phase]
+                add(f"{case} {phase[:-3]}: rnnkit / cuDNN without TF32 (same precision) <= 1.25",
+                    ratio, ratio <= 1.25)
             if phase in ours and phase in plain:
                 speedup = plain[phase] / ours[phase]
                 add(f"{case} {phase[:-3]}: torch.nn without cuDNN / rnnkit >= 1.5", speedup, speedup >= 1.5)
@@ -172,6 +184,8 @@ def main() -> None:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "rnnkit": rnnkit.build_info(),
         "warmup": args.warmup,
         "iters": args.iters,

@@ -54,6 +54,14 @@ step() {  # step NAME LOGFILE COMMAND...: runs COMMAND, tees its output, records
 } > "$OUT/env.txt" 2>&1
 
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+# torch's wheels use the system's libstdc++; another toolchain (one GPU image sets CC and CXX to an
+# /opt/gcc that links its own libstdc++ into the extension, which setup.py refuses) is set aside
+# for the system compiler when there is one.
+echo "compilers found: CC=${CC:-unset} CXX=${CXX:-unset}" >> "$OUT/env.txt"
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
+echo "compilers used: CC=${CC:-unset} CXX=${CXX:-unset} ($("${CXX:-c++}" --version 2>/dev/null | head -1))" >> "$OUT/env.txt"
 if [ -z "${RNNKIT_CUDA_ARCHS:-}" ]; then
   RNNKIT_CUDA_ARCHS=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | sort -u | paste -sd';')
 fi
