@@ -19,7 +19,6 @@
 #include "memory.h"
 #include "recurrent.h"
 
-#include <cstring>
 
 namespace rnnkit {
 namespace cpu {
@@ -48,35 +47,35 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, bool train,
   const scalar_t* bx = bx_vec.data();  // [3H]: b_ih, or zeros
 
   const RecurrentStep<scalar_t> rec(w_hh, 3, H, H, plan.N, plan.T());
-  // One step: gates [bs, W] holds its input projection on entry.
-  const auto step = [&](int64_t, int64_t bs, int64_t row, scalar_t* gates) {
-    scalar_t* out_t = out + row * H;
-    rec.run(bs, h, gh, G, /*accumulate=*/false, [&](int64_t n, int64_t j, auto lanes) {
-      using L = decltype(lanes);
-      using V = typename L::V;
-      scalar_t* g = gates + n * W;
-      const scalar_t* r_h = gh + n * G;
-      V h_r = L::load(r_h + j), h_z = L::load(r_h + H + j), h_n = L::load(r_h + 2 * H + j);
-      if (b_hh) {
-        h_r = h_r + L::load(b_hh + j);
-        h_z = h_z + L::load(b_hh + H + j);
-        h_n = h_n + L::load(b_hh + 2 * H + j);
-      }
-      const auto r = gates::gru_forward(
-          L::load(g + j) + L::load(bx + j), L::load(g + H + j) + L::load(bx + H + j),
-          L::load(g + 2 * H + j) + L::load(bx + 2 * H + j), h_r, h_z, h_n,
-          L::load(h + n * H + j));
-      if (train) {
-        L::store(g + j, r.r);
-        L::store(g + H + j, r.z);
-        L::store(g + 2 * H + j, r.n);
-        L::store(g + 3 * H + j, h_n);
-      }
-      L::store(out_t + n * H + j, r.h);
-    });
-    std::memcpy(h, out_t, sizeof(scalar_t) * bs * H);  // the state the next step reads
+  // One step: gates [bs, W] holds its input projection on entry; the recurrent product goes to
+  // gh, since the candidate gate needs its own part of it apart.
+  const auto acc_of = [&](const StepState<scalar_t>&) { return gh; };
+  const auto pointwise = [&](const StepState<scalar_t>& st, int64_t n, int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    using V = typename L::V;
+    scalar_t* g = st.gates + n * W;
+    const scalar_t* r_h = gh + n * G;
+    V h_r = L::load(r_h + j), h_z = L::load(r_h + H + j), h_n = L::load(r_h + 2 * H + j);
+    if (b_hh) {
+      h_r = h_r + L::load(b_hh + j);
+      h_z = h_z + L::load(b_hh + H + j);
+      h_n = h_n + L::load(b_hh + 2 * H + j);
+    }
+    const auto r = gates::gru_forward(
+        L::load(g + j) + L::load(bx + j), L::load(g + H + j) + L::load(bx + H + j),
+        L::load(g + 2 * H + j) + L::load(bx + 2 * H + j), h_r, h_z, h_n,
+        L::load(st.h_prev + n * H + j));
+    if (train) {
+      L::store(g + j, r.r);
+      L::store(g + H + j, r.z);
+      L::store(g + 2 * H + j, r.n);
+      L::store(g + 3 * H + j, h_n);
+    }
+    L::store(out + (st.row + n) * H + j, r.h);
+    L::store(st.h_next + n * H + j, r.h);
   };
-  forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, step);
+  forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, rec, h, H, acc_of, G, false,
+                          pointwise, nullptr);
 }
 
 template <typename scalar_t>

@@ -66,32 +66,43 @@ void forward_kernel(const LstmDims& d, const SequencePlan& plan, bool train,
   const scalar_t* bias = bias_vec.data();
 
   const RecurrentStep<scalar_t> rec(w_hh, 4, H, R, plan.N, plan.T());
-  // One step: gates [bs, W] holds its input projection on entry.
-  const auto step = [&](int64_t, int64_t bs, int64_t row, scalar_t* gates) {
-    scalar_t* out_t = out + row * R;               // [bs, R]
-    scalar_t* hp = train ? gates + 5 * H : h_pre;  // h before the projection
-    const int64_t ld_hp = train ? W : H;
-    rec.run(bs, h, gates, W, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
-      using L = decltype(lanes);
-      scalar_t* g = gates + n * W;
-      const auto r = gates::lstm_forward(
-          L::load(g + j) + L::load(bias + j), L::load(g + H + j) + L::load(bias + H + j),
-          L::load(g + 2 * H + j) + L::load(bias + 2 * H + j),
-          L::load(g + 3 * H + j) + L::load(bias + 3 * H + j), L::load(c + n * H + j));
-      if (train) {
-        L::store(g + j, r.i);
-        L::store(g + H + j, r.f);
-        L::store(g + 2 * H + j, r.g);
-        L::store(g + 3 * H + j, r.o);
-        L::store(g + 4 * H + j, r.c);
-      }
-      L::store(c + n * H + j, r.c);
-      L::store(d.proj ? hp + n * ld_hp + j : out_t + n * R + j, r.h);
-    });
-    if (d.proj) gemm<scalar_t>(false, true, bs, R, H, 1, hp, ld_hp, w_hr, H, 0, out_t, R);
-    std::memcpy(h, out_t, sizeof(scalar_t) * bs * R);  // the state the next step reads
+  // One step: gates [bs, W] holds its input projection on entry and accumulates the product.
+  const auto acc_of = [](const StepState<scalar_t>& st) { return st.gates; };
+  const auto pointwise = [&](const StepState<scalar_t>& st, int64_t n, int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    scalar_t* g = st.gates + n * W;
+    const auto r = gates::lstm_forward(
+        L::load(g + j) + L::load(bias + j), L::load(g + H + j) + L::load(bias + H + j),
+        L::load(g + 2 * H + j) + L::load(bias + 2 * H + j),
+        L::load(g + 3 * H + j) + L::load(bias + 3 * H + j), L::load(c + n * H + j));
+    if (train) {
+      L::store(g + j, r.i);
+      L::store(g + H + j, r.f);
+      L::store(g + 2 * H + j, r.g);
+      L::store(g + 3 * H + j, r.o);
+      L::store(g + 4 * H + j, r.c);
+    }
+    L::store(c + n * H + j, r.c);
+    if (d.proj) {  // h before the projection; finish() projects it
+      L::store(train ? g + 5 * H + j : h_pre + n * H + j, r.h);
+    } else {
+      L::store(out + (st.row + n) * R + j, r.h);
+      L::store(st.h_next + n * R + j, r.h);
+    }
   };
-  forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, step);
+  if (!d.proj) {
+    forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, rec, h, R, acc_of, W, true,
+                            pointwise, nullptr);
+    return;
+  }
+  const auto project = [&](const StepState<scalar_t>& st) {
+    scalar_t* out_t = out + st.row * R;  // [bs, R]
+    gemm<scalar_t>(false, true, st.bs, R, H, 1, train ? st.gates + 5 * H : h_pre,
+                   train ? W : H, w_hr, H, 0, out_t, R);
+    std::memcpy(st.h_next, out_t, sizeof(scalar_t) * st.bs * R);
+  };
+  forward_steps<scalar_t>(plan, train, x, d.I, w_ih, G, ws, W, rec, h, R, acc_of, W, true,
+                          pointwise, project);
 }
 
 template <typename scalar_t>

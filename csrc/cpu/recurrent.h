@@ -7,17 +7,23 @@
 //   packed[b][r][k][v] = W_hh[k * H + b * V + v][r]        (zero where b * V + v >= H)
 // Each thread then owns a fixed range of unit blocks (the same every step, so its share of the
 // weights stays in its own cache), computes the gates of its units and runs the pointwise pass
-// on them at once: one parallel region per step, no BLAS call. Larger batches take the BLAS
-// product (PackedB: MKL's packed sgemm where available) followed by the row-parallel pointwise
-// pass.
+// on them at once, with no BLAS call. The steps of a chunk run in one parallel region: threads
+// meet once per step, at a barrier, because the next step reads every unit of h. The state is
+// double-buffered (StateBuffers) so that no thread overwrites h while another still reads it.
+// Larger batches take the BLAS product (PackedB: MKL's packed sgemm where available) followed
+// by the row-parallel pointwise pass, one step at a time.
 #pragma once
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../common/plan.h"
@@ -35,6 +41,46 @@ constexpr int64_t kRowsPerPass = 4;
 // about one product; a cell step, T = 1, multiplies unpacked).
 constexpr int64_t kPackFromSteps = 4;
 
+// One time step as its pointwise body sees it.
+template <typename scalar_t>
+struct StepState {
+  int64_t t, bs, row;      // time index, active batch, first packed row
+  scalar_t* gates;         // the step's rows of the layer's buffer (its input projection)
+  const scalar_t* h_prev;  // [N, R]: the state the step starts from (rows < bs)
+  scalar_t* h_next;        // [N, R]: the body writes the step's new state here (rows < bs)
+};
+
+// The recurrent state of a layer, double-buffered: step s reads prev(s) and writes next(s), so
+// that the threads of one step never write what another still reads. Both buffers start as h0,
+// so that rows joining late (a reversed packed sequence) start from it.
+template <typename scalar_t>
+class StateBuffers {
+ public:
+  // h: [N, R], h0 on entry and h_n after finish().
+  StateBuffers(scalar_t* h, int64_t N, int64_t R) : h_(h), spare_(h, h + N * R), N_(N), R_(R) {}
+
+  const scalar_t* prev(int64_t s) const { return s % 2 ? spare_.data() : h_; }
+  scalar_t* next(int64_t s) { return s % 2 ? h_ : spare_.data(); }
+
+  // Row n's last state is in the buffer its last step wrote: after step L - 1, where L is the
+  // number of steps run with n active (all T when the batch never shrinks as the steps go on).
+  void finish(const SequencePlan& plan) {
+    for (int64_t n = 0; n < N_; ++n) {
+      int64_t last = plan.T();
+      if (!plan.reverse) {
+        last = 0;
+        while (last < plan.T() && plan.batch_sizes[last] > n) ++last;
+      }
+      if (last % 2) std::memcpy(h_ + n * R_, spare_.data() + n * R_, sizeof(scalar_t) * R_);
+    }
+  }
+
+ private:
+  scalar_t* h_;
+  std::vector<scalar_t> spare_;
+  int64_t N_, R_;
+};
+
 template <typename scalar_t>
 class RecurrentStep {
  public:
@@ -50,9 +96,9 @@ class RecurrentStep {
               /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
     if (max_batch > kSmallBatch || K > 4) return;
     packed_.reset(new scalar_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
-    // Split over threads as run() splits the blocks, so each thread packs (and first touches)
-    // the weights it will read every step.
-    at::parallel_for(0, blocks_, 1, [&](int64_t b0, int64_t b1) {
+    // Split over threads as run_steps() splits the blocks, so each thread packs (and first
+    // touches) the weights it will read every step.
+    in_region([&](int64_t b0, int64_t b1, const auto&) {
       for (int64_t b = b0; b < b1; ++b)
         for (int64_t r = 0; r < R; ++r)
           for (int64_t k = 0; k < K; ++k)
@@ -60,6 +106,40 @@ class RecurrentStep {
               packed_[((b * R + r) * K + k) * V + v] =
                   b * V + v < H ? w_hh[(k * H + b * V + v) * R + r] : scalar_t(0);
     });
+  }
+
+  // Steps s0 <= s < s1 in order, each: acc (+)= h_prev W_hh^T, then pointwise(state, n, j,
+  // lanes) for every unit j < H of every active row n, then finish(state) (nullptr: none).
+  //   state_at(s) -> StepState; acc_of(state) -> the step's accumulator [bs, >= K * H], row
+  //   stride ld_acc. The pointwise body writes the new state to state.h_next.
+  // The small-batch path runs all the steps in one parallel region when there is no finish.
+  template <typename At, typename AccOf, typename Body, typename Finish>
+  void run_steps(int64_t s0, int64_t s1, const At& state_at, const AccOf& acc_of, int64_t ld_acc,
+                 bool accumulate, const Body& pointwise, const Finish& finish) const {
+    constexpr bool kFinish = !std::is_same_v<Finish, std::nullptr_t>;
+    if (packed_ && !kFinish) {
+      in_region([&](int64_t b0, int64_t b1, const auto& barrier) {
+        const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
+        for (int64_t s = s0; s < s1; ++s) {
+          const StepState<scalar_t> st = state_at(s);
+          scalar_t* acc = acc_of(st);
+          for (int64_t b = b0; b < b1; ++b)
+            product_block(b, st.bs, st.h_prev, acc, ld_acc, accumulate);
+          for (int64_t n = 0; n < st.bs; ++n)
+            unit_loop<scalar_t>(n, j0, j1, [&](int64_t nn, int64_t j, auto lanes) {
+              pointwise(st, nn, j, lanes);
+            });
+          barrier();
+        }
+      });
+      return;
+    }
+    for (int64_t s = s0; s < s1; ++s) {
+      const StepState<scalar_t> st = state_at(s);
+      run(st.bs, st.h_prev, acc_of(st), ld_acc, accumulate,
+          [&](int64_t n, int64_t j, auto lanes) { pointwise(st, n, j, lanes); });
+      if constexpr (kFinish) finish(st);
+    }
   }
 
   // acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for n < rows, then
@@ -82,6 +162,28 @@ class RecurrentStep {
   }
 
  private:
+  // body(b0, b1, barrier) on each thread of one parallel region, with the thread's fixed range of
+  // unit blocks [b0, b1): the same split for every call with as many threads, so a thread reads
+  // the weights it packed. barrier() waits for the whole team. With one thread, or inside
+  // another parallel region (where a barrier would bind to that region's team), body runs
+  // inline over all blocks and barrier() does nothing.
+  template <typename Body>
+  void in_region(const Body& body) const {
+    const int64_t threads = std::min<int64_t>(at::get_num_threads(), blocks_);
+    if (threads <= 1 || at::in_parallel_region()) {
+      body(0, blocks_, [] {});
+      return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t team = omp_get_num_threads(), chunk = (blocks_ + team - 1) / team;
+      const int64_t b0 = std::min(blocks_, omp_get_thread_num() * chunk);
+      body(b0, std::min(blocks_, b0 + chunk), [] {
+#pragma omp barrier
+      });
+    }
+  }
+
   // acc[n, k * H + j] (+)= h[n] . W_hh[k * H + j, :] for the units j of block b and every row
   // n < rows: one pass over the block's weights per kRowsPerPass rows.
   void product_block(int64_t b, int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
@@ -164,22 +266,32 @@ class RecurrentStep {
 // The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first
 // getting its input projection x w_ih^T into ws, with row stride W. With train, ws holds every
 // packed row (the workspace); without, it holds the rows of one chunk and is reused.
-//   x: [P, I]; w_ih: [G, I]; ws: train [P, W], else [ProjectionChunks::max_rows(), W]
-// step(t, bs, row, gates): time index t, active batch bs, first packed row, and the step's rows
-// of ws ([bs, W]) holding its input projection.
-template <typename scalar_t, typename Step>
+//   x: [P, I]; w_ih: [G, I]; ws: train [P, W], else [ProjectionChunks::max_rows(), W];
+//   h: [N, R], h0 on entry, h_n on return
+// Each step runs as RecurrentStep::run_steps says, with state.gates the step's rows of ws
+// ([bs, W]) holding its input projection.
+template <typename scalar_t, typename AccOf, typename Body, typename Finish>
 void forward_steps(const SequencePlan& plan, bool train, const scalar_t* x, int64_t I,
-                   const scalar_t* w_ih, int64_t G, scalar_t* ws, int64_t W, const Step& step) {
+                   const scalar_t* w_ih, int64_t G, scalar_t* ws, int64_t W,
+                   const RecurrentStep<scalar_t>& rec, scalar_t* h, int64_t R,
+                   const AccOf& acc_of, int64_t ld_acc, bool accumulate, const Body& pointwise,
+                   const Finish& finish) {
+  StateBuffers<scalar_t> states(h, plan.N, R);
   const ProjectionChunks chunks(plan, train);
   for (int64_t k = 0; k < chunks.count(); ++k) {
     const int64_t first_row = chunks.first_row(k);
     gemm<scalar_t>(false, true, chunks.rows(k), G, I, 1, x + first_row * I, I, w_ih, I, 0,
                    ws + (train ? first_row * W : 0), W);
-    for (int64_t s = chunks.first_step(k); s < chunks.end_step(k); ++s) {
+    const auto state_at = [&](int64_t s) {
       const int64_t t = plan.forward_step(s), row = plan.offsets[t];
-      step(t, plan.batch_sizes[t], row, ws + (train ? row : row - first_row) * W);
-    }
+      return StepState<scalar_t>{t, plan.batch_sizes[t], row,
+                                 ws + (train ? row : row - first_row) * W, states.prev(s),
+                                 states.next(s)};
+    };
+    rec.run_steps(chunks.first_step(k), chunks.end_step(k), state_at, acc_of, ld_acc, accumulate,
+                  pointwise, finish);
   }
+  states.finish(plan);
 }
 
 }  // namespace cpu

@@ -16,7 +16,6 @@
 #include "memory.h"
 #include "recurrent.h"
 
-#include <cstring>
 
 namespace rnnkit {
 namespace cpu {
@@ -41,16 +40,22 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activa
   const std::vector<scalar_t> bias_vec = bias_sum(H, b_ih, b_hh);  // [H]
   const scalar_t* bias = bias_vec.data();
   const RecurrentStep<scalar_t> rec(w_hh, 1, H, H, plan.N, plan.T());
-  for (int64_t s = 0; s < plan.T(); ++s) {
-    const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t];
-    scalar_t* out_t = out + plan.offsets[t] * H;
-    rec.run(bs, h, out_t, H, /*accumulate=*/true, [&](int64_t n, int64_t j, auto lanes) {
-      using L = decltype(lanes);
-      const auto a = L::load(out_t + n * H + j) + L::load(bias + j);
-      L::store(out_t + n * H + j, gates::rnn_forward(a, act));
-    });
-    std::memcpy(h, out_t, sizeof(scalar_t) * bs * H);  // the state the next step reads
-  }
+  StateBuffers<scalar_t> states(h, plan.N, H);
+  // One step: its rows of out hold the input projection and accumulate the product.
+  const auto state_at = [&](int64_t s) {
+    const int64_t t = plan.forward_step(s);
+    return StepState<scalar_t>{t, plan.batch_sizes[t], plan.offsets[t],
+                               out + plan.offsets[t] * H, states.prev(s), states.next(s)};
+  };
+  const auto acc_of = [](const StepState<scalar_t>& st) { return st.gates; };
+  const auto pointwise = [&](const StepState<scalar_t>& st, int64_t n, int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    const auto h_t = gates::rnn_forward(L::load(st.gates + n * H + j) + L::load(bias + j), act);
+    L::store(st.gates + n * H + j, h_t);
+    L::store(st.h_next + n * H + j, h_t);
+  };
+  rec.run_steps(0, plan.T(), state_at, acc_of, H, true, pointwise, nullptr);
+  states.finish(plan);
 }
 
 template <typename scalar_t>
