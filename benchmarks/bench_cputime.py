@@ -10,10 +10,15 @@ at hand: run it alternately against each build's tree, e.g.
 
 Prints one JSON object: per case, the median CPU milliseconds of torch.nn and of rnnkit over
 interleaved repeats (inference under torch.no_grad(); fwd+bwd with the input requiring grad).
+
+`--threads K --wall` measures wall-clock time with K threads instead (for changes to how the
+threads work together, which one thread's CPU time cannot see; needs a quiet machine), and
+`--only N=1` keeps the cases whose name contains that text.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -29,10 +34,19 @@ CASES = [("LSTM", 100, 64, 512, "inference"), ("LSTM", 100, 64, 512, "fwd+bwd"),
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wall", action="store_true", help="wall-clock time, not CPU time")
+    parser.add_argument("--only", default="", help="keep the cases whose name contains this")
+    args = parser.parse_args()
+    clock = time.perf_counter if args.wall else time.process_time
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    result = {"torch": torch.__version__, "threads": 1, "cases": {}}
+    result = {"torch": torch.__version__, "threads": args.threads,
+              "clock": "wall" if args.wall else "cpu", "cases": {}}
     for cell, T, N, H, mode in CASES:
+        if args.only not in f"{cell} T={T} N={N} H={H} {mode}":
+            continue
         theirs = getattr(torch.nn, cell)(H, H)
         ours = rnnkit.from_torch(theirs)
         x = torch.randn(T, N, H)
@@ -50,9 +64,9 @@ def main() -> None:
         times = {"torch": [], "rnnkit": []}
         for _ in range(repeats):
             for name, module in (("torch", theirs), ("rnnkit", ours)):
-                start = time.process_time()
+                start = clock()
                 run(module)
-                times[name].append(time.process_time() - start)
+                times[name].append(clock() - start)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         med["speedup"] = med["torch"] / med["rnnkit"]
         result["cases"][f"{cell} T={T} N={N} H={H} {mode}"] = med
