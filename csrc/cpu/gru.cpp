@@ -19,7 +19,6 @@
 #include "memory.h"
 #include "recurrent.h"
 
-
 namespace rnnkit {
 namespace cpu {
 namespace {

@@ -16,7 +16,6 @@
 #include "memory.h"
 #include "recurrent.h"
 
-
 namespace rnnkit {
 namespace cpu {
 namespace {
