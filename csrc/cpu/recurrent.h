@@ -96,8 +96,8 @@ class RecurrentStep {
               /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
     if (max_batch > kSmallBatch || K > 4) return;
     packed_.reset(new scalar_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
-    // Split over threads as run_steps() splits the blocks, so each thread packs (and first
-    // touches) the weights it will read every step.
+    // Split over threads as every step splits the blocks (in_region), so each thread packs (and
+    // first touches) the weights it will read every step.
     in_region([&](int64_t b0, int64_t b1, const auto&) {
       for (int64_t b = b0; b < b1; ++b)
         for (int64_t r = 0; r < R; ++r)
@@ -119,16 +119,10 @@ class RecurrentStep {
     constexpr bool kFinish = !std::is_same_v<Finish, std::nullptr_t>;
     if (packed_ && !kFinish) {
       in_region([&](int64_t b0, int64_t b1, const auto& barrier) {
-        const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
         for (int64_t s = s0; s < s1; ++s) {
           const StepState<scalar_t> st = state_at(s);
-          scalar_t* acc = acc_of(st);
-          for (int64_t b = b0; b < b1; ++b)
-            product_block(b, st.bs, st.h_prev, acc, ld_acc, accumulate);
-          for (int64_t n = 0; n < st.bs; ++n)
-            unit_loop<scalar_t>(n, j0, j1, [&](int64_t nn, int64_t j, auto lanes) {
-              pointwise(st, nn, j, lanes);
-            });
+          blocks(b0, b1, st.bs, st.h_prev, acc_of(st), ld_acc, accumulate,
+                 [&](int64_t n, int64_t j, auto lanes) { pointwise(st, n, j, lanes); });
           barrier();
         }
       });
@@ -142,8 +136,9 @@ class RecurrentStep {
     }
   }
 
-  // acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for n < rows, then
-  // pointwise(n, j, lanes) for every unit j < H of every row n < rows.
+ private:
+  // One step on its own: acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for
+  // n < rows, then pointwise(n, j, lanes) for every unit j < H of every row n < rows.
   //   h: [rows, R] (row stride R); acc: [rows, >= K * H] (row stride ld_acc)
   template <typename Body>
   void run(int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc, bool accumulate,
@@ -154,14 +149,21 @@ class RecurrentStep {
       for_each_unit<scalar_t>(rows, H_, pointwise);
       return;
     }
-    at::parallel_for(0, blocks_, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) product_block(b, rows, h, acc, ld_acc, accumulate);
-      const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
-      for (int64_t n = 0; n < rows; ++n) unit_loop<scalar_t>(n, j0, j1, pointwise);
+    in_region([&](int64_t b0, int64_t b1, const auto&) {
+      blocks(b0, b1, rows, h, acc, ld_acc, accumulate, pointwise);
     });
   }
 
- private:
+  // The small-batch path's share of one step for the unit blocks [b0, b1): their product, then
+  // the pointwise pass on their units of every row n < rows.
+  template <typename Body>
+  void blocks(int64_t b0, int64_t b1, int64_t rows, const scalar_t* h, scalar_t* acc,
+              int64_t ld_acc, bool accumulate, const Body& pointwise) const {
+    for (int64_t b = b0; b < b1; ++b) product_block(b, rows, h, acc, ld_acc, accumulate);
+    const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
+    for (int64_t n = 0; n < rows; ++n) unit_loop<scalar_t>(n, j0, j1, pointwise);
+  }
+
   // body(b0, b1, barrier) on each thread of one parallel region, with the thread's fixed range of
   // unit blocks [b0, b1): the same split for every call with as many threads, so a thread reads
   // the weights it packed. barrier() waits for the whole team. With one thread, or inside
