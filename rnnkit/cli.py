@@ -490,6 +490,21 @@ def _write_json(path: str, data: dict, indent: int | None = 1) -> None:
     _write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
+def _lesson_training_options(command):
+    """--seed, --impl and --threads of the lesson commands that train small models."""
+    for option in reversed([
+        click.option("--seed", type=int, default=_default("seed"),
+                     help="Seed of weights and data."),
+        click.option("--impl", type=IMPLS, default="fused",
+                     help="Recurrent implementation for training."),
+        click.option("--threads", type=click.IntRange(1), default=1,
+                     help="CPU threads for torch (one is fastest for layers this small, most of "
+                          "all on a busy machine)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option("--task", type=click.Choice(["adding", "copy"]), default="adding",
               help="The long-range task the models learn and are measured on.")
@@ -502,12 +517,7 @@ def _write_json(path: str, data: dict, indent: int | None = 1) -> None:
 @click.option("--steps", type=click.IntRange(1), default=1000, help="Training steps per cell.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.03,
               help="Peak learning rate (AdamW, warm-up and cosine decay as rnnkit train).")
-@click.option("--seed", type=int, default=_default("seed"), help="Seed of weights and data.")
-@click.option("--impl", type=IMPLS, default="fused",
-              help="Recurrent implementation for training.")
-@click.option("--threads", type=click.IntRange(1), default=1,
-              help="CPU threads for torch (one is fastest for layers this small, most of all on "
-                   "a busy machine).")
+@_lesson_training_options
 @click.option("--sequences", type=click.IntRange(1), default=256,
               help="Validation sequences the gradient norms are averaged over.")
 @click.option("--run", "runs", type=RUN, multiple=True,
@@ -583,12 +593,7 @@ def _budget_help(field: int) -> str:
               help=f"Peak learning rate [default: {_budget_help(2)}].")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help=f"Sequences per step [default: {_budget_help(3)}].")
-@click.option("--seed", type=int, default=_default("seed"), help="Seed of weights and data.")
-@click.option("--impl", type=IMPLS, default="fused",
-              help="Recurrent implementation.")
-@click.option("--threads", type=click.IntRange(1), default=1,
-              help="CPU threads for torch (one is fastest for layers this small, most of all on "
-                   "a busy machine).")
+@_lesson_training_options
 @click.option("--keep-runs", type=click.Path(file_okay=False), default=None,
               help="Keep the run folders here [default: a temporary folder, removed].")
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
