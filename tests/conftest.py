@@ -1,5 +1,7 @@
 """Shared test settings: float64 oracles, devices with compiled kernels."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -42,12 +44,27 @@ def pytest_terminal_summary(terminalreporter):
             json.dump(counts, f, indent=1)
 
 
+@contextlib.contextmanager
+def _intra_op_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_intra_op_thread():
     """One intra-op thread for the test: the per-step matrix products of small layers are tiny,
     and a team of OpenMP threads per step costs more than it saves on a busy machine (for tests
     whose subject does not depend on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _intra_op_threads(1):
+        yield
+
+
+@pytest.fixture
+def intra_op_threads(request):
+    """request.param intra-op threads for the test (parametrize it with indirect=True)."""
+    with _intra_op_threads(request.param) as count:
+        yield count

@@ -24,12 +24,7 @@ T_LONG = 100_000
 KINDS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"})]
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _on_small_stack(fn, stack_bytes: int = 2 * 2**20):

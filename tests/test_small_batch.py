@@ -13,21 +13,13 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from .helpers import tensors_of, twins
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("intra_op_threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("N", [1, 5, 16, 17])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_small_batch_path_matches_torch(threads, kind, N, grad):
+def test_small_batch_path_matches_torch(intra_op_threads, kind, N, grad):
     theirs, ours = twins(kind, 3, 19, bidirectional=True, seed=N)
-    gen = torch.Generator().manual_seed(100 * N + threads)
+    gen = torch.Generator().manual_seed(100 * N + intra_op_threads)
     T = 12
     # lengths of both parities, the longest first, down to a single step
     lengths = torch.tensor([T] + [1 + (T - 1 - k) % T for k in range(N - 1)])
