@@ -165,6 +165,15 @@ def _setup_biases(ctx, inputs):
     ctx.has_b_hh = inputs["b_hh"] is not None
 
 
+def _unused_grads_none(ctx, *workspaces):
+    """Gradients of outputs that the loss does not reach arrive as None rather than as tensors of
+    zeros (the backward operators take every output gradient as optional), and the workspaces,
+    which no loss can depend on, are not differentiable: without this autograd fills a zero
+    gradient as large as the workspace on every backward."""
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*workspaces)
+
+
 def _named(op, inputs):
     """The operator's arguments by name: register_autograd passes them by position."""
     names = [a.name for a in op._schema.arguments]
@@ -181,6 +190,7 @@ def _require_train(op: str, a: dict) -> None:
 def _lstm_setup(ctx, inputs, output):
     a = _named(ops.lstm.default, inputs)
     _require_train("lstm", a)
+    _unused_grads_none(ctx, output[3])
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"], a["w_hh"],
@@ -202,6 +212,7 @@ torch.library.register_autograd("rnnkit::lstm", _lstm_backward, setup_context=_l
 
 def _lstm_cell_setup(ctx, inputs, output):
     a = _named(ops.lstm_cell.default, inputs)
+    _unused_grads_none(ctx, output[2])
     _setup_biases(ctx, a)
     ctx.save_for_backward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], output[0], output[2])
 
@@ -219,6 +230,7 @@ torch.library.register_autograd("rnnkit::lstm_cell", _lstm_cell_backward, setup_
 def _gru_setup(ctx, inputs, output):
     a = _named(ops.gru.default, inputs)
     _require_train("gru", a)
+    _unused_grads_none(ctx, output[2])
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
@@ -239,6 +251,7 @@ torch.library.register_autograd("rnnkit::gru", _gru_backward, setup_context=_gru
 
 def _gru_cell_setup(ctx, inputs, output):
     a = _named(ops.gru_cell.default, inputs)
+    _unused_grads_none(ctx, output[1])
     _setup_biases(ctx, a)
     ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output[0], output[1])
 
@@ -255,6 +268,7 @@ torch.library.register_autograd("rnnkit::gru_cell", _gru_cell_backward, setup_co
 
 def _rnn_setup(ctx, inputs, output):
     a = _named(ops.rnn.default, inputs)
+    _unused_grads_none(ctx)
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.nonlinearity = a["nonlinearity"]
