@@ -40,10 +40,14 @@ inline void unit_loop(int64_t n, int64_t j0, int64_t j1, const Body& body) {
 }
 
 // unit_loop over every batch row n < rows and every hidden unit j < H. Rows are shared out
-// between threads in chunks big enough to pay for the hand-off.
+// between threads in chunks of at least kUnitsPerTask units: a hand-off to a waiting thread
+// costs about a microsecond, and a task that size of the cheapest pass (the RNN's one tanh)
+// takes several.
+constexpr int64_t kUnitsPerTask = 2048;
+
 template <typename scalar_t, typename Body>
 void for_each_unit(int64_t rows, int64_t H, const Body& body) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1));
+  const int64_t grain = std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) unit_loop<scalar_t>(n, 0, H, body);
   });
