@@ -44,8 +44,10 @@ def _reference(cell, args):
 
 
 # Sizes chosen so that the inference path runs one chunk, several chunks with a short last one
-# (T=37, N=7: 36 steps per chunk), and the small-batch recurrent path (N <= 16) and the BLAS one.
-SIZES = [(1, 1, 3), (37, 7, 17), (9, 40, 8), (300, 1, 5)]
+# (chunks of 1024 rows at these widths, ProjectionChunks in csrc/common/plan.h: T=300, N=7 runs
+# 146 + 146 + 8 steps; T=1100, N=1 runs 1024 + 76), and the small-batch recurrent path (N <= 16)
+# and the BLAS one.
+SIZES = [(1, 1, 3), (300, 7, 17), (9, 40, 8), (1100, 1, 5)]
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)

@@ -130,7 +130,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
   out_sizes.back() = d.H;
   Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
-  const ProjectionChunks chunks(plan, train);
+  const ProjectionChunks chunks(plan, train, d.G * input.element_size());
   Tensor ws = train ? large_buffer({plan.P, 4 * d.H}, input.options())
                     : at::empty({chunks.max_rows(), d.G}, input.options());
   Tensor gh = at::empty({plan.N, d.G}, input.options());

@@ -171,7 +171,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor output = large_buffer(out_sizes, input.options());
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
-  const ProjectionChunks chunks(plan, train);
+  const ProjectionChunks chunks(plan, train, d.G * input.element_size());
   Tensor ws = train ? large_buffer({plan.P, d.W}, input.options())
                     : at::empty({chunks.max_rows(), d.G}, input.options());
   Tensor h_pre = d.proj && !train ? at::empty({plan.N, d.H}, input.options()) : Tensor();

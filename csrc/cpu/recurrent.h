@@ -268,7 +268,8 @@ class RecurrentStep {
 // The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first
 // getting its input projection x w_ih^T into ws, with row stride W. With train, ws holds every
 // packed row (the workspace); without, it holds the rows of one chunk and is reused.
-//   x: [P, I]; w_ih: [G, I]; ws: train [P, W], else [ProjectionChunks::max_rows(), W];
+//   x: [P, I]; w_ih: [G, I]; ws: train [P, W], else [ProjectionChunks(plan, false, W *
+//   sizeof(scalar_t)).max_rows(), W];
 //   h: [N, R], h0 on entry, h_n on return
 // Each step runs as RecurrentStep::run_steps says, with state.gates the step's rows of ws
 // ([bs, W]) holding its input projection.
@@ -279,7 +280,7 @@ void forward_steps(const SequencePlan& plan, bool train, const scalar_t* x, int6
                    const AccOf& acc_of, int64_t ld_acc, bool accumulate, const Body& pointwise,
                    const Finish& finish) {
   StateBuffers<scalar_t> states(h, plan.N, R);
-  const ProjectionChunks chunks(plan, train);
+  const ProjectionChunks chunks(plan, train, W * int64_t(sizeof(scalar_t)));
   for (int64_t k = 0; k < chunks.count(); ++k) {
     const int64_t first_row = chunks.first_row(k);
     gemm<scalar_t>(false, true, chunks.rows(k), G, I, 1, x + first_row * I, I, w_ih, I, 0,
