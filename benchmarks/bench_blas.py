@@ -1,6 +1,7 @@
 """The per-step matrix products of a recurrent layer: plain sgemm (torch.mm) against MKL's packed
 product (cblas_sgemm_pack once, cblas_sgemm_compute per step), which rnnkit's CPU kernels use for
-those products (csrc/cpu/blas.h, PackedB).
+those products (csrc/cpu/blas.h, PackedB). Then the input projection of an inference pass, which
+the kernels run in chunks of rows (ProjectionChunks, csrc/common/plan.h): its rate by chunk size.
 
 Calls MKL through ctypes on torch's own CPU library, so it measures exactly the routines the
 kernels call; interleaved repeats, best and median GFLOP/s of each, and their ratio.
@@ -79,9 +80,37 @@ def measure(lib, M, N, K, trans_b, repeats):
     return row
 
 
+# The input projection x w_ih^T of a whole layer (T=100, N=64), rows P x features I -> gates G
+PROJECTIONS = [("LSTM H=512", 6400, 512, 2048), ("LSTM H=256", 6400, 256, 1024)]
+CHUNK_ROWS = (256, 512, 1024, 6400)
+
+
+def measure_chunks(P, I, G, repeats):
+    """GFLOP/s (median) of the projection done in chunks of each size of CHUNK_ROWS rows."""
+    x, w, out = torch.randn(P, I), torch.randn(G, I), torch.empty(P, G)
+
+    def chunked(rows):
+        def run():
+            for r in range(0, P, rows):
+                torch.mm(x[r:r + rows], w.t(), out=out[r:r + rows])
+        return run
+
+    runs = {rows: chunked(rows) for rows in CHUNK_ROWS}
+    times = {rows: [] for rows in CHUNK_ROWS}
+    for run in runs.values():
+        run()
+    for _ in range(repeats):
+        for rows, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[rows].append(time.perf_counter() - start)
+    return {rows: 2 * P * I * G / statistics.median(ts) / 1e9 for rows, ts in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=1000)
+    p.add_argument("--projection-repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="folder for a JSON and a Markdown table")
     args = p.parse_args()
@@ -102,6 +131,16 @@ def main() -> None:
         lines.append(f"| {label} | {M} x {N} x {K} | {r['sgemm_median_gflops']:.0f} | "
                      f"{r['packed_median_gflops']:.0f} | {r['speedup_median']:.2f}x |")
         print(lines[-1], flush=True)
+    chunk_lines = ["| projection | P x G x I | " + " | ".join(
+        f"{r} rows" if r < 6400 else "whole" for r in CHUNK_ROWS) + " |",
+        "|---|---|" + "---|" * len(CHUNK_ROWS)]
+    for label, P, I, G in PROJECTIONS:
+        rates = measure_chunks(P, I, G, args.projection_repeats)
+        rows.append({"label": f"projection {label}", "P": P, "I": I, "G": G,
+                     "chunk_median_gflops": rates})
+        chunk_lines.append(f"| {label} | {P} x {G} x {I} | "
+                           + " | ".join(f"{rates[r]:.0f}" for r in CHUNK_ROWS) + " |")
+        print(chunk_lines[-1], flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = args.out / f"blas-{time.strftime('%Y-%m-%d')}"
@@ -109,7 +148,8 @@ def main() -> None:
         stem.with_suffix(".md").write_text(
             f"# Per-step products: sgemm vs MKL packed sgemm\n\n{header}\n\n"
             "Command: `PYTHONPATH=. python benchmarks/bench_blas.py --out benchmarks/results`\n\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n\n## Inference input projection by chunk size, GFLOP/s (median)\n\n"
+            + "\n".join(chunk_lines) + "\n")
 
 
 if __name__ == "__main__":
