@@ -25,11 +25,12 @@ def test_check_reports_a_wrong_kernel():
     assert not result.ok and "differs from the reference" in result.detail
 
 
+@pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("index", range(len(C.cases("cpu", seed=0))))
-def test_gradients_of_each_output_alone(index):
+def test_gradients_of_each_output_alone(device, index):
     """A loss on one output: the other outputs' gradients reach the backward operator as None
     (not as zeros), and the gradients must still equal the reference's."""
-    case = C.cases("cpu", torch.float64, seed=2000 + index)[index]
+    case = C.cases(device, torch.float64, seed=2000 + index)[index]
     tensors = [a for a in case.args if isinstance(a, torch.Tensor) and a.requires_grad]
     ours, theirs = case.ours(*case.args), case.theirs(*case.args)
     for k in range(len(ours)):

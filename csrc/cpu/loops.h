@@ -42,7 +42,7 @@ inline void unit_loop(int64_t n, int64_t j0, int64_t j1, const Body& body) {
 // unit_loop over every batch row n < rows and every hidden unit j < H. Rows are shared out
 // between threads in chunks of at least kUnitsPerTask units: a hand-off to a waiting thread
 // costs about a microsecond, and a task that size of the cheapest pass (the RNN's one tanh)
-// takes several.
+// takes two or more.
 constexpr int64_t kUnitsPerTask = 2048;
 
 template <typename scalar_t, typename Body>
