@@ -99,12 +99,7 @@ class RecurrentStep {
     // Split over threads as every step splits the blocks (in_region), so each thread packs (and
     // first touches) the weights it will read every step.
     in_region([&](int64_t b0, int64_t b1, const auto&) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t k = 0; k < K; ++k)
-            for (int64_t v = 0; v < V; ++v)
-              packed_[((b * R + r) * K + k) * V + v] =
-                  b * V + v < H ? w_hh[(k * H + b * V + v) * R + r] : scalar_t(0);
+      for (int64_t b = b0; b < b1; ++b) pack_block(w_hh, b);
     });
   }
 
@@ -137,6 +132,18 @@ class RecurrentStep {
   }
 
  private:
+  // packed[b][r][k][v] for block b: per gate k, the block's rows of W_hh ([units, R]) transposed
+  // (ATen's transpose_mxn: 16 x 16 tiles in registers with AVX-512 floats, else one value at a
+  // time), and zeros for units past H.
+  void pack_block(const scalar_t* w_hh, int64_t b) {
+    scalar_t* block = packed_.get() + b * R_ * K_ * V;
+    const int64_t units = std::min<int64_t>(V, H_ - b * V);
+    if (units < V) std::fill(block, block + R_ * K_ * V, scalar_t(0));
+    for (int64_t k = 0; k < K_; ++k)
+      at::vec::transpose_mxn<scalar_t>(w_hh + (k * H_ + b * V) * R_, R_, block + k * V, K_ * V,
+                                       int(units), int(R_));
+  }
+
   // One step on its own: acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for
   // n < rows, then pointwise(n, j, lanes) for every unit j < H of every row n < rows.
   //   h: [rows, R] (row stride R); acc: [rows, >= K * H] (row stride ld_acc)
