@@ -273,29 +273,30 @@ class RecurrentStep {
 };
 
 // The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first
-// getting its input projection x w_ih^T into ws, with row stride W. With train, ws holds every
-// packed row (the workspace); without, it holds the rows of one chunk and is reused.
-//   x: [P, I]; w_ih: [G, I]; ws: train [P, W], else [ProjectionChunks(plan, false, W *
+// getting its input projection x w_ih^T into ws, with row stride W. With whole, ws holds every
+// packed row (the training workspace, or the RNN's output) and the projection is one product;
+// without, ws holds the rows of one chunk and is reused.
+//   x: [P, I]; w_ih: [G, I]; ws: whole [P, W], else [ProjectionChunks(plan, false, W *
 //   sizeof(scalar_t)).max_rows(), W];
 //   h: [N, R], h0 on entry, h_n on return
 // Each step runs as RecurrentStep::run_steps says, with state.gates the step's rows of ws
 // ([bs, W]) holding its input projection.
 template <typename scalar_t, typename AccOf, typename Body, typename Finish>
-void forward_steps(const SequencePlan& plan, bool train, const scalar_t* x, int64_t I,
+void forward_steps(const SequencePlan& plan, bool whole, const scalar_t* x, int64_t I,
                    const scalar_t* w_ih, int64_t G, scalar_t* ws, int64_t W,
                    const RecurrentStep<scalar_t>& rec, scalar_t* h, int64_t R,
                    const AccOf& acc_of, int64_t ld_acc, bool accumulate, const Body& pointwise,
                    const Finish& finish) {
   StateBuffers<scalar_t> states(h, plan.N, R);
-  const ProjectionChunks chunks(plan, train, W * int64_t(sizeof(scalar_t)));
+  const ProjectionChunks chunks(plan, whole, W * int64_t(sizeof(scalar_t)));
   for (int64_t k = 0; k < chunks.count(); ++k) {
     const int64_t first_row = chunks.first_row(k);
     gemm<scalar_t>(false, true, chunks.rows(k), G, I, 1, x + first_row * I, I, w_ih, I, 0,
-                   ws + (train ? first_row * W : 0), W);
+                   ws + (whole ? first_row * W : 0), W);
     const auto state_at = [&](int64_t s) {
       const int64_t t = plan.forward_step(s), row = plan.offsets[t];
       return StepState<scalar_t>{t, plan.batch_sizes[t], row,
-                                 ws + (train ? row : row - first_row) * W, states.prev(s),
+                                 ws + (whole ? row : row - first_row) * W, states.prev(s),
                                  states.next(s)};
     };
     rec.run_steps(chunks.first_step(k), chunks.end_step(k), state_at, acc_of, ld_acc, accumulate,

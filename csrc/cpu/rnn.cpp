@@ -35,17 +35,10 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activa
                     scalar_t* out,         // [P, H]: pre-activations (biases not yet added), then h
                     scalar_t* h) {         // [N, H]: h0 in, h_n out
   const int64_t H = d.H;
-  gemm<scalar_t>(false, true, plan.P, H, d.I, 1, x, d.I, w_ih, d.I, 0, out, H);
   const std::vector<scalar_t> bias_vec = bias_sum(H, b_ih, b_hh);  // [H]
   const scalar_t* bias = bias_vec.data();
   const RecurrentStep<scalar_t> rec(w_hh, 1, H, H, plan.N, plan.T());
-  StateBuffers<scalar_t> states(h, plan.N, H);
   // One step: its rows of out hold the input projection and accumulate the product.
-  const auto state_at = [&](int64_t s) {
-    const int64_t t = plan.forward_step(s);
-    return StepState<scalar_t>{t, plan.batch_sizes[t], plan.offsets[t],
-                               out + plan.offsets[t] * H, states.prev(s), states.next(s)};
-  };
   const auto acc_of = [](const StepState<scalar_t>& st) { return st.gates; };
   const auto pointwise = [&](const StepState<scalar_t>& st, int64_t n, int64_t j, auto lanes) {
     using L = decltype(lanes);
@@ -53,8 +46,9 @@ void forward_kernel(const LayerShape& d, const SequencePlan& plan, gates::Activa
     L::store(st.gates + n * H + j, h_t);
     L::store(st.h_next + n * H + j, h_t);
   };
-  rec.run_steps(0, plan.T(), state_at, acc_of, H, true, pointwise, nullptr);
-  states.finish(plan);
+  // The output is the layer's buffer: the whole sequence's projection goes into it at once.
+  forward_steps<scalar_t>(plan, /*whole=*/true, x, d.I, w_ih, H, out, H, rec, h, H, acc_of, H,
+                          true, pointwise, nullptr);
 }
 
 template <typename scalar_t>
