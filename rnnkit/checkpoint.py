@@ -117,26 +117,25 @@ def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 
 # ---- whole checkpoints --------------------------------------------------------------------------
-def save_last(run_dir: str, model_state: dict, optimizer_state: dict, ranks: list[dict],
-              meta: dict) -> None:
-    """``ranks[r]``: what process r alone holds, ``{"rng": {name: tensor}, "carry": tuple or
-    None}``; one entry for a single process. Process 0's go under ``rng.*`` / ``carry.*``, those
-    of process r > 0 under ``rank<r>.rng.*`` / ``rank<r>.carry.*``."""
+def save_last(run_dir: str, model_state: dict, optimizer_state: dict,
+              ranks: list[dict[str, Tensor]], meta: dict) -> None:
+    """``ranks[r]``: the tensors process r alone holds, named ``rng.<name>`` (its RNG states) and
+    ``carry.<i>`` (its carried hidden state); one entry for a single process. Process 0's are
+    saved under those names, those of process r > 0 under ``rank<r>.<name>``."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     optim_tensors, optim_meta = flatten_optimizer(optimizer_state)
     tensors.update(optim_tensors)
     for r, own in enumerate(ranks):
         prefix = f"rank{r}." if r else ""
-        tensors.update({f"{prefix}rng.{k}": v for k, v in own["rng"].items()})
-        for i, t in enumerate(own["carry"] or ()):
-            tensors[f"{prefix}carry.{i}"] = t
+        tensors.update({prefix + k: v for k, v in own.items()})
     save_tensors(os.path.join(run_dir, LAST), tensors,
                  {**meta, "world": len(ranks), "optimizer": optim_meta})
 
 
 def load_last(run_dir: str) -> dict:
     """{'model', 'optimizer', 'rng', 'carry', 'ranks', 'meta'} of RUN_DIR/last.safetensors;
-    'rng' and 'carry' are process 0's, 'ranks' lists every process's (see save_last)."""
+    'rng' and 'carry' are process 0's; 'ranks' lists every process's, as {'rng': {name: tensor},
+    'carry': tuple or None} (save_last's names, see there)."""
     tensors, meta = load_tensors(os.path.join(run_dir, LAST))
     ranks = []
     for r in range(int(meta.get("world", 1))):

@@ -51,19 +51,13 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def _own_state(device: torch.device, carry) -> dict[str, torch.Tensor]:
-    """What this process alone holds: its RNG states (dropout) and its carried hidden state."""
+    """What this process alone holds, named as checkpoint.save_last takes it: its RNG states
+    (dropout) and its carried hidden state."""
     own = {f"rng.{k}": v for k, v in _rng_state(device).items()}
     if carry is not None:
         for i, t in enumerate(carry if isinstance(carry, tuple) else (carry,)):
             own[f"carry.{i}"] = t
     return own
-
-
-def _split_own(own: dict[str, torch.Tensor]) -> dict:
-    """_own_state's flat dict as checkpoint.save_last wants it: {"rng": ..., "carry": ...}."""
-    carry = tuple(own[f"carry.{i}"] for i in range(sum(k.startswith("carry.") for k in own)))
-    return {"rng": {k[4:]: v for k, v in own.items() if k.startswith("rng.")},
-            "carry": carry or None}
 
 
 def _set_rng_state(rng: dict, device: torch.device) -> None:
@@ -383,7 +377,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
         def save_last() -> None:
             """Every rank hands its RNG and carried state to rank 0, which writes the file."""
-            ranks = [_split_own(own) for own in dist.gather(_own_state(device, carry))]
+            ranks = dist.gather(_own_state(device, carry))
             if lead:
                 C.save_last(config.out, model.state_dict(), optimizer.state_dict(), ranks,
                             {"step": step, "total_steps": total, "horizon": horizon,
