@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as RF
+from .cells import GATES, MODES
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_GATES = {mode: GATES[cell] for mode, cell in MODES.items()}
 
 
 def _shape(t: Tensor) -> str:

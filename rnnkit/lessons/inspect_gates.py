@@ -15,10 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import click
 import torch
 from torch import Tensor
 
-from .data import UserError
+from ..train.errors import UserError
+from ..train.plot import save_figure
+from ..train.runs import load_run
 
 GATES = ("forget", "input", "output")
 #: Levels of the terminal shading, from 0 to 1.
@@ -70,8 +73,6 @@ def trace_run(run_dir: str, text: str, layer: Optional[int] = None, which: str =
               ) -> Trace:
     """lstm_trace of a charlm LSTM run on ``text``; UserError (one line) for another kind of run,
     an empty text, characters the run has never seen, or a layer it does not have."""
-    from .train import load_run
-
     if not text:
         raise UserError("--text is empty: give at least one character to read")
     config, task, model, _ = load_run(run_dir, which=which, device="cpu")
@@ -130,8 +131,6 @@ def render(trace: Trace, units: Sequence[int], width: int = 72, color: bool = Fa
     """The terminal view: per unit, the text and under it one line per gate and one for the cell
     state, each character shaded by the value (blocks from ' ' = 0 to '█' = 1). With ``color``,
     each row shows the text itself on a background as bright as the value instead."""
-    import click
-
     chars = [printable(c) for c in trace.text]
     out = [f"layer {trace.layer}; shading ' ░▒▓█': gates from 0 to 1, cell state from its "
            "lowest to its highest over the text"]
@@ -189,8 +188,6 @@ def plot(trace: Trace, units: Sequence[int], path: str) -> None:
     axes[-1, 0].set_xlabel("character read")
     fig.supylabel("unit", fontsize=9)
     fig.tight_layout()
-    from .plot import save_figure
-
     save_figure(fig, path)
 
 

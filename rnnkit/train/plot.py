@@ -6,7 +6,7 @@ import os
 from typing import Optional
 
 from . import checkpoint as C
-from .data import UserError
+from .errors import UserError
 
 
 def matplotlib_missing() -> Optional[str]:

@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from .config import TrainConfig
-from .data import UserError
+from ..train.config import TrainConfig
+from ..train.errors import UserError
+from ..train.trainer import train
+from .gradflow import flush_denormals
 
 #: What each task's table reports: (metric key in the validation metrics, its name, higher is
 #: better).
@@ -55,9 +57,6 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
               echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[Row]:
     """Train ``base`` for every (length, cell) and return one Row each, in that order. Run folders
     go to ``keep``/<task>-<cell>-T<length> when given, else to a temporary folder removed after."""
-    from .gradflow import flush_denormals
-    from .train import train
-
     if base.task not in METRICS:
         raise UserError(f"--task {base.task}: the table is for {' or '.join(METRICS)}")
     key = METRICS[base.task][0]

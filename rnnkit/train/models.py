@@ -1,8 +1,9 @@
 """Models around one recurrent layer whose implementation is chosen by name.
 
-``impl`` picks the class of the recurrent layer: ``fused`` (rnnkit's kernels), ``torch``
-(torch.nn) or ``reference`` (rnnkit.reference, a plain-PyTorch loop). All three have the same
-parameter names and shapes, so a state dict saved with one loads into the others.
+``impl`` picks the class of the recurrent layer: ``rnnkit`` (rnnkit's fused kernels; ``fused``
+is the older spelling), ``torch`` (torch.nn) or ``reference`` (rnnkit.reference, a plain-PyTorch
+loop). All three have the same parameter names and shapes, so a state dict saved with one loads
+into the others. registry.build_model picks this model or seq2seq's by the task's spec.
 """
 
 from __future__ import annotations
@@ -14,26 +15,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-IMPLS = ("fused", "torch", "reference")
-CELLS = ("lstm", "gru", "rnn")
+from .. import nn as rnn
+from .. import reference
+from ..cells import CELLS
+from .config import IMPLS, canonical_impl
+
+#: The layer module of each implementation (each has RNN, LSTM and GRU).
+LAYERS = {"rnnkit": rnn, "torch": nn, "reference": reference}
 
 
 def recurrent_class(impl: str, cell: str) -> type:
-    """The layer class for ``impl`` in IMPLS and ``cell`` in CELLS."""
-    if impl not in IMPLS:
+    """The layer class for ``impl`` in IMPLS (or an alias of one) and ``cell`` in CELLS."""
+    if canonical_impl(impl) not in IMPLS:
         raise ValueError(f"impl: expected one of {', '.join(IMPLS)}, got {impl!r}")
     if cell not in CELLS:
         raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {cell!r}")
-    name = cell.upper()
-    if impl == "torch":
-        return getattr(nn, name)
-    if impl == "reference":
-        from . import reference
-
-        return getattr(reference, name)
-    from . import nn as rnn
-
-    return getattr(rnn, name)
+    return getattr(LAYERS[canonical_impl(impl)], cell.upper())
 
 
 @dataclass
@@ -45,7 +42,7 @@ class ModelSpec:
     output_size: int  # classes (or 1 for regression)
     per_step: bool  # True: one output per time step; False: one per sequence (from h_n)
     pad_index: Optional[int] = None  # padding symbol of the inputs, if any
-    seq2seq: bool = False  # True: encoder-decoder (rnnkit.seq2seq); output_size: target symbols
+    seq2seq: bool = False  # True: encoder-decoder (seq2seq.py); output_size: target symbols
 
 
 class SequenceModel(nn.Module):
@@ -91,18 +88,6 @@ class SequenceModel(nn.Module):
         d = 2 if self.bidirectional else 1
         final = torch.cat(list(last[-d:]), dim=-1)  # (N, D * H)
         return self.head(self.drop(final)), hn
-
-
-def build_model(spec: ModelSpec, config) -> nn.Module:
-    """A SequenceModel (or, for a seq2seq spec, a Seq2Seq) from a TrainConfig (cell, impl and
-    sizes)."""
-    if spec.seq2seq:
-        from .seq2seq import Seq2Seq
-
-        return Seq2Seq(spec, config.cell, config.impl, config.hidden_size, config.num_layers,
-                       config.embed_size, config.dropout, bool(config.bidirectional))
-    return SequenceModel(spec, config.cell, config.impl, config.hidden_size, config.num_layers,
-                         config.embed_size, config.dropout, bool(config.bidirectional))
 
 
 def detach_state(hn):

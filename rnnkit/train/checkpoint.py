@@ -20,9 +20,11 @@ import os
 import tempfile
 from typing import Any, Optional
 
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor
 
-from .data import UserError
+from .errors import UserError
 
 CONFIG = "config.json"
 VOCAB = "vocab.json"
@@ -66,16 +68,12 @@ def read_json(path: str) -> Any:
 # ---- tensors ----------------------------------------------------------------------------------
 def save_tensors(path: str, tensors: dict[str, Tensor], meta: dict) -> None:
     """Tensors and a JSON-able ``meta`` dict into one safetensors file, atomically."""
-    from safetensors.torch import save
-
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     atomic_write(path, save(flat, metadata={_META_KEY: json.dumps(meta)}))
 
 
 def load_tensors(path: str) -> tuple[dict[str, Tensor], dict]:
     """(tensors, meta) of a file written by save_tensors; UserError if missing or corrupt."""
-    from safetensors import safe_open
-
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint")
     try:

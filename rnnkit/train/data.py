@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Sequence
 
+from .errors import UserError
+
 #: Name used in messages and configs for the corpus shipped inside the package.
 BUNDLED = "tinyshakespeare"
 
 PAD = "<pad>"
 UNK = "<unk>"
-
-
-class UserError(ValueError):
-    """A problem with the user's input (files, options, run folders): one line, no traceback."""
 
 
 # ---- files ------------------------------------------------------------------------------------

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .data import UserError, Vocab
+from .data import Vocab
+from .errors import UserError
 from .models import ModelSpec, recurrent_class
-from .tasks import Batch, Task
+from .task import Batch, Task
 
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
         "fifteen sixteen seventeen eighteen nineteen").split()

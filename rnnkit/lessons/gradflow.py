@@ -31,8 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import TrainConfig
-from .data import UserError
+from .. import functional as RF
+from ..train.config import TrainConfig
+from ..train.errors import UserError
+from ..train.plot import save_figure
+from ..train.registry import build_model
+from ..train.runs import load_run
+from ..train.trainer import train
 
 #: Tasks whose loss gradflow knows how to write per sequence (both generate their own data).
 GRADFLOW_TASKS = ("adding", "copy")
@@ -88,8 +93,6 @@ def flush_denormals():
 def model_step(model) -> tuple[Callable[[Tensor, State], State], int]:
     """(step, state count) for the recurrent layer of a one-layer, one-direction SequenceModel,
     stepped with rnnkit's fused cells on the layer's own weights."""
-    from . import functional as RF
-
     rnn = model.rnn
     if rnn.num_layers != 1 or rnn.bidirectional:
         both = ", bidirectional" if rnn.bidirectional else ""
@@ -133,8 +136,6 @@ def model_gradient_norms(model, x: Tensor, y: Tensor) -> dict[str, Tensor]:
 
 def initial_model(config: TrainConfig, task):
     """The model exactly as rnnkit.train.train starts it (seeded, before the first step)."""
-    from .models import build_model
-
     torch.manual_seed(config.seed)
     return build_model(task.spec, config)
 
@@ -153,8 +154,6 @@ class Curve:
 
 
 def _measure(run_dir: str, sequences: int) -> Curve:
-    from .train import load_run
-
     config_saved, task, model, _ = load_run(run_dir, which="last", device="cpu")
     if config_saved.task not in GRADFLOW_TASKS:
         raise UserError(f"{run_dir}: gradflow needs an {' or '.join(GRADFLOW_TASKS)} run, this "
@@ -176,8 +175,6 @@ def gradflow(base: TrainConfig, cells: Sequence[str] = ("rnn", "lstm", "gru"),
 
     Trained runs go to ``keep``/<cell> when given, else to a temporary folder removed at the end.
     """
-    from .train import train
-
     if runs:
         return [_measure(r, sequences) for r in runs]
     if base.task not in GRADFLOW_TASKS:
@@ -256,6 +253,4 @@ def plot(curves: Sequence[Curve], path: str) -> None:
     axes[0].set_ylabel("gradient norm (mean over sequences)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    from .plot import save_figure
-
     save_figure(fig, path)

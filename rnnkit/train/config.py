@@ -1,6 +1,8 @@
 """TrainConfig: every setting of a training run, with its default (the one place defaults live).
 
 Free of torch, so that the command line can show defaults in ``--help`` without importing it.
+The names of tasks, cells and implementations are defined here (cells: rnnkit.cells); the
+classes behind them are in registry.py and models.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,24 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .data import UserError
+from ..cells import CELLS
+from .errors import UserError
+
+#: Every task, with the sequence length used when the config leaves it unset (charlm: BPTT
+#: chunk; adding/copy: length; classify: most tokens; tag: unused; seq2seq: most digits).
+TASKS = {"charlm": 64, "classify": 400, "tag": 0, "adding": 50, "copy": 20, "seq2seq": 6}
+
+#: The recurrent implementations: rnnkit's fused kernels, torch.nn, rnnkit.reference.
+IMPLS = ("rnnkit", "torch", "reference")
+
+#: Older spellings still accepted (on the command line and in saved config.json files).
+IMPL_ALIASES = {"fused": "rnnkit"}
+
+
+def canonical_impl(name: str) -> str:
+    """``name``, with an older spelling (IMPL_ALIASES) replaced by its IMPLS name."""
+    return IMPL_ALIASES.get(name, name)
+
 
 #: Options that may differ from the saved config when resuming (they change neither the model,
 #: nor the data, nor the optimisation path up to the saved step).
@@ -22,10 +41,10 @@ RESUMABLE = ("steps", "epochs", "eval_every", "device", "threads", "log_every", 
 
 #: The values a field may take, where there is a fixed set (the command line offers the same).
 CHOICES = {
-    "task": ("charlm", "classify", "tag", "adding", "copy", "seq2seq"),
+    "task": tuple(TASKS),
     "tokens": ("word", "char"),
-    "cell": ("lstm", "gru", "rnn"),
-    "impl": ("fused", "torch", "reference"),
+    "cell": CELLS,
+    "impl": IMPLS,
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -68,7 +87,7 @@ class TrainConfig:
     #                                tokens; seq2seq: most digits of a number (3..9)
     # model
     cell: str = "lstm"  # lstm | gru | rnn
-    impl: str = "fused"  # fused (rnnkit) | torch (torch.nn) | reference (plain PyTorch loop)
+    impl: str = "rnnkit"  # rnnkit (fused kernels) | torch (torch.nn) | reference (plain loop)
     hidden_size: int = 384  # hidden units per direction and layer
     num_layers: int = 1  # stacked recurrent layers
     embed_size: int = 64  # width of the symbol embedding (tasks with symbol inputs)
@@ -94,11 +113,9 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with task-dependent defaults filled in."""
-        from .tasks import DEFAULT_SEQ_LEN
-
-        c = dataclasses.replace(self)
+        c = dataclasses.replace(self, impl=canonical_impl(self.impl))
         if c.seq_len is None:
-            c.seq_len = DEFAULT_SEQ_LEN.get(c.task, 100)
+            c.seq_len = TASKS.get(c.task, 100)
         if c.bidirectional is None:
             c.bidirectional = c.task == "tag"
         if c.task == "charlm" and c.bidirectional:
@@ -124,6 +141,8 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{source}: unknown field(s) {', '.join(unknown)} (written by a "
                             "newer rnnkit?)")
+        if isinstance(d.get("impl"), str):  # run folders written before "fused" became "rnnkit"
+            d = {**d, "impl": canonical_impl(d["impl"])}
         hints = typing.get_type_hints(cls)
         for name, value in d.items():
             expected = _problem(name, hints[name], value, d)

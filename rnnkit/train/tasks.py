@@ -5,10 +5,9 @@ classify  many-to-one classification of CSV/TSV rows (text column -> label colum
 tag       many-to-many tagging of CoNLL-style files (token, tag)
 adding    synthetic: sum of the two marked numbers of a sequence (regression)
 copy      synthetic: remember a few symbols over a long delay, then repeat them
-seq2seq   synthetic: spell a number out in words, encoder-decoder (rnnkit/seq2seq.py)
+seq2seq   synthetic: spell a number out in words, encoder-decoder (seq2seq.py)
 
-The batch a task returns for step ``s`` is a function of (seed, s, rank) alone, so a resumed run
-sees exactly the batches an uninterrupted run would have seen.
+The interface they share is task.py's Task; registry.py builds one by name.
 """
 
 from __future__ import annotations
@@ -22,63 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import data as D
+from .errors import UserError
 from .models import ModelSpec, detach_state
-
-TASKS = ("charlm", "classify", "tag", "adding", "copy", "seq2seq")
-
-#: Sequence length used when the config leaves it unset, per task (seq2seq: digits).
-DEFAULT_SEQ_LEN = {"charlm": 64, "adding": 50, "copy": 20, "classify": 400, "tag": 0,
-                   "seq2seq": 6}
-
-
-@dataclass
-class Batch:
-    """One training or evaluation batch (time-major)."""
-
-    x: Tensor  # inputs: (T, N) int64 tokens or (T, N, F) float features
-    y: Tensor  # targets: (T, N) per-step, (N,) per-sequence classes, or (N,) regression values
-    lengths: Optional[Tensor] = None  # (N,) true lengths for padded batches, else None
-    tokens: int = 0  # input tokens in the batch (for tokens per second)
-    reset: bool = False  # charlm: start of an epoch, forget the carried hidden state
-    target_lengths: Optional[Tensor] = None  # (N,) true lengths of padded targets (seq2seq)
-
-
-def _permutation(n: int, seed: int, epoch: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def _macro_f1(pred: Tensor, gold: Tensor) -> float:
-    """Macro-averaged F1 over the classes present in gold or predictions."""
-    classes = torch.unique(torch.cat([pred, gold]))
-    scores = []
-    for c in classes:
-        tp = ((pred == c) & (gold == c)).sum().item()
-        fp = ((pred == c) & (gold != c)).sum().item()
-        fn = ((pred != c) & (gold == c)).sum().item()
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(sum(scores) / max(1, len(scores)))
-
-
-class Task:
-    """Base class. Subclasses set ``spec``, ``meta``, ``steps_per_epoch``."""
-
-    name = ""
-    carries_state = False  # True when the hidden state flows from one batch to the next
-    spec: ModelSpec
-    meta: dict
-    steps_per_epoch: int
-
-    def batch(self, step: int) -> Batch:
-        raise NotImplementedError
-
-    def loss(self, model, batch: Batch, carry=None) -> tuple[Tensor, Any]:
-        """Mean loss of ``batch`` and the state to carry to the next batch (or None)."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def evaluate(self, model, device: torch.device, data: Optional[str] = None) -> dict:
-        raise NotImplementedError
+from .task import Batch, Task, macro_f1, permutation
 
 
 # ---- charlm -----------------------------------------------------------------------------------
@@ -102,7 +47,7 @@ class CharLM(Task):
         per_stream = (len(self.train_ids) - 1) // streams
         self.steps_per_epoch = per_stream // self.seq_len
         if self.steps_per_epoch < 1 or len(self.valid_ids) < 2:
-            raise D.UserError(
+            raise UserError(
                 f"--seq-len {self.seq_len} is longer than the data allows: {where} has "
                 f"{len(ids):,} characters, {len(self.train_ids):,} for training, split into "
                 f"{streams} streams of {per_stream:,}; lower --seq-len or --batch-size")
@@ -120,7 +65,7 @@ class CharLM(Task):
                 raise
         known = [c for c in text if c in self.vocab.stoi]
         if len(known) < 2:
-            raise D.UserError(f"{where}: fewer than two characters of the run's vocabulary")
+            raise UserError(f"{where}: fewer than two characters of the run's vocabulary")
         return torch.tensor(self.vocab.encode(known), dtype=torch.long)
 
     def batch(self, step: int) -> Batch:
@@ -177,11 +122,11 @@ class CharLM(Task):
 def _split_rows(rows: list, config, path: str) -> tuple[list, list]:
     if config.valid_data:
         return rows, None
-    order = _permutation(len(rows), config.seed, -1).tolist()
+    order = permutation(len(rows), config.seed, -1).tolist()
     rows = [rows[i] for i in order]
     cut = D.split_train_valid(len(rows), config.valid_fraction)
     if len(rows) < 2:
-        raise D.UserError(f"{path}: at least two examples are needed to split off validation")
+        raise UserError(f"{path}: at least two examples are needed to split off validation")
     return rows[:cut], rows[cut:]
 
 
@@ -200,7 +145,7 @@ class Classify(Task):
         self.config, self.rank, self.world = config, rank, world
         path = config.data
         if not path:
-            raise D.UserError("--task classify needs --data FILE (CSV or TSV with a header line)")
+            raise UserError("--task classify needs --data FILE (CSV or TSV with a header line)")
         rows = D.read_table(path, config.text_column, config.label_column)
         train_rows, valid_rows = _split_rows(rows, config, path)
         if valid_rows is None:
@@ -211,7 +156,7 @@ class Classify(Task):
         else:
             labels = {lab for _, lab in train_rows}
             if len(labels) < 2:
-                raise D.UserError(f"{path}: only one label class ({next(iter(labels))!r}) in "
+                raise UserError(f"{path}: only one label class ({next(iter(labels))!r}) in "
                                   f"column {config.label_column!r}; classification needs two "
                                   "or more")
             self.labels = D.Vocab.build(lab for _, lab in rows + valid_rows)
@@ -231,7 +176,7 @@ class Classify(Task):
         for text, label in rows:
             ids = self.vocab.encode(D.tokenize(text, self.config.tokens))[:self.config.seq_len]
             if label not in self.labels.stoi:
-                raise D.UserError(f"{path}: label {label!r} was not seen in training; the labels "
+                raise UserError(f"{path}: label {label!r} was not seen in training; the labels "
                                   f"are: {', '.join(self.labels.itos)}")
             out.append((ids or [self.vocab.stoi[D.UNK]], self.labels.stoi[label]))
         return out
@@ -243,7 +188,7 @@ class Classify(Task):
 
     def batch(self, step: int) -> Batch:
         epoch, i = divmod(step, self.steps_per_epoch)
-        order = _permutation(len(self.local), self.config.seed, epoch)
+        order = permutation(len(self.local), self.config.seed, epoch)
         bs = self.config.batch_size
         return self._make([self.train[self.local[j]] for j in order[i * bs:(i + 1) * bs]])
 
@@ -269,7 +214,7 @@ class Classify(Task):
             items = self._encode(rows, data)
         loss, pred, gold = self._predict(model, device, items)
         return {"loss": loss, "accuracy": (pred == gold).float().mean().item(),
-                "macro_f1": _macro_f1(pred, gold), "examples": len(items)}
+                "macro_f1": macro_f1(pred, gold), "examples": len(items)}
 
 
 # ---- tag --------------------------------------------------------------------------------------
@@ -280,7 +225,7 @@ class Tag(Classify):
         self.config, self.rank, self.world = config, rank, world
         path = config.data
         if not path:
-            raise D.UserError("--task tag needs --data FILE (CoNLL-style: token and tag per line)")
+            raise UserError("--task tag needs --data FILE (CoNLL-style: token and tag per line)")
         sents = D.read_conll(path)
         train_s, valid_s = _split_rows(sents, config, path)
         if valid_s is None:
@@ -291,7 +236,7 @@ class Tag(Classify):
         else:
             tags = {t for _, ts in train_s for t in ts}
             if len(tags) < 2:
-                raise D.UserError(f"{path}: only one tag ({next(iter(tags))!r}); tagging needs "
+                raise UserError(f"{path}: only one tag ({next(iter(tags))!r}); tagging needs "
                                   "two or more")
             self.labels = D.Vocab.build(t for _, ts in sents + valid_s for t in ts)
             self.vocab = D.Vocab.build((w for ws, _ in train_s for w in ws),
@@ -309,7 +254,7 @@ class Tag(Classify):
         for words, tags in sents:
             unknown = [t for t in tags if t not in self.labels.stoi]
             if unknown:
-                raise D.UserError(f"{path}: tag {unknown[0]!r} was not seen in training; the tags "
+                raise UserError(f"{path}: tag {unknown[0]!r} was not seen in training; the tags "
                                   f"are: {', '.join(self.labels.itos)}")
             out.append((self.vocab.encode(words), self.labels.encode(tags)))
         return out
@@ -343,7 +288,7 @@ class Tag(Classify):
         items = self.valid if data is None else self._encode(D.read_conll(data), data)
         loss, pred, gold = self._predict(model, device, items)
         return {"loss": loss, "accuracy": (pred == gold).float().mean().item(),
-                "macro_f1": _macro_f1(pred, gold), "tokens": int(gold.numel())}
+                "macro_f1": macro_f1(pred, gold), "tokens": int(gold.numel())}
 
 
 # ---- synthetic --------------------------------------------------------------------------------
@@ -357,7 +302,7 @@ class _Synthetic(Task):
 
     def __post_init__(self) -> None:
         if self.config.seq_len < 2:
-            raise D.UserError(f"--seq-len must be at least 2 for --task {self.name}, got "
+            raise UserError(f"--seq-len must be at least 2 for --task {self.name}, got "
                               f"{self.config.seq_len}")
         self.steps_per_epoch = 1000  # the data are endless; an "epoch" is 1000 steps
         self.meta = {}
@@ -397,7 +342,7 @@ class Adding(_Synthetic):
     @torch.no_grad()
     def evaluate(self, model, device, data=None) -> dict:
         if data is not None:
-            raise D.UserError("--task adding generates its data; eval takes no --data")
+            raise UserError("--task adding generates its data; eval takes no --data")
         out, _ = model(self.valid.x.to(device))
         mse = F.mse_loss(out.squeeze(-1).cpu(), self.valid.y).item()
         return {"loss": mse, "mse": mse, "baseline_mse": F.mse_loss(
@@ -432,7 +377,7 @@ class Copy(_Synthetic):
     @torch.no_grad()
     def evaluate(self, model, device, data=None) -> dict:
         if data is not None:
-            raise D.UserError("--task copy generates its data; eval takes no --data")
+            raise UserError("--task copy generates its data; eval takes no --data")
         logits, _ = model(self.valid.x.to(device))
         logits = logits.cpu()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
@@ -441,22 +386,3 @@ class Copy(_Synthetic):
         right = (logits[-K:].argmax(-1) == self.valid.y[-K:]).float().mean().item()
         baseline = K * math.log(8) / self.valid.x.shape[0]
         return {"loss": loss, "symbol_accuracy": right, "baseline_loss": baseline}
-
-
-def build_task(config, rank: int = 0, world: int = 1, meta: Optional[dict] = None) -> Task:
-    """The task named by ``config.task``; ``meta`` (a saved vocab.json) fixes the vocabularies."""
-    if config.task == "charlm":
-        return CharLM(config, rank, world, meta)
-    if config.task == "classify":
-        return Classify(config, rank, world, meta)
-    if config.task == "tag":
-        return Tag(config, rank, world, meta)
-    if config.task == "adding":
-        return Adding(config=config, rank=rank, world=world)
-    if config.task == "copy":
-        return Copy(config=config, rank=rank, world=world)
-    if config.task == "seq2seq":
-        from .seq2seq import NumberWords
-
-        return NumberWords(config, rank, world, meta)
-    raise D.UserError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
