@@ -90,8 +90,6 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
     minutes on two CPU cores. Ctrl-C saves a checkpoint; continue with --resume RUN_DIR.
     Multi-process: torchrun --nproc-per-node N -m rnnkit train ... (resume with the same N).
     """
-    from click.core import ParameterSource
-
     if options["steps"] is not None and options["epochs"] is not None:
         raise click.BadParameter("give --steps or --epochs, not both", param_hint="--steps")
     with user_errors():

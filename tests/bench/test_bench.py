@@ -8,25 +8,34 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnkit import bench as B
+from rnnkit.bench.case import BenchError, Case, MATMUL, MODES, Settings
+from rnnkit.bench.flops import layer_flops, layer_products
+from rnnkit.bench.impls import torch_module
+from rnnkit.bench.machine import validate_impls
+from rnnkit.bench.report import CSV_FIELDS
+from rnnkit.cells import CELLS
+from rnnkit.bench import run as bench_run
+from rnnkit.bench.run import run_case
+from rnnkit.bench.suites import suite_cases
+from rnnkit.bench.timing import interleaved, peak_memory_mb, summarize
 from rnnkit.cli import main
 
 TINY = dict(seq_len=4, batch=3, input_size=5, hidden_size=6)
-QUICK = B.Settings(warmup=1, repeats=2, min_sample_s=0.0, memory=False)
+QUICK = Settings(warmup=1, repeats=2, min_sample_s=0.0, memory=False)
 
 
 def _by_impl(results, mode):
     return {r.impl: r for r in results if r.mode == mode}
 
 
-@pytest.mark.parametrize("cell", B.CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [dict(), dict(num_layers=2, bidirectional=True),
                                    dict(min_len=2)], ids=["plain", "2-layer-bidir", "packed"])
 def test_every_cpu_impl_passes_the_check(cell, shape):
     impls = ["rnnkit", "torch", "torch-nocudnn", "cell-loop", "reference", "reference-jit"]
-    case = B.Case(cell, **TINY, **shape)
-    results = B.run_case(case, QUICK, impls)
-    for mode in B.MODES:
+    case = Case(cell, **TINY, **shape)
+    results = run_case(case, QUICK, impls)
+    for mode in MODES:
         got = _by_impl(results, mode)
         for name in impls:
             if name == "torch-nocudnn":
@@ -35,12 +44,12 @@ def test_every_cpu_impl_passes_the_check(cell, shape):
             assert got[name].status == "ok", (name, mode, got[name].detail)
             assert got[name].median_ms > 0 and got[name].samples == 2
         assert got["torch"].speedup_vs_torch == pytest.approx(1.0)
-        assert got[B.MATMUL].fraction_of_matmul == pytest.approx(1.0)
+        assert got[MATMUL].fraction_of_matmul == pytest.approx(1.0)
         assert got["rnnkit"].gflops > 0
 
 
 def test_reference_compile_passes_the_check():
-    results = B.run_case(B.Case("gru", **TINY), QUICK, ["reference-compile"])
+    results = run_case(Case("gru", **TINY), QUICK, ["reference-compile"])
     assert all(r.status == "ok" for r in results), [r.detail for r in results]
 
 
@@ -55,12 +64,12 @@ def _wrong(module, cell, scale):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_wrong_impl_is_reported_and_not_timed(cell, monkeypatch):
-    case = B.Case(cell, **TINY)
-    module = B._torch_module(case, QUICK.seed)
+    case = Case(cell, **TINY)
+    module = torch_module(case, QUICK.seed)
     # the planted implementation runs torch.nn on the same weights, then spoils the output by 1%
-    monkeypatch.setattr(B, "_torch_module", lambda c, s: module)
-    results = B.run_case(case, QUICK, ["torch"], extra={"broken": _wrong(module, cell, 1.01)})
-    for mode in B.MODES:
+    monkeypatch.setattr(bench_run, "torch_module", lambda c, s: module)
+    results = run_case(case, QUICK, ["torch"], extra={"broken": _wrong(module, cell, 1.01)})
+    for mode in MODES:
         got = _by_impl(results, mode)
         assert got["broken"].status == "wrong"
         assert "output" in got["broken"].detail and "bound" in got["broken"].detail
@@ -69,9 +78,9 @@ def test_a_wrong_impl_is_reported_and_not_timed(cell, monkeypatch):
 
 
 def test_wrong_gradients_only_are_caught(monkeypatch):
-    case = B.Case("rnn", **TINY)
-    module = B._torch_module(case, QUICK.seed)
-    monkeypatch.setattr(B, "_torch_module", lambda c, s: module)
+    case = Case("rnn", **TINY)
+    module = torch_module(case, QUICK.seed)
+    monkeypatch.setattr(bench_run, "torch_module", lambda c, s: module)
 
     class Scale(torch.autograd.Function):  # right values, gradients doubled
         @staticmethod
@@ -86,9 +95,9 @@ def test_wrong_gradients_only_are_caught(monkeypatch):
         out, h = module(x, states[0])
         return Scale.apply(out), [h]
 
-    got = _by_impl(B.run_case(case, QUICK, ["torch"], extra={"bad-grad": run}), "training")
+    got = _by_impl(run_case(case, QUICK, ["torch"], extra={"bad-grad": run}), "training")
     assert got["bad-grad"].status == "wrong" and "grad" in got["bad-grad"].detail
-    inference = _by_impl(B.run_case(case, QUICK, ["torch"], extra={"bad-grad": run}), "inference")
+    inference = _by_impl(run_case(case, QUICK, ["torch"], extra={"bad-grad": run}), "inference")
     assert inference["bad-grad"].status == "ok"
 
 
@@ -96,7 +105,7 @@ def test_an_impl_that_raises_is_reported_and_not_timed():
     def run(x, states):
         raise RuntimeError("kaboom\nsecond line")
 
-    results = B.run_case(B.Case("gru", **TINY), QUICK, ["torch"], extra={"raises": run})
+    results = run_case(Case("gru", **TINY), QUICK, ["torch"], extra={"raises": run})
     for r in results:
         if r.impl == "raises":
             assert r.status == "error" and r.detail == "RuntimeError: kaboom"
@@ -106,57 +115,57 @@ def test_an_impl_that_raises_is_reported_and_not_timed():
 def test_interleaved_runs_a_b_c_a_b_c():
     order = []
     fns = {name: (lambda n=name: order.append(n)) for name in "ABC"}
-    out = B.interleaved(fns, warmup=1, repeats=3, min_sample_s=0.0)
+    out = interleaved(fns, warmup=1, repeats=3, min_sample_s=0.0)
     assert order == list("ABC") + list("ABC") * 3
     assert all(len(samples) == 3 and number == 1 for samples, number in out.values())
 
 
 def test_summarize():
-    s = B.summarize([0.004, 0.001, 0.003, 0.002, 0.005])
+    s = summarize([0.004, 0.001, 0.003, 0.002, 0.005])
     assert s["median_ms"] == pytest.approx(3.0)
     assert (s["min_ms"], s["max_ms"]) == (pytest.approx(1.0), pytest.approx(5.0))
     assert s["q1_ms"] <= s["median_ms"] <= s["q3_ms"]
 
 
 def test_flops_count_the_layers_matrix_products():
-    case = B.Case("lstm", seq_len=2, batch=3, input_size=4, hidden_size=5)
+    case = Case("lstm", seq_len=2, batch=3, input_size=4, hidden_size=5)
     fwd = 2 * (2 * 3) * 4 * 20 + 2 * 2 * 3 * 5 * 20  # input projection + one product per step
-    assert B.layer_flops(case, "inference") == fwd
-    assert B.layer_flops(case, "training") == 3 * fwd
-    bidir = B.Case("gru", seq_len=2, batch=3, input_size=4, hidden_size=5, num_layers=2,
+    assert layer_flops(case, "inference") == fwd
+    assert layer_flops(case, "training") == 3 * fwd
+    bidir = Case("gru", seq_len=2, batch=3, input_size=4, hidden_size=5, num_layers=2,
                    bidirectional=True)
     layer0 = 2 * 6 * 4 * 15 + 2 * 2 * 3 * 5 * 15
     layer1 = 2 * 6 * 10 * 15 + 2 * 2 * 3 * 5 * 15
-    assert B.layer_flops(bidir, "inference") == 2 * (layer0 + layer1)
+    assert layer_flops(bidir, "inference") == 2 * (layer0 + layer1)
 
 
 def test_packed_lengths_match_torch():
-    case = B.Case("lstm", seq_len=10, batch=5, input_size=2, hidden_size=3, min_len=4)
+    case = Case("lstm", seq_len=10, batch=5, input_size=2, hidden_size=3, min_len=4)
     lengths = case.lengths()
     assert lengths[0] == 10 and lengths[-1] == 4 and lengths == sorted(lengths, reverse=True)
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(10, 5, 2), torch.tensor(lengths))
     assert case.batch_sizes() == packed.batch_sizes.tolist()
-    assert B.layer_products(case, "inference")[0][0] == sum(lengths)
+    assert layer_products(case, "inference")[0][0] == sum(lengths)
 
 
 def test_peak_memory_sees_an_allocation():
-    mb = B.peak_memory_mb(lambda: torch.ones(16 * 2**20).sum(), "cpu")  # 64 MiB
+    mb = peak_memory_mb(lambda: torch.ones(16 * 2**20).sum(), "cpu")  # 64 MiB
     if mb is None:
         pytest.skip("/proc/self/clear_refs is not writable here")
     assert mb >= 32
 
 
 def test_memory_estimate_refuses_before_allocating():
-    case = B.Case("lstm", seq_len=100_000, batch=4096, input_size=4096, hidden_size=4096)
-    with pytest.raises(B.BenchError, match=r"would need about [\d.]+ GiB .* available"):
-        B.run_case(case, QUICK, ["torch"])
+    case = Case("lstm", seq_len=100_000, batch=4096, input_size=4096, hidden_size=4096)
+    with pytest.raises(BenchError, match=r"would need about [\d.]+ GiB .* available"):
+        run_case(case, QUICK, ["torch"])
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(B.BenchError, match="valid: rnnkit, torch, torch-nocudnn"):
-        B.validate_impls(["rnnkit", "tf"])
-    with pytest.raises(B.BenchError, match="valid: fastrnns, small-batch, sweep, packed, long"):
-        B.suite_cases("nope", "lstm", "cpu")
+    with pytest.raises(BenchError, match="valid: rnnkit, torch, torch-nocudnn"):
+        validate_impls(["rnnkit", "tf"])
+    with pytest.raises(BenchError, match="valid: fastrnns, small-batch, sweep, packed, long"):
+        suite_cases("nope", "lstm", "cpu")
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -177,12 +186,12 @@ def test_cli_writes_table_json_and_csv(tmp_path):
     assert {"cpu", "threads", "torch", "rnnkit", "command", "date_utc"} <= set(data["meta"])
     assert "--cell gru" in data["meta"]["command"]
     impls = {(x["mode"], x["impl"]) for x in data["results"]}
-    assert impls == {(m, i) for m in B.MODES for i in ("rnnkit", "torch", "reference", "matmul")}
+    assert impls == {(m, i) for m in MODES for i in ("rnnkit", "torch", "reference", "matmul")}
     for x in data["results"]:
         assert x["status"] == "ok" and x["median_ms"] > 0 and x["shape"]["hidden_size"] == 4
         assert x["device"] == "cpu" and x["threads"] == torch.get_num_threads()
     rows = list(csv.DictReader(c.open()))
-    assert list(rows[0]) == B.CSV_FIELDS and len(rows) == 8
+    assert list(rows[0]) == CSV_FIELDS and len(rows) == 8
     assert {row["impl"] for row in rows} == {"rnnkit", "torch", "reference", "matmul"}
 
 

@@ -10,7 +10,7 @@ import torch
 
 import rnnkit
 
-from .helpers import compare, random_packed, twins
+from ..helpers import compare, random_packed, twins
 
 KINDS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}),
          ("RNN", {"nonlinearity": "relu"}), ("LSTM", {"proj_size": 3})]

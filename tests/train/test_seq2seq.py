@@ -6,14 +6,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnkit import checkpoint as C
-from rnnkit import seq2seq as S
+from rnnkit.train import checkpoint as C
+from rnnkit.train import seq2seq as S
 from rnnkit.cli import main
-from rnnkit.data import UserError
-from rnnkit.tasks import build_task
-from rnnkit.train import TrainConfig, evaluate_run, load_run, train, translate
+from rnnkit.train.errors import UserError
+from rnnkit.train.registry import build_task
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.runs import evaluate_run, load_run, translate
+from rnnkit.train.trainer import train
 
-from .helpers import one_line_error
+from ..helpers import one_line_error
 
 TINY = dict(seq_len=3, hidden_size=16, embed_size=8, batch_size=8, threads=1, warmup_steps=2)
 TINY_CLI = ["--task", "seq2seq", "--seq-len", "3", "--hidden-size", "16", "--embed-size", "8",
@@ -93,11 +95,11 @@ def test_batch_encodes_digits_and_words():
     assert b.y[2:, 1].eq(S.PAD).all() and b.x[1:, 1].eq(S.PAD).all()
 
 
-def model_and_task(impl="fused", cell="lstm", **kw):
+def model_and_task(impl="rnnkit", cell="lstm", **kw):
     c = TrainConfig(task="seq2seq", impl=impl, cell=cell, **{**TINY, **kw}).resolved()
     task = build_task(c)
     torch.manual_seed(0)
-    from rnnkit.models import build_model
+    from rnnkit.train.registry import build_model
 
     return build_model(task.spec, c).eval(), task
 
@@ -176,15 +178,15 @@ def test_cli_train_eval_generate_and_impl_interchange(tmp_path):
     assert r.exit_code == 0, r.output
     assert "exact_match" in r.output and "token_accuracy" in r.output
     metrics = {}
-    for impl in ("fused", "torch", "reference"):
+    for impl in ("rnnkit", "torch", "reference"):
         r = CliRunner().invoke(main, ["eval", out, "--impl", impl, "--device", "cpu", "--json"])
         assert r.exit_code == 0, r.output
         metrics[impl] = json.loads(r.output)
-    assert set(metrics["fused"]) >= {"loss", "exact_match", "token_accuracy", "examples"}
+    assert set(metrics["rnnkit"]) >= {"loss", "exact_match", "token_accuracy", "examples"}
     for impl in ("torch", "reference"):
-        assert metrics[impl]["loss"] == pytest.approx(metrics["fused"]["loss"], rel=1e-5)
+        assert metrics[impl]["loss"] == pytest.approx(metrics["rnnkit"]["loss"], rel=1e-5)
         for key in ("exact_match", "token_accuracy", "examples"):
-            assert metrics[impl][key] == metrics["fused"][key]
+            assert metrics[impl][key] == metrics["rnnkit"][key]
     r = CliRunner().invoke(main, ["generate", out, "--prompt", "7 042 999"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .helpers import tensors_of, twins
+from ..helpers import tensors_of, twins
 
 
 @pytest.mark.parametrize("intra_op_threads", [1, 2, 3], indirect=True)

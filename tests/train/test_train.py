@@ -6,9 +6,11 @@ import os
 import pytest
 import torch
 
-from rnnkit import checkpoint as C
-from rnnkit.data import UserError
-from rnnkit.train import TrainConfig, evaluate_run, generate, learning_rate, load_run, train
+from rnnkit.train import checkpoint as C
+from rnnkit.train.errors import UserError
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.runs import evaluate_run, generate, load_run
+from rnnkit.train.trainer import learning_rate, train
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
         "JULIET:\nAy me! O Romeo, Romeo, wherefore art thou Romeo?\n\n") * 40
@@ -75,7 +77,7 @@ def lrs(run_dir):
 def test_resume_keeps_the_learning_rate_schedule(corpus, tmp_path):
     """The cosine decay ends where the run was first planned to end: resuming with the same
     --steps gives the same learning rate at every step, a larger --steps runs on at the floor."""
-    from rnnkit.train import resume_config
+    from rnnkit.train.runs import resume_config
 
     kw = dict(lr=1e-2, min_lr_ratio=0.1)
     train(tiny(corpus, tmp_path / "whole", **kw), progress=False, echo=quiet)
@@ -102,7 +104,7 @@ def test_resume_keeps_the_learning_rate_schedule(corpus, tmp_path):
 
 
 def test_resume_with_epochs_replaces_saved_steps(corpus, tmp_path):
-    from rnnkit.train import resume_config
+    from rnnkit.train.runs import resume_config
 
     train(tiny(corpus, tmp_path / "run", steps=2), progress=False, echo=quiet)
     config = resume_config(str(tmp_path / "run"), {"epochs": 3.0})
@@ -111,7 +113,7 @@ def test_resume_with_epochs_replaces_saved_steps(corpus, tmp_path):
 
 
 def test_config_from_json_types_and_bounds():
-    from rnnkit.config import TrainConfig as T
+    from rnnkit.train.config import TrainConfig as T
 
     saved = T(task="tag", seq_len=0).to_json()  # a tag run saves seq_len 0 (unused)
     saved.update(lr=1, betas=[0.5, 0.9], threads=None, dropout=0)  # int for float, list: fine
@@ -126,19 +128,20 @@ def test_config_from_json_types_and_bounds():
 
 
 def test_config_choices_are_those_of_the_code():
-    from rnnkit import models, tasks
-    from rnnkit.config import CHOICES
+    from rnnkit.cells import CELLS
+    from rnnkit.train import models, registry
+    from rnnkit.train.config import CHOICES, TASKS
 
-    assert CHOICES["task"] == tasks.TASKS
-    assert CHOICES["cell"] == models.CELLS and CHOICES["impl"] == models.IMPLS
+    assert CHOICES["task"] == tuple(TASKS) == tuple(registry.TASK_CLASSES)
+    assert CHOICES["cell"] == CELLS and CHOICES["impl"] == tuple(models.LAYERS)
 
 
 def test_checkpoint_loads_into_every_impl(corpus, tmp_path):
     train(tiny(corpus, tmp_path / "run", steps=4), progress=False, echo=quiet)
     losses = {impl: evaluate_run(str(tmp_path / "run"), impl=impl, device="cpu")["loss"]
-              for impl in ("fused", "torch", "reference")}
-    assert losses["torch"] == pytest.approx(losses["fused"], rel=1e-5)
-    assert losses["reference"] == pytest.approx(losses["fused"], rel=1e-5)
+              for impl in ("rnnkit", "torch", "reference")}
+    assert losses["torch"] == pytest.approx(losses["rnnkit"], rel=1e-5)
+    assert losses["reference"] == pytest.approx(losses["rnnkit"], rel=1e-5)
     _, _, model, _ = load_run(str(tmp_path / "run"), impl="torch")
     assert type(model.rnn) is torch.nn.LSTM
 
@@ -182,7 +185,7 @@ def test_generate_is_seeded_and_checks_prompt(corpus, tmp_path):
 
 
 def test_resume_rejects_contradicting_options(corpus, tmp_path):
-    from rnnkit.train import resume_config
+    from rnnkit.train.runs import resume_config
 
     train(tiny(corpus, tmp_path / "run", steps=2), progress=False, echo=quiet)
     with pytest.raises(UserError) as e:
@@ -293,10 +296,10 @@ def test_copy_runs_and_reports_baseline(tmp_path):
 
 @pytest.mark.parametrize("task, name", [("adding", "Adding"), ("copy", "Copy")])
 def test_synthetic_batches_depend_only_on_seed_and_step(task, name):
-    from rnnkit import tasks
+    from rnnkit.train import registry
 
     c = TrainConfig(task=task, seq_len=12, batch_size=4).resolved()
-    a, b = tasks.build_task(c), tasks.build_task(c)
+    a, b = registry.build_task(c), registry.build_task(c)
     assert type(a).__name__ == name
     assert torch.equal(a.batch(7).x, b.batch(7).x) and not torch.equal(a.batch(7).x, a.batch(8).x)
     if task == "adding":
@@ -309,11 +312,11 @@ def test_synthetic_batches_depend_only_on_seed_and_step(task, name):
 def test_stop_signals_become_a_flag(signum):
     import signal
 
-    from rnnkit.train import _StopSignals
+    from rnnkit.train.distributed import StopSignals
 
     sig = getattr(signal, signum)
     before = signal.getsignal(sig)
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         os.kill(os.getpid(), sig)
         assert stop.signal == sig  # recorded, not raised: the step in progress finishes
     assert signal.getsignal(sig) == before  # handlers restored afterwards

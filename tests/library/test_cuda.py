@@ -16,7 +16,7 @@ import rnnkit
 from rnnkit import functional as F
 from rnnkit import reference as R
 
-from .conftest import device_param
+from ..conftest import device_param
 
 CUDA = [device_param("cuda")]
 LOW = [torch.float16, torch.bfloat16]

@@ -12,10 +12,12 @@ import time
 import pytest
 import torch
 
-from rnnkit import checkpoint as C
-from rnnkit.data import UserError
-from rnnkit.tasks import CharLM
-from rnnkit.train import TrainConfig, load_run, train
+from rnnkit.train import checkpoint as C
+from rnnkit.train.errors import UserError
+from rnnkit.train.tasks import CharLM
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.runs import load_run
+from rnnkit.train.trainer import train
 
 TEXT = ("KING:\nWhat say you, lords? Speak, and speak plainly now.\n\n") * 60
 
@@ -57,7 +59,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(corp
 
 CHILD = """
 import sys
-from rnnkit.train import TrainConfig, train
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.trainer import train
 config = TrainConfig(data=sys.argv[1], out=sys.argv[2], hidden_size=32, embed_size=8,
                      batch_size=4, seq_len=16, steps=100000, eval_every=1, log_every=1,
                      threads=1, warmup_steps=1)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnkit import gradflow as G
+from rnnkit.lessons import gradflow as G
 from rnnkit import reference
 from rnnkit.cli import main
-from rnnkit.config import TrainConfig
-from rnnkit.tasks import build_task
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.registry import build_task
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -50,7 +50,7 @@ def test_two_part_state_and_per_sequence_gradients():
 
 
 def _model(cell, seq_len=30, hidden=8, task="adding"):
-    from rnnkit.models import build_model
+    from rnnkit.train.registry import build_model
 
     config = TrainConfig(task=task, cell=cell, hidden_size=hidden, seq_len=seq_len, seed=3,
                          embed_size=4).resolved()

@@ -5,7 +5,7 @@ import torch
 
 from rnnkit import check as C
 
-from .conftest import ALL_DEVICES
+from ..conftest import ALL_DEVICES
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)

@@ -9,7 +9,7 @@ import rnnkit
 from rnnkit import functional as F
 from rnnkit import reference as R
 
-from .helpers import compare, twins
+from ..helpers import compare, twins
 
 CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}),
          ("RNNCell", {"nonlinearity": "relu"})]

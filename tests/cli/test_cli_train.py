@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from rnnkit.cli import main
 
-from .helpers import one_line_error
+from ..helpers import one_line_error
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT = ("KING:\nWhat say you, my lord? Speak, and be brief.\n\n"
         "LORD:\nMy liege, the night is cold and full of fear.\n\n") * 30
 TINY = ["--hidden-size", "16", "--embed-size", "8", "--batch-size", "4", "--seq-len", "16",
@@ -193,7 +193,7 @@ def test_sigterm_saves_and_resumes(corpus, tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"resume with: rnnkit train --resume {out}" in stderr
-    from rnnkit import checkpoint as C
+    from rnnkit.train import checkpoint as C
 
     saved = C.load_last(out)["meta"]["step"]
     assert saved >= 1 and f"at step {saved}/100000" in stderr
@@ -226,7 +226,7 @@ def trained(tmp_path_factory):
     ("lr", True, "field 'lr': expected a number > 0, got true (true/false)"),
     ("bidirectional", "no", "field 'bidirectional': expected true, false or null, got \"no\""),
     ("betas", [0.9], "field 'betas': expected a list of two numbers in [0, 1), got [0.9] (a list)"),
-    ("impl", "cudnn", "field 'impl': expected one of \"fused\", \"torch\", \"reference\""),
+    ("impl", "cudnn", "field 'impl': expected one of \"rnnkit\", \"torch\", \"reference\""),
     ("data", 7, "field 'data': expected a string or null, got 7 (a number)"),
 ])
 @pytest.mark.parametrize("command", ["resume", "eval", "generate"])

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from .helpers import twins
+from ..helpers import twins
 from .test_leaks import rss_bytes, step
 
 # T=100, N=32, H=128: the LSTM workspace (P x 5H floats) is 8 MiB and the gate gradients 6.5 MiB,

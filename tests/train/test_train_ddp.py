@@ -14,10 +14,12 @@ import sys
 import pytest
 import torch
 
-from rnnkit import checkpoint as C
-from rnnkit.train import TrainConfig, evaluate_run, train
+from rnnkit.train import checkpoint as C
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.runs import evaluate_run
+from rnnkit.train.trainer import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT = ("KING:\nWhat say you, my lord? Speak, and be brief.\n\n"
         "LORD:\nMy liege, the night is cold and full of fear.\n\n") * 30
 
@@ -26,7 +28,7 @@ TEXT = ("KING:\nWhat say you, my lord? Speak, and be brief.\n\n"
 # sleeps before each later step, so that the signal lands well before the run would end.
 WRAPPER = """
 import os, signal, sys, time
-from rnnkit import tasks
+from rnnkit.train import tasks
 from rnnkit.cli import main
 
 evals_dir, stop = sys.argv[1], int(sys.argv[2])

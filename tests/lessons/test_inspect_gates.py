@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from rnnkit import gates as GT
+from rnnkit.lessons import inspect_gates as GT
 from rnnkit.cli import main
-from rnnkit.train import load_run
+from rnnkit.train.runs import load_run
 
-from .helpers import one_line_error
+from ..helpers import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

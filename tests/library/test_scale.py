@@ -18,7 +18,7 @@ import torch
 
 import rnnkit
 
-from .helpers import twins
+from ..helpers import twins
 
 T_LONG = 100_000
 KINDS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"})]

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from rnnkit.cli import main
-from rnnkit.config import TrainConfig
-from rnnkit.tasks import build_task
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.registry import build_task
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -81,7 +81,7 @@ def test_lesson_help_does_not_import_torch():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = ("import sys; from rnnkit.cli import main\n"
             "for cmd in ('gradflow', 'longrange', 'inspect'):\n"
             "    sys.argv = ['rnnkit', cmd, '--help']\n"
@@ -97,7 +97,7 @@ def test_lesson_help_does_not_import_torch():
 def test_flush_denormals_is_undone():
     import torch
 
-    from rnnkit.gradflow import flush_denormals
+    from rnnkit.lessons.gradflow import flush_denormals
 
     tiny = torch.tensor([1e-40])  # a float32 subnormal
     with flush_denormals():
@@ -106,12 +106,13 @@ def test_flush_denormals_is_undone():
 
 
 def test_an_interrupted_training_stops_the_table(monkeypatch, tmp_path):
-    import rnnkit.train
-    from rnnkit.config import TrainConfig
-    from rnnkit.data import UserError
-    from rnnkit.longrange import longrange
+    import rnnkit.lessons.longrange
+    from rnnkit.lessons.longrange import longrange
+    from rnnkit.train.config import TrainConfig
+    from rnnkit.train.errors import UserError
+    from rnnkit.train.trainer import TrainResult
 
-    monkeypatch.setattr(rnnkit.train, "train", lambda config, **kw: rnnkit.train.TrainResult(
+    monkeypatch.setattr(rnnkit.lessons.longrange, "train", lambda config, **kw: TrainResult(
         config.out, 1, 3, interrupted="SIGINT"))
     with pytest.raises(UserError, match=r"interrupted \(SIGINT\) while training rnn at T=4"):
         longrange(TrainConfig(task="adding", steps=3), [4], ["rnn"], str(tmp_path))

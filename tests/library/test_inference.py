@@ -7,8 +7,8 @@ import torch
 import rnnkit.functional as F
 from rnnkit import reference as R
 
-from .conftest import ALL_DEVICES
-from .helpers import twins
+from ..conftest import ALL_DEVICES
+from ..helpers import twins
 
 ops = torch.ops.rnnkit
 

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from .helpers import twins
+from ..helpers import twins
 
 KINDS = [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}),
          ("RNN", {"nonlinearity": "relu"})]

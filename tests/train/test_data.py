@@ -2,7 +2,7 @@
 
 import pytest
 
-from rnnkit import data as D
+from rnnkit.train import data as D
 
 
 def test_read_text_bundled_corpus():
