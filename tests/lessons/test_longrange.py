@@ -56,7 +56,7 @@ def test_copy_table_reports_accuracy_beside_chance(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--lengths", "50,x"], "expected comma-separated lengths"),
     (["--lengths", "1"], "expected comma-separated lengths"),
-    (["--cells", "lstm,transformer"], "expected a comma-separated list of rnn, lstm, gru"),
+    (["--cells", "lstm,transformer"], "expected a comma-separated list of lstm, gru, rnn"),
 ])
 def test_bad_options(args, message):
     r = CliRunner().invoke(main, ["longrange", *args])
