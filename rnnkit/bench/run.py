@@ -55,6 +55,19 @@ def run_case(case: Case, settings: Settings, impls: Optional[Sequence[str]] = No
     """Checks and times every implementation on one case, in each mode. ``extra`` adds
     implementations by name (a call (x, states) -> (output, [final states]) on the torch.nn
     module's parameters), used by tests to plant a wrong one."""
+    names = _validated(case, settings, impls)
+    dtype = DTYPES[case.dtype]
+    module = torch_module(case, settings.seed).to(case.device, dtype)
+    inputs = make_inputs(case, dtype, case.device, settings.seed)
+    results: list[Result] = []
+    for mode in settings.modes:
+        log(f"{case.label} [{mode}]")
+        results += _run_mode(case, settings, mode, names, module, inputs, log, extra or {})
+    return results
+
+
+def _validated(case: Case, settings: Settings, impls: Optional[Sequence[str]]) -> list[str]:
+    """The implementations to run, after refusing (BenchError) a case that cannot run here."""
     check_device(case.device)
     if case.cell not in CELLS:
         raise BenchError(f"unknown cell {case.cell!r}; valid: {', '.join(CELLS)}")
@@ -62,67 +75,83 @@ def run_case(case: Case, settings: Settings, impls: Optional[Sequence[str]] = No
         raise BenchError(f"unknown dtype {case.dtype!r}; valid: {', '.join(DTYPES)}")
     names = validate_impls(default_impls(case.device, impls))
     check_fits(case, settings.modes, settings.check)
-    dtype = DTYPES[case.dtype]
-    module = torch_module(case, settings.seed).to(case.device, dtype)
-    params = list(module.parameters())
-    inputs = make_inputs(case, dtype, case.device, settings.seed)
+    return names
+
+
+def _run_mode(case: Case, settings: Settings, mode: str, names: Sequence[str],
+              module: torch.nn.Module, inputs, log: Callable[[str], None],
+              extra: dict[str, Callable]) -> list[Result]:
+    """One mode of run_case: build, check, time and relate every implementation."""
     shape = asdict(case)
-    results: list[Result] = []
-    for mode in settings.modes:
-        log(f"{case.label} [{mode}]")
-        ref = oracle(module, case, mode, inputs) if settings.check else None
-        calls: dict[str, Callable[[], None]] = {}
-        mode_results: dict[str, Result] = {}
-        candidates: list[tuple[str, Callable]] = []
-        for name in names:
-            r = Result(case.label, case.cell, mode, name, "ok", shape=shape)
-            mode_results[name] = r
-            if name in GPU_ONLY and case.device != "cuda":
-                r.status, r.detail = "skipped", "GPU only"
-                continue
-            try:
-                candidates.append((name, build_impl(name, module, case)))
-            except Exception as error:  # noqa: BLE001 - reported in the table
-                r.status, r.detail = "error", _one_line(error)
-        for name, fn in (extra or {}).items():
-            mode_results[name] = Result(case.label, case.cell, mode, name, "ok", shape=shape)
-            candidates.append((name, fn))
-        for name, run in candidates:
-            r = mode_results[name]
-            try:
-                if ref is not None:
-                    ok, detail = check_against_reference(run, module, case, mode, inputs, ref)
-                    r.detail = detail
-                    if not ok:
-                        r.status = "wrong"
-                        log(f"  {name}: WRONG ({detail}); not timed")
-                        continue
-                calls[name] = repeatable_call(run, inputs, mode, params)
-            except Exception as error:  # noqa: BLE001 - reported in the table
-                r.status, r.detail = "error", _one_line(error)
-                log(f"  {name}: error ({r.detail}); not timed")
-        if settings.matmul:
-            calls[MATMUL] = matmul_runner(case, mode)
-            mode_results[MATMUL] = Result(case.label, case.cell, mode, MATMUL, "ok",
-                                          detail="the layer's matrix products alone (torch.mm)",
-                                          shape=shape)
-        timed = interleaved(calls, case.device, settings.warmup, settings.repeats,
-                            settings.min_sample_s) if calls else {}
-        flops = layer_flops(case, mode)
-        for name, (seconds, number) in timed.items():
-            r = mode_results[name]
-            for k, v in summarize(seconds).items():
-                setattr(r, k, v)
-            r.samples, r.calls_per_sample = len(seconds), number
-            r.gflops = flops / (r.median_ms / 1000) / 1e9
-            if settings.memory:
-                r.peak_mem_mb = peak_memory_mb(calls[name], case.device)
-        _relate(mode_results)
-        where = torch.cuda.get_device_name() if case.device == "cuda" else "cpu"
-        for r in mode_results.values():
-            r.device, r.threads = where, torch.get_num_threads()
-        results += list(mode_results.values())
-    return results
+    results: dict[str, Result] = {}
+    candidates: list[tuple[str, Callable]] = []
+    for name in names:
+        r = results[name] = Result(case.label, case.cell, mode, name, "ok", shape=shape)
+        if name in GPU_ONLY and case.device != "cuda":
+            r.status, r.detail = "skipped", "GPU only"
+            continue
+        try:
+            candidates.append((name, build_impl(name, module, case)))
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            r.status, r.detail = "error", _one_line(error)
+    for name, fn in extra.items():
+        results[name] = Result(case.label, case.cell, mode, name, "ok", shape=shape)
+        candidates.append((name, fn))
+    calls = _checked_calls(candidates, case, mode, settings, module, inputs, results, log)
+    if settings.matmul:
+        calls[MATMUL] = matmul_runner(case, mode)
+        results[MATMUL] = Result(case.label, case.cell, mode, MATMUL, "ok",
+                                 detail="the layer's matrix products alone (torch.mm)",
+                                 shape=shape)
+    _time(calls, case, mode, settings, results)
+    _relate(results)
+    where = torch.cuda.get_device_name() if case.device == "cuda" else "cpu"
+    for r in results.values():
+        r.device, r.threads = where, torch.get_num_threads()
+    return list(results.values())
+
+
+def _checked_calls(candidates: Sequence[tuple[str, Callable]], case: Case, mode: str,
+                   settings: Settings, module: torch.nn.Module, inputs,
+                   results: dict[str, Result], log: Callable[[str], None]
+                   ) -> dict[str, Callable[[], None]]:
+    """The timed call of every candidate that agrees with the float64 reference (when checking);
+    the others are marked wrong or error in ``results`` and left out."""
+    ref = oracle(module, case, mode, inputs) if settings.check else None
+    params = list(module.parameters())
+    calls: dict[str, Callable[[], None]] = {}
+    for name, run in candidates:
+        r = results[name]
+        try:
+            if ref is not None:
+                ok, detail = check_against_reference(run, module, case, mode, inputs, ref)
+                r.detail = detail
+                if not ok:
+                    r.status = "wrong"
+                    log(f"  {name}: WRONG ({detail}); not timed")
+                    continue
+            calls[name] = repeatable_call(run, inputs, mode, params)
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            r.status, r.detail = "error", _one_line(error)
+            log(f"  {name}: error ({r.detail}); not timed")
+    return calls
+
+
+def _time(calls: dict[str, Callable[[], None]], case: Case, mode: str, settings: Settings,
+          results: dict[str, Result]) -> None:
+    """Interleaved samples of ``calls``, summarised into their results, with GFLOP/s and (if
+    asked) peak memory."""
+    timed = interleaved(calls, case.device, settings.warmup, settings.repeats,
+                        settings.min_sample_s) if calls else {}
+    flops = layer_flops(case, mode)
+    for name, (seconds, number) in timed.items():
+        r = results[name]
+        for k, v in summarize(seconds).items():
+            setattr(r, k, v)
+        r.samples, r.calls_per_sample = len(seconds), number
+        r.gflops = flops / (r.median_ms / 1000) / 1e9
+        if settings.memory:
+            r.peak_mem_mb = peak_memory_mb(calls[name], case.device)
 
 
 def _relate(results: dict[str, Result]) -> None:
