@@ -280,8 +280,7 @@ class _RNNBase(nn.Module):
         return _to_torch(self)
 
     def _layer(self):
-        """The function that runs one layer in one direction (rnnkit.functional's fused ones;
-        rnnkit.reference's modules swap in the plain-PyTorch loop)."""
+        """The function that runs one layer in one direction (rnnkit.functional's fused ones)."""
         return {"LSTM": RF.lstm_layer, "GRU": RF.gru_layer, "RNN_TANH": RF.rnn_layer("tanh"),
                 "RNN_RELU": RF.rnn_layer("relu")}[self.mode]
 
