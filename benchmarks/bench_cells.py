@@ -19,7 +19,10 @@ import sys
 import torch
 
 import rnnkit
-from rnnkit import bench as B
+from rnnkit.bench.impls import _share_parameters
+from rnnkit.bench.machine import machine_info, machine_slug
+from rnnkit.bench.report import header, results_dir
+from rnnkit.bench.timing import interleaved, summarize
 from rnnkit import reference as R
 
 TORCH_CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}
@@ -30,7 +33,7 @@ REF_STEPS = {"lstm": R.lstm_cell, "gru": R.gru_cell, "rnn": R.rnn_cell}
 def impls(cell: str, theirs: torch.nn.Module):
     """name -> step(x, states) -> tuple of new states, all on theirs' parameters."""
     ours = rnnkit.from_torch(theirs)
-    B._share_parameters(ours, theirs)
+    _share_parameters(ours, theirs)
     p = (theirs.weight_ih, theirs.weight_hh, theirs.bias_ih, theirs.bias_hh)
 
     def module_step(m):
@@ -83,9 +86,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = B.machine_info("cpu")
+    meta = machine_info("cpu")
     meta["command"] = "python benchmarks/bench_cells.py " + " ".join(sys.argv[1:])
-    print(B.header(meta))
+    print(header(meta))
     rows = []
     for cell in args.cells.split(","):
         torch.manual_seed(0)
@@ -107,11 +110,11 @@ def main() -> int:
         for mode in ("forward", "forward+backward"):
             fns = {name: runner(step, x, states, grads, params, mode)
                    for name, step in steps.items() if ok[name]}
-            timed = B.interleaved(fns, "cpu", warmup=3, repeats=args.repeats, min_sample_s=0.02)
-            med = {name: B.summarize(s)["median_ms"] for name, (s, _) in timed.items()}
+            timed = interleaved(fns, "cpu", warmup=3, repeats=args.repeats, min_sample_s=0.02)
+            med = {name: summarize(s)["median_ms"] for name, (s, _) in timed.items()}
             low = {name: min(s) * 1000 for name, (s, _) in timed.items()}
             for name, (s, number) in timed.items():
-                summary = B.summarize(s)
+                summary = summarize(s)
                 rows.append({"cell": cell, "mode": mode, "impl": name, **summary,
                              "calls_per_sample": number,
                              "speedup_vs_torch": med["torch"] / summary["median_ms"]
@@ -129,8 +132,8 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
-        stem = f"cells-{B.machine_slug('cpu')}-{datetime.date.today().isoformat()}"
-        path = os.path.join(B.results_dir(), stem)
+        stem = f"cells-{machine_slug('cpu')}-{datetime.date.today().isoformat()}"
+        path = os.path.join(results_dir(), stem)
         with open(path + ".json", "w") as f:
             meta["loadavg_end"] = list(os.getloadavg())
             json.dump({"meta": meta, "results": rows}, f, indent=1)

@@ -1,6 +1,6 @@
 """GPU timings of rnnkit's CUDA kernels against torch.nn (cuDNN on and off), with CUDA events.
 
-    PYTHONPATH=. python benchmarks/bench_gpu.py --json results/bench.json
+    python -m benchmarks.bench_gpu --json results/bench.json   (from the source folder)
 
 Cases (issue 8's targets):
   1. LSTM and GRU, T=100 N=64 I=H=512, float32, forward and forward+backward: rnnkit vs torch.nn
@@ -22,10 +22,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import rnnkit  # noqa: E402
+import rnnkit
 
 
 def time_ms(fn, warmup: int, iters: int) -> float:

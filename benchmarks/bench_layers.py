@@ -20,29 +20,33 @@ import sys
 
 import torch
 
-from rnnkit import bench as B
+from rnnkit.bench.case import Case, MATMUL, Settings
+from dataclasses import asdict
+from rnnkit.bench.machine import machine_info, machine_slug
+from rnnkit.bench.report import header, markdown_report, results_dir
+from rnnkit.bench.run import run_case
 
 # (label, case, mode, torch.nn time measured when the issue was written (ms), target, stretch)
 CASES = [
-    ("LSTM T=100 N=64 I=H=512, fwd+bwd", B.Case("lstm", 100, 64, 512, 512), "training",
+    ("LSTM T=100 N=64 I=H=512, fwd+bwd", Case("lstm", 100, 64, 512, 512), "training",
      505, 1.0, 1.2),
-    ("GRU T=100 N=64 I=H=512, fwd+bwd", B.Case("gru", 100, 64, 512, 512), "training",
+    ("GRU T=100 N=64 I=H=512, fwd+bwd", Case("gru", 100, 64, 512, 512), "training",
      586, 1.6, None),
-    ("LSTM T=100 N=64 I=H=512, inference", B.Case("lstm", 100, 64, 512, 512), "inference",
+    ("LSTM T=100 N=64 I=H=512, inference", Case("lstm", 100, 64, 512, 512), "inference",
      134, 0.95, None),
-    ("LSTM T=100 N=1 I=H=256, inference", B.Case("lstm", 100, 1, 256, 256), "inference",
+    ("LSTM T=100 N=1 I=H=256, inference", Case("lstm", 100, 1, 256, 256), "inference",
      2.25, 1.5, 2.0),
-    ("GRU T=100 N=1 I=H=256, inference", B.Case("gru", 100, 1, 256, 256), "inference",
+    ("GRU T=100 N=1 I=H=256, inference", Case("gru", 100, 1, 256, 256), "inference",
      5.05, 3.0, None),
     ("LSTM packed N=64 I=H=256, lengths 25-100, fwd+bwd",
-     B.Case("lstm", 100, 64, 256, 256, min_len=25), "training", 412, 4.0, None),
-    ("(same, padded to T=100: torch's padded time)", B.Case("lstm", 100, 64, 256, 256),
+     Case("lstm", 100, 64, 256, 256, min_len=25), "training", 412, 4.0, None),
+    ("(same, padded to T=100: torch's padded time)", Case("lstm", 100, 64, 256, 256),
      "training", 133, None, None),
     ("LSTM 2-layer bidir T=100 N=32 I=H=256, fwd+bwd",
-     B.Case("lstm", 100, 32, 256, 256, num_layers=2, bidirectional=True), "training",
+     Case("lstm", 100, 32, 256, 256, num_layers=2, bidirectional=True), "training",
      332, 1.2, None),
     ("GRU 2-layer bidir T=100 N=32 I=H=256, fwd+bwd",
-     B.Case("gru", 100, 32, 256, 256, num_layers=2, bidirectional=True), "training",
+     Case("gru", 100, 32, 256, 256, num_layers=2, bidirectional=True), "training",
      339, 1.6, None),
 ]
 
@@ -57,17 +61,17 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     chosen = [int(k) for k in args.only.split(",")] if args.only else range(1, len(CASES) + 1)
-    meta = B.machine_info("cpu")
+    meta = machine_info("cpu")
     meta["command"] = "python benchmarks/bench_layers.py " + " ".join(sys.argv[1:])
-    print(B.header(meta), flush=True)
+    print(header(meta), flush=True)
     rows, results = [], []
     for k in chosen:
         label, case, mode, today, target, stretch = CASES[k - 1]
-        settings = B.Settings(modes=(mode,), warmup=2, repeats=args.repeats, memory=False)
+        settings = Settings(modes=(mode,), warmup=2, repeats=args.repeats, memory=False)
         print(f"[{k}] {label} ...", file=sys.stderr, flush=True)
-        got = {r.impl: r for r in B.run_case(case, settings, ["rnnkit", "torch"])}
+        got = {r.impl: r for r in run_case(case, settings, ["rnnkit", "torch"])}
         results += got.values()
-        ours, theirs, mm = got["rnnkit"], got["torch"], got[B.MATMUL]
+        ours, theirs, mm = got["rnnkit"], got["torch"], got[MATMUL]
         ratio = ours.speedup_vs_torch
         rows.append({
             "n": k, "case": label, "mode": mode, "torch_ms_in_issue": today,
@@ -89,14 +93,14 @@ def main() -> int:
     print()
     print(text)
     if not args.no_save:
-        stem = f"layers-{B.machine_slug('cpu')}-{datetime.date.today().isoformat()}"
-        path = os.path.join(B.results_dir(), stem)
+        stem = f"layers-{machine_slug('cpu')}-{datetime.date.today().isoformat()}"
+        path = os.path.join(results_dir(), stem)
         meta["loadavg_end"] = list(os.getloadavg())
         with open(path + ".json", "w") as f:
             json.dump({"meta": meta, "cases": rows,
-                       "results": [B.asdict(r) for r in results]}, f, indent=1)
+                       "results": [asdict(r) for r in results]}, f, indent=1)
         with open(path + ".md", "w") as f:
-            f.write(B.markdown_report("Layers vs torch.nn: the cases of issue 3", results, meta)
+            f.write(markdown_report("Layers vs torch.nn: the cases of issue 3", results, meta)
                     .replace("\n\nMedians", "\n\n## Summary\n\n" + text + "\n\n## Every timing"
                              "\n\nMedians", 1))
         print(f"wrote {path}.json and .md", file=sys.stderr)

@@ -86,7 +86,7 @@ if step build build.log "$PY" setup.py build_ext --inplace; then
     echo "tests      NOT RUN: pytest is not installed for $PY" | tee -a "$SUMMARY"
     failed=1
   fi
-  step bench bench.log "$PY" benchmarks/bench_gpu.py --json "$OUT/bench.json"
+  step bench bench.log "$PY" -m benchmarks.bench_gpu --json "$OUT/bench.json"
   step check check.log "$PY" -m rnnkit check
   if "$PY" -c 'import pytest' 2>/dev/null; then
     "$PY" -c 'import xdist' 2>/dev/null && pytest_args+=(-n "$(( $(nproc) > 8 ? 8 : $(nproc) ))")

@@ -1,4 +1,4 @@
-"""Training tokens per second of `rnnkit train` models, --impl fused vs --impl torch.
+"""Training tokens per second of `rnnkit train` models, --impl rnnkit vs --impl torch.
 
 Both models train side by side in one process, alternating one optimiser step each, so that
 load from other programs hits both alike; the median step time of each gives the ratio.
@@ -14,15 +14,15 @@ import time
 
 import torch
 
-from rnnkit.models import build_model
-from rnnkit.tasks import build_task
-from rnnkit.train import TrainConfig
+from rnnkit.train.registry import build_model
+from rnnkit.train.registry import build_task
+from rnnkit.train.config import TrainConfig
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", default=["lstm", "gru"])
-    p.add_argument("--impls", nargs="+", default=["fused", "torch"])
+    p.add_argument("--impls", nargs="+", default=["rnnkit", "torch"])
     p.add_argument("--steps", type=int, default=30, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--hidden-size", type=int, default=TrainConfig.hidden_size)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from . import __version__
+
 REBUILD = "pip install --no-build-isolation -e .  (from rnnkit's source folder)"
 
 try:
@@ -37,8 +39,6 @@ def build_info() -> dict[str, Any]:
     flags, the SIMD instruction set of the CPU kernels, whether it is a debug build, OpenMP and
     the threads torch uses, the CUDA architectures compiled for, and the GPUs visible now.
     """
-    from . import __version__
-
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available()

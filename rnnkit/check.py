@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import functional as F
 from . import reference as R
+from ._library import cuda_built
 
 TOL = 1e-10  # float64 tolerance, absolute and relative
 
@@ -151,6 +152,4 @@ def _put(args: tuple, tensors: tuple) -> tuple:
 
 def devices() -> list[str]:
     """The devices with compiled kernels that can run here."""
-    from ._library import cuda_built
-
     return ["cpu"] + (["cuda"] if cuda_built() and torch.cuda.is_available() else [])

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as RF
+from .cells import GATES, MODES
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_GATES = {mode: GATES[cell] for mode, cell in MODES.items()}
 
 
 def _shape(t: Tensor) -> str:
@@ -279,8 +280,7 @@ class _RNNBase(nn.Module):
         return _to_torch(self)
 
     def _layer(self):
-        """The function that runs one layer in one direction (rnnkit.functional's fused ones;
-        rnnkit.reference's modules swap in the plain-PyTorch loop)."""
+        """The function that runs one layer in one direction (rnnkit.functional's fused ones)."""
         return {"LSTM": RF.lstm_layer, "GRU": RF.gru_layer, "RNN_TANH": RF.rnn_layer("tanh"),
                 "RNN_RELU": RF.rnn_layer("relu")}[self.mode]
 

@@ -29,10 +29,6 @@ def _out(input: torch.Tensor, features: int) -> torch.Tensor:
     return input.new_empty((*input.shape[:-1], features))
 
 
-def _like(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else torch.empty_like(t)
-
-
 # ---- fake implementations ---------------------------------------------------------------------
 # The dispatcher sends a call to the fake (Meta) implementation as soon as one argument is a meta
 # tensor, so a direct call that mixes a CPU input with a meta state would otherwise "succeed" and
@@ -302,6 +298,3 @@ def _rnn_cell_backward(ctx, grad_hy):
 
 
 torch.library.register_autograd("rnnkit::rnn_cell", _rnn_cell_backward, setup_context=_rnn_cell_setup)
-
-#: Every operator with a backward, for rnnkit check and the tests.
-FORWARD_OPS = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell")

@@ -10,6 +10,10 @@ GRU (gate order r, z, n):
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))                   h' = (1 - z) ⊙ n + z ⊙ h
 Elman RNN:
     h' = act(W_ih x + b_ih + W_hh h + b_hh),  act = tanh or relu
+
+It imports torch only, and stacks its layers and handles its inputs (padded, packed, batch-first,
+unbatched) on its own, so that what it judges (rnnkit.functional, rnnkit.nn) shares none of its
+code; tests/test_architecture.py holds it to that.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .functional import LayerParams, stack_layers
+from torch.nn.utils.rnn import PackedSequence
+
+#: One layer-direction's parameters: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent.
+LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 
 
 def _affine(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -111,6 +118,35 @@ def rnn_layer(nonlinearity: str):
     return layer
 
 
+# ---- stacks of layers -------------------------------------------------------------------------
+def stack_layers(layer, input: Tensor, batch_sizes: Optional[Tensor], states, params,
+                 num_layers: int, bidirectional: bool, dropout: float, training: bool):
+    """Runs num_layers layers, each in one or two directions, time-major.
+
+    input: (T, N, I), or packed (P, I) with batch_sizes (T,); states: one (L*D, N, *) tensor per
+    state kind (h, then c for the LSTM), rows layer by layer, forward before reverse; params: L*D
+    LayerParams in the same order. Layer l + 1 reads both directions of layer l side by side;
+    dropout acts on every layer's output but the last's, in training only. Returns the last
+    layer's output, (T, N, D*R) or (P, D*R), and the final states, one (L*D, N, *) per kind.
+    """
+    directions = 2 if bidirectional else 1
+    finals: list[list[Tensor]] = [[] for _ in states]
+    x = input
+    for index in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            row = index * directions + direction
+            out, final = layer(x, batch_sizes, tuple(s[row] for s in states), params[row],
+                               direction == 1)
+            outputs.append(out)
+            for kind, state in enumerate(final):
+                finals[kind].append(state)
+        x = torch.cat(outputs, dim=-1)
+        if training and dropout > 0 and index < num_layers - 1:
+            x = torch.nn.functional.dropout(x, p=dropout, training=True)
+    return x, [torch.stack(f, 0) for f in finals]
+
+
 def lstm(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, training=False,
          batch_sizes=None):
     """Same arguments and results as rnnkit.functional.lstm."""
@@ -135,22 +171,99 @@ def rnn(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, train
     return out, h
 
 
-# ---- modules: rnnkit's layers with the plain-PyTorch loop underneath ----------------------------
-def _reference_layers():
-    from . import nn as rnn
+# ---- modules ------------------------------------------------------------------------------------
+class _Reference:
+    """Mixin over torch.nn.RNN / LSTM / GRU: torch.nn's constructor, parameters (names, shapes,
+    initialisation) and state dicts, with the forward computed by the loops above.
 
-    class _Reference:
-        """Mixin: run each layer with rnnkit.reference instead of the fused kernels."""
+    Input handling is its own: input (T, N, I), or (N, T, I) if batch_first, or unbatched (T, I),
+    or a PackedSequence; hx as torch.nn's (zeros when None). Returns torch.nn's results.
+    """
 
-        def _layer(self):
-            return {"LSTM": lstm_layer, "GRU": gru_layer, "RNN_TANH": rnn_layer("tanh"),
-                    "RNN_RELU": rnn_layer("relu")}[self.mode]
+    def _reference_layer(self):
+        raise NotImplementedError
 
-    return (type("RNN", (_Reference, rnn.RNN), {"__doc__": "rnnkit.RNN on the reference loop."}),
-            type("LSTM", (_Reference, rnn.LSTM), {"__doc__": "rnnkit.LSTM on the reference loop."}),
-            type("GRU", (_Reference, rnn.GRU), {"__doc__": "rnnkit.GRU on the reference loop."}))
+    def _params(self) -> list[LayerParams]:
+        get = lambda name: getattr(self, name, None)  # noqa: E731
+        out = []
+        for index in range(self.num_layers):
+            for suffix in ("", "_reverse")[:2 if self.bidirectional else 1]:
+                out.append(tuple(get(f"{base}_l{index}{suffix}") for base in
+                                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")))
+        return out
+
+    def _state_sizes(self) -> list[int]:
+        return [self.proj_size or self.hidden_size]
+
+    def _forward(self, input, hx: Optional[tuple[Tensor, ...]]):
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            batch, batched = (int(batch_sizes[0]) if len(batch_sizes) else 0), True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"reference {type(self).__name__}: expected a 2-D (unbatched) "
+                                 f"or 3-D input, got {input.dim()}-D")
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            batch = x.shape[1]
+        rows = self.num_layers * (2 if self.bidirectional else 1)
+        states = []
+        for i, size in enumerate(self._state_sizes()):
+            s = None if hx is None else hx[i]
+            if s is None:
+                s = x.new_zeros((rows, batch, size))
+            elif not batched:
+                s = s.unsqueeze(1)
+            elif sorted_indices is not None:  # hx is in the caller's order, the data sorted
+                s = s.index_select(1, sorted_indices)
+            states.append(s)
+        out, finals = stack_layers(self._reference_layer(), x, batch_sizes, states,
+                                   self._params(), self.num_layers, self.bidirectional,
+                                   float(self.dropout), self.training)
+        if packed:
+            if unsorted_indices is not None:
+                finals = [f.index_select(1, unsorted_indices) for f in finals]
+            return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), finals
+        if not batched:
+            return out.squeeze(1), [f.squeeze(1) for f in finals]
+        return (out.transpose(0, 1) if self.batch_first else out), finals
 
 
-#: Same constructor, parameters, state dicts and results as rnnkit.RNN / LSTM / GRU, computed by
-#: the Python loop above (for tests, and for --impl reference in rnnkit train).
-RNN, LSTM, GRU = _reference_layers()
+class RNN(_Reference, torch.nn.RNN):
+    """torch.nn.RNN's interface (tanh or relu), computed by the reference loop."""
+
+    def _reference_layer(self):
+        return rnn_layer(self.nonlinearity)
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        out, (h,) = self._forward(input, (hx,))
+        return out, h
+
+
+class LSTM(_Reference, torch.nn.LSTM):
+    """torch.nn.LSTM's interface (proj_size included), computed by the reference loop."""
+
+    def _reference_layer(self):
+        return lstm_layer
+
+    def _state_sizes(self) -> list[int]:
+        return [self.proj_size or self.hidden_size, self.hidden_size]
+
+    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
+        out, (h, c) = self._forward(input, hx)
+        return out, (h, c)
+
+
+class GRU(_Reference, torch.nn.GRU):
+    """torch.nn.GRU's interface, computed by the reference loop."""
+
+    def _reference_layer(self):
+        return gru_layer
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        out, (h,) = self._forward(input, (hx,))
+        return out, h

@@ -26,13 +26,13 @@ assert devices()[0] == "cpu"
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The counts of tests/test_properties.py (properties tried, bad inputs tried and refused),
+    """The counts of tests/library/test_properties.py (properties tried, bad inputs tried and refused),
     when it ran; also written as JSON to $RNNKIT_FUZZ_REPORT if set."""
     import json
     import os
     import sys
 
-    module = sys.modules.get("tests.test_properties")
+    module = sys.modules.get("tests.library.test_properties")
     if module is None or not module.COUNTS:
         return
     counts = dict(sorted(module.COUNTS.items()))

@@ -1,10 +1,11 @@
 """1,000 forward+backward calls of each layer kind; prints resident memory before and after.
 
-    PYTHONPATH=. python tools/leak_check.py [--calls 1000] [--warmup 50] [--threads 1] [--json PATH]
+    python -m tools.leak_check [--calls 1000] [--warmup 50] [--threads 1] [--json PATH]
 
 "Before" is measured after the warm-up calls (allocator pools and lazily loaded code settle
 there), "after" once the loop is done, both after gc.collect(). Exits 1 if any kind grew by more
-than --bound (default 5%). The same loop, shorter, is tests/test_leaks.py.
+than --bound (default 5%). The same loop, shorter, is tests/library/test_leaks.py. Run it as a module from the source
+folder, so that it finds both the tests and rnnkit.
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from tests.test_leaks import KINDS, rss_bytes, step  # noqa: E402
+from tests.library.test_leaks import KINDS, rss_bytes, step
 
 
 def main() -> int:

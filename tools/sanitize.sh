@@ -3,7 +3,7 @@
 # test suite under them.
 #
 #   tools/sanitize.sh                      build (incrementally) and run tests/ (but test_leaks.py)
-#   tools/sanitize.sh tests/test_layers.py -k lstm     extra arguments go to pytest
+#   tools/sanitize.sh tests/library/test_layers.py -k lstm     extra arguments go to pytest
 #   SANITIZE_BUILD_ONLY=1 tools/sanitize.sh            build only
 #
 # The sanitizer build lives in a copy of the sources (build/sanitize/, or $SANITIZE_DIR), so the
@@ -13,7 +13,7 @@
 #
 # ASAN_OPTIONS has detect_leaks=0: LeakSanitizer would report every allocation the (uninstrumented)
 # Python interpreter and torch keep until exit (interned objects, the operator registry, thread
-# pools) and drown any finding of ours; rnnkit's own leaks are checked by tests/test_leaks.py and
+# pools) and drown any finding of ours; rnnkit's own leaks are checked by tests/library/test_leaks.py and
 # tools/leak_check.py instead, by the process's resident memory over many calls.
 # UBSan halts on the first finding (-fno-sanitize-recover=undefined in setup.py), so a finding
 # fails the test run rather than scrolling past.
@@ -85,9 +85,9 @@ export RNNKIT_HYPOTHESIS_PROFILE="${RNNKIT_HYPOTHESIS_PROFILE:-sanitize}"
 echo "sanitize.sh: running the CPU tests under ASan+UBSan (LD_PRELOAD=$LD_PRELOAD)" >&2
 (cd "$SRC" && "$PYTHON" -c "import rnnkit; assert rnnkit.build_info()['library'].startswith('$SRC'), rnnkit.build_info()['library']")
 set +e
-# Default: every test but tests/test_leaks.py, whose resident-memory bound ASan's quarantine of
+# Default: every test but tests/library/test_leaks.py, whose resident-memory bound ASan's quarantine of
 # freed memory (256 MiB by default) would break by design.
-if [[ $# -eq 0 ]]; then set -- tests --ignore=tests/test_leaks.py; fi
+if [[ $# -eq 0 ]]; then set -- tests --ignore=tests/library/test_leaks.py; fi
 (cd "$SRC" && "$PYTHON" -m pytest -q -p no:cacheprovider --durations=10 "$@") 2>&1 | tee "$LOG/pytest.log"
 status=${PIPESTATUS[0]}
 set -e

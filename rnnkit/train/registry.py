@@ -1,0 +1,39 @@
+"""Tasks and models by name: the one place that maps ``--task`` to its class.
+
+The names themselves, with their default sequence lengths, are config.TASKS (free of torch, for
+the command line); this maps each to the class that implements it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from .config import TASKS, TrainConfig
+from .errors import UserError
+from .models import ModelSpec, SequenceModel
+from .seq2seq import NumberWords, Seq2Seq
+from .task import Task
+from .tasks import Adding, CharLM, Classify, Copy, Tag
+
+#: The class of every task in config.TASKS, by name.
+TASK_CLASSES: dict[str, type[Task]] = {
+    cls.name: cls for cls in (CharLM, Classify, Tag, Adding, Copy, NumberWords)}
+
+
+def build_task(config: TrainConfig, rank: int = 0, world: int = 1,
+               meta: Optional[dict] = None) -> Task:
+    """The task named by ``config.task``; ``meta`` (a saved vocab.json) fixes the vocabularies.
+    ``rank`` of ``world`` processes picks this process's share of the training data."""
+    if config.task not in TASK_CLASSES:
+        raise UserError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
+    return TASK_CLASSES[config.task](config, rank, world, meta)
+
+
+def build_model(spec: ModelSpec, config: TrainConfig) -> nn.Module:
+    """A SequenceModel (or, for a seq2seq spec, a Seq2Seq) from a TrainConfig (cell, impl and
+    sizes)."""
+    cls = Seq2Seq if spec.seq2seq else SequenceModel
+    return cls(spec, config.cell, config.impl, config.hidden_size, config.num_layers,
+               config.embed_size, config.dropout, bool(config.bidirectional))
