@@ -200,11 +200,11 @@ class LSTMCell(_CellBase):
     Returns (h', c'), each (N, H) or (H,).
     """
 
+    _STATES = 2
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None) -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
-
-    _STATES = 2
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None):
         states = (None, None) if hx is None else tuple(hx)
