@@ -156,8 +156,8 @@ class _CellBase(nn.Module):
             want = (batch, self.hidden_size) if batched else (self.hidden_size,)
             detail = f"({label} of shape {_shape(given)}, expected {_shape(want)})"
             if s.shape[0] != batch:
-                raise RuntimeError(f"{name}: Input batch size {batch} doesn't match hidden{k} batch "
-                                   f"size {s.shape[0]} {detail}")
+                raise RuntimeError(f"{name}: Input batch size {batch} doesn't match hidden{k} "
+                                   f"batch size {s.shape[0]} {detail}")
             if s.shape[1] != self.hidden_size:
                 raise RuntimeError(f"{name}: hidden{k} has inconsistent hidden_size: got "
                                    f"{s.shape[1]}, expected {self.hidden_size} {detail}")

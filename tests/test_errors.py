@@ -201,7 +201,8 @@ def test_dropout_with_one_layer_warns_like_torch():
 def test_packed_unsorted_state_with_too_many_sequences():
     """A state for 5 sequences with a packed batch of 3: torch.nn's permutation picks 3 of the 5
     rows and runs; rnnkit checks the shape before permuting and refuses."""
-    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([2, 5, 3]), enforce_sorted=False)
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([2, 5, 3]),
+                                  enforce_sorted=False)
     with pytest.raises(RuntimeError, match=r"Expected hidden size \(1, 3, 6\), got \[1, 5, 6\]"):
         rnnkit.GRU(4, 6)(packed, torch.zeros(1, 5, 6))
 
@@ -209,14 +210,14 @@ def test_packed_unsorted_state_with_too_many_sequences():
 def test_packed_data_must_be_2d():
     packed = PackedSequence(torch.randn(5, 3, 4), torch.tensor([3, 2]))
     _raises_like_torch(torch.nn.GRU(4, 6), rnnkit.GRU(4, 6), lambda m: m(packed),
-                       r"^GRU: input must have 2 dimensions, got 3 \(the data of a PackedSequence is "
-                       r"\(P, H_in\)\)$")
+                       r"^GRU: input must have 2 dimensions, got 3 \(the data of a PackedSequence "
+                       r"is \(P, H_in\)\)$")
 
 
 def test_lstm_state_count():
     x, h = torch.randn(5, 3, 4), torch.zeros(1, 3, 6)
-    with pytest.raises(RuntimeError, match=r"^LSTM: lstm expects two hidden states, got 3 \(hx is a "
-                       r"tuple \(h_0, c_0\)\)$"):
+    with pytest.raises(RuntimeError, match=r"^LSTM: lstm expects two hidden states, got 3 "
+                       r"\(hx is a tuple \(h_0, c_0\)\)$"):
         rnnkit.LSTM(4, 6)(x, (h, h, h))
     theirs = torch.nn.LSTMCell(4, 6)
     _raises_like_torch(theirs, rnnkit.from_torch(theirs), lambda m: m(torch.randn(3, 4), (h[0],)),
@@ -230,20 +231,25 @@ def test_cell_dtype_and_device_mismatch(kind):
     theirs = getattr(torch.nn, kind)(4, 6)
     ours = rnnkit.from_torch(theirs)
     _raises_like_torch(theirs, ours, lambda m: m(torch.randn(3, 4, dtype=torch.float64)),
-                       r"Input and parameter tensors are not the same dtype, found input tensor with "
-                       r"torch.float64 and parameter tensor with torch.float32 \(convert the input: "
-                       r"input\.to\(torch.float32\), or the module: module\.to\(torch.float64\)\)$")
+                       r"Input and parameter tensors are not the same dtype, found input tensor "
+                       r"with torch.float64 and parameter tensor with torch.float32 \(convert the "
+                       r"input: input\.to\(torch.float32\), or the module: "
+                       r"module\.to\(torch.float64\)\)$")
     _raises_like_torch(theirs, ours, lambda m: m(torch.ones(3, 4, dtype=torch.int64)),
-                       r"found input tensor with torch.int64 .*; expected a floating-point input "
-                       r"\(float32 or float64; also float16 or bfloat16 on CUDA\), got torch.int64$")
-    h = torch.zeros(3, 6, dtype=torch.float64)
+                       r"found input tensor with torch.int64 .*; expected a floating-point "
+                       r"input \(float32 or float64; also float16 or bfloat16 on CUDA\), got "
+                       r"torch.int64$")
+    def states(h):
+        return (h, h) if kind == "LSTMCell" else h
+
     label = r"hx\[0\] \(h\)" if kind == "LSTMCell" else "hx"
-    _raises_like_torch(theirs, ours, lambda m: m(torch.randn(3, 4), (h, h) if kind == "LSTMCell" else h),
+    h = torch.zeros(3, 6, dtype=torch.float64)
+    _raises_like_torch(theirs, ours, lambda m: m(torch.randn(3, 4), states(h)),
                        r"Input and hidden tensors are not the same dtype, found input tensor with "
-                       rf"torch.float32 and hidden tensor with torch.float64 \({label} should have the "
-                       r"input's dtype\)$")
+                       rf"torch.float32 and hidden tensor with torch.float64 \({label} should have "
+                       r"the input's dtype\)$")
     h = torch.zeros(3, 6, device="meta")
     with pytest.raises(RuntimeError, match=r"Input and hidden tensors are not at the same device, "
-                       rf"found input tensor at cpu and hidden tensor at meta \({label} should be on "
-                       r"the input's device\)$"):
-        ours(torch.randn(3, 4), (h, h) if kind == "LSTMCell" else h)
+                       r"found input tensor at cpu and hidden tensor at meta "
+                       rf"\({label} should be on the input's device\)$"):
+        ours(torch.randn(3, 4), states(h))
