@@ -9,6 +9,8 @@ back.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -21,36 +23,64 @@ from .cells import GATES, MODES
 _GATES = {mode: GATES[cell] for mode, cell in MODES.items()}
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+def _shape(t: Union[Tensor, tuple[int, ...]]) -> str:
+    """A shape as "(3, 20)", "(20)" for one dimension (a tensor's, or a tuple of sizes)."""
+    return "(" + ", ".join(str(s) for s in (t.shape if isinstance(t, Tensor) else t)) + ")"
 
 
-def _check_like(name: str, what: str, t: Tensor, ref: Tensor, ref_name: str,
-                dtype_error: type[Exception] = RuntimeError) -> None:
-    if t.dtype != ref.dtype:
-        raise dtype_error(f"{name}: expected {what} of dtype {ref.dtype} (the dtype of "
-                           f"{ref_name}), got {t.dtype}")
-    if t.device != ref.device:
-        raise RuntimeError(f"{name}: expected {what} on device {ref.device} (the device of "
-                           f"{ref_name}), got {t.device}")
+# Messages start with torch.nn's words for the same fault (its exception type too), so that code
+# written against torch.nn catches and recognises them; rnnkit's detail follows.
+_FLOATING = "float32 or float64; also float16 or bfloat16 on CUDA"
 
 
-def _check_floating(name: str, input: Tensor) -> None:
-    if not input.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point input (float32 or float64; also "
-                         f"float16 or bfloat16 on CUDA), got {input.dtype}")
+def _check_input_against_weights(name: str, input: Tensor, weight: Tensor, layer: bool) -> None:
+    """The input's dtype and device against the parameters'. torch.nn's layers raise ValueError
+    for the dtype (RNNBase.check_input), its cells RuntimeError (ATen's checks)."""
+    if input.dtype != weight.dtype:
+        detail = "" if input.is_floating_point() else (
+            f"; expected a floating-point input ({_FLOATING}), got {input.dtype}")
+        if layer:
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: "
+                f"model.to({input.dtype}) (in {name}){detail}")
+        raise RuntimeError(
+            f"{name}: Input and parameter tensors are not the same dtype, found input tensor "
+            f"with {input.dtype} and parameter tensor with {weight.dtype} (convert the input: "
+            f"input.to({weight.dtype}), or the module: module.to({input.dtype})){detail}")
+    if input.device != weight.device:
+        raise RuntimeError(
+            f"{name}: Input and parameter tensors are not at the same device, found input tensor "
+            f"at {input.device} and parameter tensor at {weight.device}")
 
 
-def _check_input_size(name: str, input: Tensor, input_size: int) -> None:
-    if input.shape[-1] != input_size:
-        raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
-                           f"{input_size}, got {input.shape[-1]} (input of shape {_shape(input)})")
+def _check_state_against_input(name: str, label: str, state: Tensor, input: Tensor) -> None:
+    """A state's dtype and device against the input's (torch's words from ATen's RNN checks)."""
+    if state.dtype != input.dtype:
+        raise RuntimeError(
+            f"{name}: Input and hidden tensors are not the same dtype, found input tensor with "
+            f"{input.dtype} and hidden tensor with {state.dtype} ({label} should have the "
+            f"input's dtype)")
+    if state.device != input.device:
+        raise RuntimeError(
+            f"{name}: Input and hidden tensors are not at the same device, found input tensor at "
+            f"{input.device} and hidden tensor at {state.device} ({label} should be on the "
+            f"input's device)")
 
 
-def _check_state(name: str, what: str, t: Tensor, expected: tuple[int, ...], input: Tensor) -> None:
-    if tuple(t.shape) != expected:
-        raise RuntimeError(f"{name}: expected {what} of shape {expected}, got {_shape(t)}")
-    _check_like(name, what, t, input, "input")
+def _refuse_proj_size(name: str, proj_size: object) -> None:
+    raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU ({name} got "
+                     f"proj_size={proj_size!r})")
+
+
+def _refuse_unexpected(name: str, unexpected: dict) -> None:
+    """RNN and GRU take **unexpected only to refuse proj_size as torch.nn does (ValueError, even
+    proj_size=0); any other unknown keyword is Python's own TypeError."""
+    if "proj_size" in unexpected:
+        _refuse_proj_size(name, unexpected["proj_size"])
+    if unexpected:
+        raise TypeError(f"{name}.__init__() got an unexpected keyword argument "
+                        f"{next(iter(unexpected))!r}")
 
 
 # ---- cells ------------------------------------------------------------------------------------
@@ -87,30 +117,56 @@ class _CellBase(nn.Module):
             s += f", nonlinearity={self.nonlinearity}"
         return s
 
+    #: How many state tensors forward takes: h (and c for LSTMCell).
+    _STATES = 1
+
     def _prepare(self, input: Tensor, states: tuple[Optional[Tensor], ...]):
-        """Checks input (I,) or (N, I) and states (H,) or (N, H); returns 2-D input, 2-D states
-        (zeros where None) and whether the input was batched."""
+        """Checks input (I,) or (N, I) and states (H,) or (N, H), in torch.nn's order and with its
+        exception types; returns 2-D input, 2-D states (zeros where None) and whether the input
+        was batched."""
         name = type(self).__name__
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        _check_floating(name, input)
-        _check_input_size(name, input, self.input_size)
-        _check_like(name, "input", input, self.weight_ih, "the parameters", ValueError)
+        single = self._STATES == 1
+        for k, s in enumerate(states):
+            if s is not None and s.dim() not in (1, 2):
+                what = "hidden" if single else f"hx[{k}]"
+                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead "
+                                 f"(shape {_shape(s)})")
+        if len(states) != self._STATES:
+            raise RuntimeError(f"{name}: lstm_cell expects two hidden states, got {len(states)} "
+                               f"(hx is a tuple (h, c))")
+        # Sizes first, then dtypes and devices: ATen's order for cells.
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.shape[-1]} "
+                               f"expected {self.input_size} (input of shape {_shape(input)})")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        expected = (x.shape[0], self.hidden_size)
+        batch = x.shape[0]
+        labels = ("hx",) if single else ("hx[0] (h)", "hx[1] (c)")
         out = []
-        for k, s in enumerate(states):
-            what = "hx" if len(states) == 1 else ("hx[0]", "hx[1]")[k]
+        for k, (label, s) in enumerate(zip(labels, states)):
             if s is None:
-                out.append(x.new_zeros(expected))
+                out.append(x.new_zeros(batch, self.hidden_size))
                 continue
             if s.dim() != input.dim():
-                raise RuntimeError(f"{name}: expected {what} with {input.dim()} dimensions like "
+                raise RuntimeError(f"{name}: expected {label} with {input.dim()} dimensions like "
                                    f"the input, got {s.dim()} (shape {_shape(s)})")
+            given = s
             s = s if batched else s.unsqueeze(0)
-            _check_state(name, what, s, expected, x)
+            want = (batch, self.hidden_size) if batched else (self.hidden_size,)
+            detail = f"({label} of shape {_shape(given)}, expected {_shape(want)})"
+            if s.shape[0] != batch:
+                raise RuntimeError(f"{name}: Input batch size {batch} doesn't match hidden{k} "
+                                   f"batch size {s.shape[0]} {detail}")
+            if s.shape[1] != self.hidden_size:
+                raise RuntimeError(f"{name}: hidden{k} has inconsistent hidden_size: got "
+                                   f"{s.shape[1]}, expected {self.hidden_size} {detail}")
             out.append(s)
+        _check_input_against_weights(name, x, self.weight_ih, layer=False)
+        for label, given, s in zip(labels, states, out):
+            if given is not None:
+                _check_state_against_input(name, label, s, x)
         return x, out, batched
 
     def to_torch(self) -> nn.Module:
@@ -145,14 +201,14 @@ class LSTMCell(_CellBase):
     Returns (h', c'), each (N, H) or (H,).
     """
 
+    _STATES = 2
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None) -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None):
         states = (None, None) if hx is None else tuple(hx)
-        if len(states) != 2:
-            raise ValueError(f"LSTMCell: expected hx as a tuple (h, c), got {len(states)} tensors")
         x, (h, c), batched = self._prepare(input, states)
         h, c = RF.lstm_cell(x, (h, c), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
@@ -181,18 +237,29 @@ class _RNNBase(nn.Module):
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None) -> None:
         super().__init__()
         name = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
-        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                           ("num_layers", num_layers), ("proj_size", proj_size)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
-        if hidden_size <= 0:
-            raise ValueError(f"{name}: hidden_size must be greater than zero, got {hidden_size}")
-        if num_layers <= 0:
-            raise ValueError(f"{name}: num_layers must be greater than zero, got {num_layers}")
-        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+        # torch.nn.RNNBase's checks, in its order, with its types and words first.
+        if not (isinstance(dropout, numbers.Number) and not isinstance(dropout, bool)
                 and 0 <= dropout <= 1):
             raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing "
                              f"the probability of an element being zeroed, got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+        for arg, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: {arg} should be of type bool, got: "
+                                f"{type(value).__name__}")
+        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                           ("num_layers", num_layers)):
+            # bool is an int to Python, not a size to rnnkit.
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool):
+            raise TypeError(f"{name}: proj_size should be of type int, got: "
+                            f"{type(proj_size).__name__}")
         if proj_size < 0:
             raise ValueError(f"{name}: proj_size should be a positive integer or zero to disable "
                              f"projections, got {proj_size}")
@@ -200,7 +267,7 @@ class _RNNBase(nn.Module):
             raise ValueError(f"{name}: proj_size has to be smaller than hidden_size, got "
                              f"proj_size={proj_size}, hidden_size={hidden_size}")
         if proj_size and mode != "LSTM":
-            raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not {name}")
+            _refuse_proj_size(name, proj_size)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -292,9 +359,6 @@ class _RNNBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         if packed:
             x, batch_sizes, sorted_indices, unsorted_indices = input
-            if x.dim() != 2:
-                raise ValueError(f"{name}: expected packed data with 2 dimensions (P, H_in), got "
-                                 f"{x.dim()}")
             batch, batched = int(batch_sizes[0]) if len(batch_sizes) else 0, True
         else:
             if input.dim() not in (2, 3):
@@ -307,28 +371,48 @@ class _RNNBase(nn.Module):
             if x.shape[0] == 0:  # torch.nn refuses empty sequences too (an empty batch is fine)
                 raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, "
                                    f"got input of shape {_shape(input)}")
-        _check_floating(name, x)
-        _check_input_size(name, x, self.input_size)
-        _check_like(name, "input", x, self._flat_weights[0], "the parameters", ValueError)
+        _check_input_against_weights(name, x, self._flat_weights[0], layer=True)
+        if packed and x.dim() != 2:
+            raise RuntimeError(f"{name}: input must have 2 dimensions, got {x.dim()} (the data of "
+                               f"a PackedSequence is (P, H_in))")
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {x.shape[-1]} (input of shape "
+                               f"{_shape(input.data if packed else input)})")
 
-        sizes = [real_hidden] + ([self.hidden_size] if self.mode == "LSTM" else [])
-        labels = ["hx"] if len(sizes) == 1 else ["hx[0] (h_0)", "hx[1] (c_0)"]
+        lstm = self.mode == "LSTM"
+        sizes = [real_hidden] + ([self.hidden_size] if lstm else [])
+        labels = ["hx"] if not lstm else ["hx[0]", "hx[1]"]
+        if not packed and any(s is not None and s.dim() != (3 if batched else 2) for s in hx):
+            kind, want = ("batched 3-D", 3) if batched else ("unbatched 2-D", 2)
+            dims = [f"{s.dim()}-D" if s is not None else "None" for s in hx]
+            shapes = ", ".join(f"{label} of shape {_shape(s)}" for label, s in zip(labels, hx)
+                               if s is not None)
+            states_are = (f"hx should also be {want}-D but got {dims[0]} tensor" if not lstm else
+                          f"hx and cx should also be {want}-D but got ({', '.join(dims)}) tensors")
+            raise RuntimeError(f"{name}: For {kind} input, {states_are} ({shapes})")
         states = []
-        for label, size, s in zip(labels, sizes, hx):
+        for k, (label, size, s) in enumerate(zip(labels, sizes, hx)):
             expected = (self.num_layers * directions, batch, size)
             if s is None:
                 states.append(x.new_zeros(expected))
                 continue
-            if not packed and s.dim() != (3 if batched else 2):
-                raise RuntimeError(
-                    f"{name}: for {'batched 3-D' if batched else 'unbatched 2-D'} input, "
-                    f"{label} should be {'3-D' if batched else '2-D'}, got a {s.dim()}-D tensor "
-                    f"of shape {_shape(s)}")
             if not batched:
                 s = s.unsqueeze(1)
-            elif sorted_indices is not None:
+            state, last = ("h_0", "proj_size" if self.proj_size else "hidden_size") if k == 0 \
+                else ("c_0", "hidden_size")
+            # Checked before a packed input's permutation, which would pick `batch` rows of a
+            # state with more and hide the mismatch.
+            if tuple(s.shape) != expected:
+                what = "hidden" if not lstm else f"hidden[{k}]"
+                unbatched = "" if batched else "; batch 1 for unbatched input"
+                raise RuntimeError(
+                    f"{name}: Expected {what} size {expected}, got {list(s.shape)} ({label} is "
+                    f"{state}: (num_layers * num_directions, batch, {last}) = "
+                    f"({self.num_layers} * {directions}, {batch}, {size}){unbatched})")
+            _check_state_against_input(name, f"{label} ({state})", s, x)
+            if sorted_indices is not None:
                 s = s.index_select(1, sorted_indices)
-            _check_state(name, label, s, expected, x)
             states.append(s)
 
         out, finals = RF.stack_layers(self._layer(), x, batch_sizes, states, self._layer_params(),
@@ -353,7 +437,9 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 **unexpected) -> None:
+        _refuse_unexpected("RNN", unexpected)
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
@@ -383,7 +469,8 @@ class LSTM(_RNNBase):
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
         states = (None, None) if hx is None else tuple(hx)
         if len(states) != 2:
-            raise ValueError(f"LSTM: expected hx as a tuple (h_0, c_0), got {len(states)} tensors")
+            raise RuntimeError(f"LSTM: lstm expects two hidden states, got {len(states)} (hx is a "
+                               f"tuple (h_0, c_0))")
         out, (h, c) = self._run(input, states)
         return out, (h, c)
 
@@ -393,7 +480,8 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, **unexpected) -> None:
+        _refuse_unexpected("GRU", unexpected)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype)
 
