@@ -139,7 +139,8 @@ def main() -> int:
 def _table(label: str, rows: list[dict]) -> str:
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [f"{label}; medians of interleaved repeats, torch.nn's median / each one's", "",
-             "| implementation | median (ms) | min-max (ms) | vs torch.nn | max abs error vs float64 |",
+             "| implementation | median (ms) | min-max (ms) | vs torch.nn | max abs error vs "
+             "float64 |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
         status = "" if r.get("status") == "ok" else f" ({r.get('status')})"

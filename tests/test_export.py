@@ -66,7 +66,8 @@ def _assert_equal(got, want, what):
     assert len(got) == len(want), f"{what}: {len(got)} outputs, expected {len(want)}"
     for k, (g, w) in enumerate(zip(got, want)):
         assert g.shape == w.shape, f"{what}, output {k}: shape {tuple(g.shape)} != {tuple(w.shape)}"
-        assert torch.equal(g, w), f"{what}, output {k}: max abs diff {(g - w).abs().max().item():.3g}"
+        diff = (g - w).abs().max().item()
+        assert torch.equal(g, w), f"{what}, output {k}: max abs difference {diff:.3g}"
 
 
 def _rnnkit_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:

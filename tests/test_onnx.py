@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-onnx = pytest.importorskip("onnx", reason='needs the export extra: pip install "rnnkit[export]"')
-pytest.importorskip("onnxscript", reason='needs the export extra: pip install "rnnkit[export]"')
-ort = pytest.importorskip("onnxruntime", reason='needs the export extra: pip install "rnnkit[export]"')
+NEEDS = 'needs the export extra: pip install "rnnkit[export]"'
+onnx = pytest.importorskip("onnx", reason=NEEDS)
+pytest.importorskip("onnxscript", reason=NEEDS)
+ort = pytest.importorskip("onnxruntime", reason=NEEDS)
 
 import rnnkit  # noqa: E402
 import rnnkit.functional as RF  # noqa: E402
@@ -99,7 +100,8 @@ def _run_ort(path, inputs):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     assert len(names) == len(inputs), f"the ONNX model takes {names}, {len(inputs)} inputs given"
-    return [torch.from_numpy(y) for y in session.run(None, dict(zip(names, (x.numpy() for x in inputs))))]
+    outputs = session.run(None, dict(zip(names, (x.numpy() for x in inputs))))
+    return [torch.from_numpy(y) for y in outputs]
 
 
 def _assert_close(got, want, what):
