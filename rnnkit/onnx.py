@@ -34,6 +34,8 @@ import torch
 
 from . import ops as _ops  # noqa: F401  (registers the operators the exported graph holds)
 
+__all__ = ["export", "translation_table", "check_exportable", "UnsupportedForONNX", "EXTRA"]
+
 EXTRA = 'pip install "rnnkit[export]"'
 
 #: ONNX's gate order as indices into torch's: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h.
@@ -60,7 +62,7 @@ def _require(*modules: str) -> list[Any]:
 
 
 # ---- what ONNX cannot express ----------------------------------------------------------------
-def unsupported_reason(op: str, args: dict[str, Any]) -> Optional[str]:
+def _unsupported_reason(op: str, args: dict[str, Any]) -> Optional[str]:
     """Why rnnkit's operator ``op`` with these arguments has no ONNX translation, or None.
 
     args: the operator's arguments by schema name; only whether each is None is read, so both
@@ -73,7 +75,7 @@ def unsupported_reason(op: str, args: dict[str, Any]) -> Optional[str]:
 
 
 def _check(op: str, args: dict[str, Any]) -> None:
-    reason = unsupported_reason(op, args)
+    reason = _unsupported_reason(op, args)
     if reason is not None:
         raise UnsupportedForONNX(reason)
 
