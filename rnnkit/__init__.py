@@ -21,7 +21,7 @@ _LAZY = {
     "RNN": "nn", "LSTM": "nn", "GRU": "nn", "RNNCell": "nn", "LSTMCell": "nn", "GRUCell": "nn",
     "from_torch": "nn", "build_info": "_library",
 }
-_SUBMODULES = {"functional", "reference", "ops", "nn", "check"}
+_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx"}
 
 __all__ = [*_LAZY, "functional", "reference", "ops", "__version__"]
 

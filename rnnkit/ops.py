@@ -176,16 +176,18 @@ def _named(op, inputs):
     return dict(zip(names, inputs))
 
 
-def _require_train(op: str, a: dict) -> None:
-    """Backward needs the workspace that only a call with train=True keeps."""
-    if not a.get("train", True):
+def _require_train(op: str, ctx) -> None:
+    """Backward needs the workspace that only a call with train=True keeps. Checked when backward
+    runs, not in setup_context: Inductor runs the operator through autograd while it compiles an
+    inference graph (train=False, parameters that require grad), which must not fail."""
+    if not ctx.train:
         raise RuntimeError(f"rnnkit::{op} was called with train=False, which keeps no workspace "
                            "for backward; call it with train=True to differentiate it")
 
 
 def _lstm_setup(ctx, inputs, output):
     a = _named(ops.lstm.default, inputs)
-    _require_train("lstm", a)
+    ctx.train = a.get("train", True)
     _unused_grads_none(ctx, output[3])
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
@@ -194,6 +196,7 @@ def _lstm_setup(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
+    _require_train("lstm", ctx)
     input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace = ctx.saved_tensors
     g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
                           w_hh, w_hr, output, workspace, ctx.reverse)
@@ -225,7 +228,7 @@ torch.library.register_autograd("rnnkit::lstm_cell", _lstm_cell_backward, setup_
 
 def _gru_setup(ctx, inputs, output):
     a = _named(ops.gru.default, inputs)
-    _require_train("gru", a)
+    ctx.train = a.get("train", True)
     _unused_grads_none(ctx, output[2])
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
@@ -234,6 +237,7 @@ def _gru_setup(ctx, inputs, output):
 
 
 def _gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
+    _require_train("gru", ctx)
     input, batch_sizes, h0, w_ih, w_hh, output, workspace = ctx.saved_tensors
     g = ops.gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                          workspace, ctx.reverse)
