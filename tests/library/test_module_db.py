@@ -20,8 +20,8 @@ from torch.testing._internal.common_modules import ModuleErrorEnum, module_db
 
 import rnnkit.nn
 
-from .conftest import ALL_DEVICES
-from .helpers import assert_close, tensors_of
+from ..conftest import ALL_DEVICES
+from ..helpers import assert_close, tensors_of
 
 #: torch.nn class -> rnnkit class, for everything rnnkit offers as a drop-in.
 PAIRS = {theirs: ours for ours, theirs in rnnkit.nn._PAIRS}
