@@ -27,7 +27,9 @@ import torch
 
 import rnnkit
 import rnnkit.onnx as rko
-from rnnkit import bench as B
+from rnnkit.bench.machine import machine_info, machine_slug
+from rnnkit.bench.report import header
+from rnnkit.bench.timing import interleaved, summarize
 
 CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 TOLERANCE = 1e-4
@@ -89,10 +91,10 @@ def main() -> int:
     threads = torch.get_num_threads()
     import onnxruntime
 
-    meta = B.machine_info("cpu")
+    meta = machine_info("cpu")
     meta["onnxruntime"] = onnxruntime.__version__
     meta["command"] = "python benchmarks/bench_onnx.py " + " ".join(sys.argv[1:])
-    print(B.header(meta) + f"; onnxruntime {onnxruntime.__version__}", flush=True)
+    print(header(meta) + f"; onnxruntime {onnxruntime.__version__}", flush=True)
     label = (f"{args.cell.upper()} T={args.steps} N={args.batch} I=H={args.hidden}, inference, "
              "float32")
 
@@ -111,26 +113,26 @@ def main() -> int:
                 timed[name] = run
             else:
                 rows[-1]["status"] = f"wrong: max abs error {err:.3g} > {TOLERANCE}, not timed"
-        samples = B.interleaved({n: (lambda r=r: r() and None) for n, r in timed.items()},
+        samples = interleaved({n: (lambda r=r: r() and None) for n, r in timed.items()},
                                 repeats=args.repeats)
-    torch_median = B.summarize(samples["torch.nn"][0])["median_ms"] if "torch.nn" in samples \
+    torch_median = summarize(samples["torch.nn"][0])["median_ms"] if "torch.nn" in samples \
         else None
     for row in rows:
         if row["impl"] in samples:
-            row.update(B.summarize(samples[row["impl"]][0]))
+            row.update(summarize(samples[row["impl"]][0]))
             row["status"] = "ok"
             row["vs_torch"] = None if torch_median is None else torch_median / row["median_ms"]
     text = _table(label, rows)
     print(text)
     if not args.no_save:
         meta["loadavg_end"] = list(os.getloadavg())
-        stem = f"onnx-{B.machine_slug('cpu')}-{datetime.date.today().isoformat()}"
+        stem = f"onnx-{machine_slug('cpu')}-{datetime.date.today().isoformat()}"
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", stem)
         with open(path + ".json", "w") as f:
             json.dump({"meta": meta, "case": label, "rows": rows}, f, indent=1)
         with open(path + ".md", "w") as f:
             f.write(f"# onnxruntime beside rnnkit and torch.nn\n\n- command: `{meta['command']}`\n"
-                    f"- {B.header(meta)[2:]}; onnxruntime {meta['onnxruntime']}\n"
+                    f"- {header(meta)[2:]}; onnxruntime {meta['onnxruntime']}\n"
                     f"- load average at end: {meta['loadavg_end'][0]:.2f}\n\n{text}\n")
         print(f"wrote {path}.json and .md", file=sys.stderr)
     return 0
