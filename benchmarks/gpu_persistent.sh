@@ -74,7 +74,7 @@ pytest_args=(-q -rs -p no:cacheprovider --maxfail=10)
 # test nothing this change touches).
 if step build 150 build.log "$PY" setup.py build_ext --inplace; then
   step plan-tests 20 pytest-plan.log "$PY" -m pytest "${pytest_args[@]}" tests/test_persistent_plan.py
-  step persistent-tests 100 pytest-persistent.log "$PY" -m pytest "${pytest_args[@]}" \
+  step persistent-tests 130 pytest-persistent.log "$PY" -m pytest "${pytest_args[@]}" \
     tests/test_persistent_cuda.py --junitxml="$OUT/pytest-persistent.xml"
   if grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest-persistent.log"; then
     echo "persistent-tests FAILED: CUDA cases skipped (see pytest-persistent.log)" | tee -a "$SUMMARY"
