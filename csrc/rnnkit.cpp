@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "common/index.h"
+#include "common/persistent.h"
 #include "cpu/blas.h"
 
 TORCH_LIBRARY(rnnkit, m) {
@@ -107,7 +108,55 @@ static PyObject* py_grid_blocks(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(rnnkit::index::grid_blocks(count, threads, max_blocks));
 }
 
+// The plan of the persistent CUDA kernels (common/persistent.h), for tests/test_persistent_plan.py.
+static PyObject* py_persistent_plan(PyObject*, PyObject* args) {
+  long long H = 0, N = 0, gates = 0, elem_bytes = 0, max_blocks = 0, smem_limit = 0;
+  int backward = 0;
+  if (!PyArg_ParseTuple(args, "LLLLpLL", &H, &N, &gates, &elem_bytes, &backward, &max_blocks,
+                        &smem_limit))
+    return nullptr;
+  const rnnkit::persistent::Plan p = rnnkit::persistent::make_plan(
+      H, N, gates, elem_bytes, backward != 0, max_blocks, smem_limit);
+  return Py_BuildValue("{s:O,s:s,s:L,s:L,s:L,s:L,s:L}", "fits", p.fits() ? Py_True : Py_False,
+                       "reason", rnnkit::persistent::refusal_text(p.refusal), "blocks",
+                       static_cast<long long>(p.blocks), "units", static_cast<long long>(p.units),
+                       "chunk", static_cast<long long>(p.chunk), "weight_bytes",
+                       static_cast<long long>(p.weight_bytes), "smem_bytes",
+                       static_cast<long long>(p.smem_bytes));
+}
+
+static PyObject* py_persistent_units(PyObject*, PyObject* args) {
+  long long H = 0, units = 0, block = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &H, &units, &block)) return nullptr;
+  if (H <= 0 || units <= 0 || block < 0) {
+    PyErr_Format(PyExc_ValueError,
+                 "persistent_units: expected H > 0, units > 0, block >= 0, got %lld, %lld, %lld",
+                 H, units, block);
+    return nullptr;
+  }
+  rnnkit::persistent::Plan p;
+  p.units = units;
+  return Py_BuildValue("(LL)", static_cast<long long>(rnnkit::persistent::first_unit(p, block)),
+                       static_cast<long long>(rnnkit::persistent::unit_count(p, H, block)));
+}
+
+#ifdef RNNKIT_WITH_CUDA
+static PyObject* py_persistent_last(PyObject*, PyObject*) {
+  return Py_BuildValue("(ss)", rnnkit::persistent::last_forward().c_str(),
+                       rnnkit::persistent::last_backward().c_str());
+}
+#endif
+
 static PyMethodDef kMethods[] = {
+    {"persistent_plan", py_persistent_plan, METH_VARARGS,
+     "persistent_plan(H, N, gates, elem_bytes, backward, max_blocks, smem_limit) -> dict: "
+     "persistent::make_plan"},
+    {"persistent_units", py_persistent_units, METH_VARARGS,
+     "persistent_units(H, units, block) -> (first unit, count): the units block owns"},
+#ifdef RNNKIT_WITH_CUDA
+    {"persistent_last", py_persistent_last, METH_NOARGS,
+     "persistent_last() -> (forward, backward): which loop the last CUDA layer call ran"},
+#endif
     {"unit_of", py_unit_of, METH_VARARGS, "unit_of(e, H) -> (n, j): index::unit_of"},
     {"grid_blocks", py_grid_blocks, METH_VARARGS,
      "grid_blocks(count, threads, max_blocks) -> blocks: index::grid_blocks"},

@@ -15,6 +15,7 @@
 #include "../common/weight_grads.h"
 #include "blas.cuh"
 #include "launch.cuh"
+#include "persistent.cuh"
 
 namespace rnnkit {
 namespace cuda {
@@ -120,6 +121,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input,
     at::mm_out(pre, x, w_ih.t());
   }
 
+  if (!persistent::forward({persistent::Cell::Gru, &plan, wh, h0.contiguous(), out2d, h_n,
+                            Tensor(), ws, bh, gates::Activation::Tanh, nullptr}))
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_gru_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
@@ -161,6 +164,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dhh = at::empty({plan.P, G}, input.options());
   const Tensor wh = w_hh.contiguous();  // [3H, H]
 
+  if (!persistent::backward({persistent::Cell::Gru, &plan, wh, h_prev, Tensor(), Tensor(), ws,
+                             gout, dh, Tensor(), dhh, dx, gates::Activation::Tanh, nullptr}))
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_gru_backward_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];

@@ -21,6 +21,7 @@
 #include "../common/weight_grads.h"
 #include "blas.cuh"
 #include "launch.cuh"
+#include "persistent.cuh"
 
 namespace rnnkit {
 namespace cuda {
@@ -124,6 +125,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     at::mm_out(pre, x, w_ih.t());
   }
 
+  if (!persistent::forward({persistent::Cell::Lstm, &plan, wh, h0.contiguous(), out2d, h_n, c_n,
+                            ws, Tensor(), gates::Activation::Tanh,
+                            proj ? "proj_size is not supported" : nullptr}))
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_lstm_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
@@ -188,6 +192,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor wh = w_hh.contiguous();                       // [G, R]
   const Tensor wr = proj ? w_hr->contiguous() : Tensor();  // [R, H]
 
+  if (!persistent::backward({persistent::Cell::Lstm, &plan, wh, Tensor(), c_prev, Tensor(), ws,
+                             gout, dh, dc, dgates, Tensor(), gates::Activation::Tanh,
+                             proj ? "proj_size is not supported" : nullptr}))
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_lstm_backward_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];

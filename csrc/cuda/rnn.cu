@@ -13,6 +13,7 @@
 #include "../common/weight_grads.h"
 #include "blas.cuh"
 #include "launch.cuh"
+#include "persistent.cuh"
 
 namespace rnnkit {
 namespace cuda {
@@ -87,6 +88,8 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const optional<Tenso
     at::mm_out(out2d, x, w_ih.t());
   }
 
+  if (!persistent::forward({persistent::Cell::Rnn, &plan, wh, h0.contiguous(), out2d, h_n,
+                            Tensor(), Tensor(), Tensor(), act, nullptr}))
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_rnn_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
@@ -125,6 +128,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   Tensor da = at::empty({plan.P, H}, input.options());
   const Tensor wh = w_hh.contiguous();  // [H, H]
 
+  if (!persistent::backward({persistent::Cell::Rnn, &plan, wh, Tensor(), Tensor(), out2d,
+                             Tensor(), gout, dh, Tensor(), da, Tensor(), act, nullptr}))
   RNNKIT_DISPATCH_CUDA(input.scalar_type(), "rnnkit_rnn_backward_cuda", [&] {
     for (int64_t s = 0; s < plan.T(); ++s) {
       const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];

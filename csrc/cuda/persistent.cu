@@ -1,0 +1,213 @@
+// The host side of the persistent loops (cuda/persistent.cuh): the choice (RNNKIT_CUDA_PERSISTENT),
+// the plan for the device at hand, the step tables of packed input, and the cooperative launch.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "../common/persistent.h"
+#include "persistent.cuh"
+#include "persistent_kernels.cuh"
+
+namespace rnnkit {
+namespace persistent {
+
+namespace {
+std::mutex last_mutex;
+std::string last_fwd = "none yet", last_bwd = "none yet";
+}  // namespace
+
+std::string last_forward() {
+  const std::lock_guard<std::mutex> lock(last_mutex);
+  return last_fwd;
+}
+std::string last_backward() {
+  const std::lock_guard<std::mutex> lock(last_mutex);
+  return last_bwd;
+}
+
+}  // namespace persistent
+
+namespace cuda {
+namespace persistent {
+namespace {
+
+using at::Tensor;
+namespace plan_ns = rnnkit::persistent;
+
+void record(bool backward, const std::string& what) {
+  const std::lock_guard<std::mutex> lock(plan_ns::last_mutex);
+  (backward ? plan_ns::last_bwd : plan_ns::last_fwd) = what;
+}
+
+// RNNKIT_CUDA_PERSISTENT: unset, empty or "0": off; "1": on where the shape fits.
+bool requested() {
+  const char* v = std::getenv("RNNKIT_CUDA_PERSISTENT");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
+  TORCH_CHECK(std::strcmp(v, "1") == 0,
+              "rnnkit: expected RNNKIT_CUDA_PERSISTENT to be 0 or 1 (or unset), got '", v, "'");
+  return true;
+}
+
+// The general loop runs instead; with the persistent loop requested, say why.
+bool decline(bool backward, const std::string& why) {
+  record(backward, "general: " + why);
+  TORCH_WARN_ONCE("rnnkit: RNNKIT_CUDA_PERSISTENT=1, but the ", backward ? "backward" : "forward",
+                  " of this layer runs the general loop: ", why);
+  return false;
+}
+
+struct Device {
+  int sms = 0, smem_optin = 0, cooperative = 0;
+};
+
+Device device_facts() {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  Device d;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cooperative, cudaDevAttrCooperativeLaunch, dev));
+  return d;
+}
+
+// The steps as the kernels read them; packed input gets its two tables on the device (kept alive
+// in `tables` until the launch is queued; the allocator orders their reuse on the stream).
+Steps device_steps(const SequencePlan& plan, Tensor* tables) {
+  bool padded = true;
+  for (int64_t t = 0; t < plan.T(); ++t)
+    padded = padded && plan.batch_sizes[t] == plan.N && plan.offsets[t] == t * plan.N;
+  Steps s{nullptr, nullptr, plan.T(), plan.N, plan.reverse};
+  if (padded) return s;
+  Tensor host = at::empty({2, plan.T()}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* h = host.data_ptr<int64_t>();
+  std::memcpy(h, plan.batch_sizes.data(), sizeof(int64_t) * plan.T());
+  std::memcpy(h + plan.T(), plan.offsets.data(), sizeof(int64_t) * plan.T());
+  *tables = host.to(at::Device(at::kCUDA, c10::cuda::current_device()), at::kLong,
+                    /*non_blocking=*/true);
+  s.batch_sizes = tables->data_ptr<int64_t>();
+  s.offsets = s.batch_sizes + plan.T();
+  return s;
+}
+
+template <typename Params>
+bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backward) {
+  const plan_ns::Plan& plan = params.plan;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(plan.smem_bytes)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, kernel, kPersistentThreads, size_t(plan.smem_bytes)));
+  if (int64_t(per_sm) * dev.sms < plan.blocks) {
+    return decline(backward, std::to_string(plan.blocks) + " blocks of " +
+                                 std::to_string(plan.smem_bytes) +
+                                 " bytes of shared memory cannot all be resident (" +
+                                 std::to_string(per_sm) + " per SM, " +
+                                 std::to_string(dev.sms) + " SMs)");
+  }
+  void* args[] = {&params};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                             dim3(unsigned(plan.blocks)),
+                                             dim3(kPersistentThreads), args,
+                                             size_t(plan.smem_bytes),
+                                             at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  record(backward, "persistent");
+  return true;
+}
+
+// The checks every call shares; fills *plan and *dev when the persistent loop may run.
+bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* unsupported,
+             bool backward, plan_ns::Plan* plan, Device* dev) {
+  if (!requested()) {
+    record(backward, "general: off (RNNKIT_CUDA_PERSISTENT unset or 0)");
+    return false;
+  }
+  if (unsupported != nullptr) return decline(backward, unsupported);
+  if (sp.T() == 0) return decline(backward, "no time steps");
+  *dev = device_facts();
+  if (!dev->cooperative) return decline(backward, "the device has no cooperative launch");
+  const int64_t H = w_hh.size(1), K = gates_of(cell);
+  *plan = plan_ns::make_plan(H, sp.N, K, w_hh.element_size(), backward, dev->sms,
+                             dev->smem_optin);
+  if (!plan->fits()) {
+    return decline(backward, std::string(plan_ns::refusal_text(plan->refusal)) + " (H = " +
+                                 std::to_string(H) + ", N = " + std::to_string(sp.N) + ", " +
+                                 std::to_string(w_hh.element_size()) + "-byte values, " +
+                                 std::to_string(dev->smem_optin) + " bytes per block)");
+  }
+  return true;
+}
+
+int64_t stage_offset(const plan_ns::Plan& plan) {
+  return (plan.weight_bytes + plan_ns::kAlign - 1) / plan_ns::kAlign * plan_ns::kAlign;
+}
+
+template <typename scalar_t>
+scalar_t* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+}  // namespace
+
+bool forward(const ForwardArgs& a) {
+  plan_ns::Plan plan;
+  Device dev;
+  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, false, &plan, &dev)) return false;
+  Tensor tables;
+  const Steps steps = device_steps(*a.plan, &tables);
+  bool ran = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.out.scalar_type(),
+                                  "rnnkit_persistent_forward", [&] {
+    ForwardParams<scalar_t> p{steps, plan, a.w_hh.size(1), a.ws.defined() ? a.ws.size(1) : 0,
+                              stage_offset(plan), a.act,
+                              a.w_hh.data_ptr<scalar_t>(), a.h0.data_ptr<scalar_t>(),
+                              a.out.data_ptr<scalar_t>(), a.h_n.data_ptr<scalar_t>(),
+                              ptr_or_null<scalar_t>(a.c_n), ptr_or_null<scalar_t>(a.ws),
+                              ptr_or_null<scalar_t>(a.b_hh)};
+    switch (a.cell) {
+      case Cell::Lstm: ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false); break;
+      case Cell::Gru: ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false); break;
+      case Cell::Rnn: ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false); break;
+    }
+  });
+  return ran;
+}
+
+bool backward(const BackwardArgs& a) {
+  plan_ns::Plan plan;
+  Device dev;
+  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, true, &plan, &dev)) return false;
+  Tensor tables;
+  const Steps steps = device_steps(*a.plan, &tables);
+  bool ran = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dgates.scalar_type(),
+                                  "rnnkit_persistent_backward", [&] {
+    BackwardParams<scalar_t> p{steps, plan, a.w_hh.size(1), a.ws.defined() ? a.ws.size(1) : 0,
+                               stage_offset(plan), a.act,
+                               a.w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.h_prev),
+                               ptr_or_null<scalar_t>(a.c_prev), ptr_or_null<scalar_t>(a.out),
+                               ptr_or_null<scalar_t>(a.ws), ptr_or_null<scalar_t>(a.gout),
+                               a.dh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dc),
+                               a.dgates.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dx)};
+    switch (a.cell) {
+      case Cell::Lstm: ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true); break;
+      case Cell::Gru: ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true); break;
+      case Cell::Rnn: ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true); break;
+    }
+  });
+  return ran;
+}
+
+}  // namespace persistent
+}  // namespace cuda
+}  // namespace rnnkit

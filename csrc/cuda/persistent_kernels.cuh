@@ -1,0 +1,338 @@
+// The device code of the persistent loops (launched by cuda/persistent.cu; plan and partition in
+// common/persistent.h).
+//
+// Forward, one cooperative launch per layer call. Block b owns hidden units J = [j0, j0 + u) and
+// keeps the W_hh rows of their gates in shared memory. Each step it stages h_prev (written by
+// every block the step before) chunk by chunk, and each warp computes a tile: the K gate sums of
+// one unit for kTileRows batch rows, lanes striding over H, then a butterfly reduction. The lane
+// that holds batch row n then runs the cell's pointwise code (common/gates.h) for (n, j) and
+// writes h; a grid-wide barrier ends the step.
+// Backward, one launch: block b keeps the W_hh columns of its units, [u, G]. Step s first turns
+// the gate gradients of the step before (in backward order, all blocks') into the carried dh of
+// its units (dh[n, j] = dgates_prev[n, :] . W_hh[:, j]), then runs the pointwise backward of its
+// units for the current step; one grid-wide barrier per step. A last pass after the loop gives
+// grad_h0.
+// Values that other blocks wrote during the launch are read with __ldcg (through L2, not the
+// SM's L1), so no stale line is read after the barrier.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <cooperative_groups.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "../common/gates.h"
+#include "../common/persistent.h"
+#include "persistent.cuh"
+
+namespace rnnkit {
+namespace cuda {
+namespace persistent {
+
+constexpr int kPersistentThreads = 256;
+constexpr int kWarp = 32;
+constexpr int kNB = int(rnnkit::persistent::kTileRows);
+
+using rnnkit::persistent::Plan;
+using rnnkit::persistent::Steps;
+
+constexpr int gates_of(Cell c) { return c == Cell::Lstm ? 4 : c == Cell::Gru ? 3 : 1; }
+
+template <typename scalar_t>
+struct ForwardParams {
+  Steps steps;
+  Plan plan;
+  int64_t H, W;             // hidden units; workspace width (LSTM 5H, GRU 4H, RNN 0)
+  int64_t stage_offset;     // bytes from the start of shared memory to the staging buffer
+  gates::Activation act;
+  const scalar_t* w_hh;     // [G, H]
+  const scalar_t* h0;       // [N, H]
+  scalar_t* out;            // [P, H]
+  scalar_t* h_n;            // [N, H]
+  scalar_t* c_n;            // [N, H] LSTM
+  scalar_t* ws;             // [P, W] LSTM, GRU
+  const scalar_t* b_hh;     // [3H] GRU, or null
+};
+
+template <typename scalar_t>
+struct BackwardParams {
+  Steps steps;
+  Plan plan;
+  int64_t H, W;
+  int64_t stage_offset;
+  gates::Activation act;
+  const scalar_t* w_hh;     // [G, H]
+  const scalar_t* h_prev;   // [P, H] GRU
+  const scalar_t* c_prev;   // [P, H] LSTM
+  const scalar_t* out;      // [P, H] RNN
+  const scalar_t* ws;       // [P, W] LSTM, GRU
+  const scalar_t* gout;     // [P, H] or null
+  scalar_t* dh;             // [N, H]
+  scalar_t* dc;             // [N, H] LSTM
+  scalar_t* dgates;         // [P, G]
+  scalar_t* dx;             // [P, G] GRU
+};
+
+// A value another block wrote during this launch, through L2.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t load_shared_by_grid(const scalar_t* p) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    const unsigned short bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
+    scalar_t v;
+    memcpy(&v, &bits, 2);
+    return v;
+  } else {
+    return __ldcg(p);
+  }
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ at::opmath_type<scalar_t> ld(const scalar_t* p) {
+  return static_cast<at::opmath_type<scalar_t>>(*p);
+}
+template <typename scalar_t>
+__device__ __forceinline__ void st(scalar_t* p, at::opmath_type<scalar_t> v) {
+  *p = static_cast<scalar_t>(v);
+}
+
+// acc[r][b] = sum_k w[r * w_ld + k] * x[b * x_ld + k] over k < len, summed over the warp: every
+// lane ends with every sum. w and x are in shared memory; x has kNB rows.
+template <int RB, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void dot_tile(const scalar_t* w, int w_ld, const scalar_t* x, int x_ld,
+                                         int len, int lane, acc_t (&acc)[RB][kNB]) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+#pragma unroll
+    for (int b = 0; b < kNB; ++b) acc[r][b] = acc_t(0);
+  for (int k = lane; k < len; k += kWarp) {
+    acc_t xv[kNB];
+#pragma unroll
+    for (int b = 0; b < kNB; ++b) xv[b] = static_cast<acc_t>(x[b * x_ld + k]);
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      const acc_t wv = static_cast<acc_t>(w[r * w_ld + k]);
+#pragma unroll
+      for (int b = 0; b < kNB; ++b) acc[r][b] += wv * xv[b];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+#pragma unroll
+    for (int b = 0; b < kNB; ++b)
+#pragma unroll
+      for (int off = kWarp / 2; off > 0; off /= 2)
+        acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], off);
+}
+
+// The pointwise forward of unit j, batch row n (packed row rr), given the K recurrent sums.
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ void forward_unit(const ForwardParams<scalar_t>& p, int64_t rr,
+                                             int64_t n, int64_t j,
+                                             const at::opmath_type<scalar_t> (&sum)[gates_of(C)],
+                                             at::opmath_type<scalar_t> h_prev) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  acc_t h;
+  if constexpr (C == Cell::Lstm) {
+    scalar_t* g = p.ws + rr * p.W;
+    scalar_t* c = p.c_n + n * H + j;
+    const auto r = gates::lstm_forward(ld(g + j) + sum[0], ld(g + H + j) + sum[1],
+                                       ld(g + 2 * H + j) + sum[2], ld(g + 3 * H + j) + sum[3],
+                                       ld(c));
+    st(g + j, r.i);
+    st(g + H + j, r.f);
+    st(g + 2 * H + j, r.g);
+    st(g + 3 * H + j, r.o);
+    st(g + 4 * H + j, r.c);
+    st(c, r.c);
+    h = r.h;
+  } else if constexpr (C == Cell::Gru) {
+    scalar_t* g = p.ws + rr * p.W;
+    acc_t h_r = sum[0], h_z = sum[1], h_n = sum[2];
+    if (p.b_hh) {
+      h_r += ld(p.b_hh + j);
+      h_z += ld(p.b_hh + H + j);
+      h_n += ld(p.b_hh + 2 * H + j);
+    }
+    const auto r =
+        gates::gru_forward(ld(g + j), ld(g + H + j), ld(g + 2 * H + j), h_r, h_z, h_n, h_prev);
+    st(g + j, r.r);
+    st(g + H + j, r.z);
+    st(g + 2 * H + j, r.n);
+    st(g + 3 * H + j, h_n);
+    h = r.h;
+  } else {
+    h = gates::rnn_forward(ld(p.out + rr * H + j) + sum[0], p.act);
+  }
+  st(p.out + rr * H + j, h);
+  st(p.h_n + n * H + j, h);
+}
+
+template <typename scalar_t, Cell C>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_kernel(const ForwardParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = gates_of(C);
+  extern __shared__ __align__(16) unsigned char smem[];
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(smem);                  // [u * K, H]
+  scalar_t* h_s = reinterpret_cast<scalar_t*>(smem + p.stage_offset);  // [chunk, H]
+  const int H = int(p.H);
+  const int64_t j0 = rnnkit::persistent::first_unit(p.plan, blockIdx.x);
+  const int u = int(rnnkit::persistent::unit_count(p.plan, p.H, blockIdx.x));
+  for (int e = threadIdx.x; e < u * K * H; e += blockDim.x) {
+    const int r = e / H, k = e - r * H, jl = r / K, g = r - jl * K;
+    w_s[e] = p.w_hh[(int64_t(g) * H + j0 + jl) * H + k];
+  }
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  const int chunk = int(p.plan.chunk);
+  for (int64_t s = 0; s < p.steps.T; ++s) {
+    const int64_t t = p.steps.forward_time(s), bs = p.steps.batch(t), row = p.steps.offset(t);
+    const int64_t t_src = s > 0 ? p.steps.forward_time(s - 1) : 0;
+    const int64_t bs_src = s > 0 ? p.steps.batch(t_src) : 0;
+    const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
+    for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
+      __syncthreads();  // the previous chunk's tiles are done with h_s (and w_s is loaded)
+      for (int e = threadIdx.x; e < chunk * H; e += blockDim.x) {
+        const int nl = e / H, k = e - nl * H;
+        const int64_t n = c0 + nl;
+        scalar_t v = scalar_t(0);
+        if (n < bs) {
+          v = n < bs_src ? load_shared_by_grid(p.out + (row_src + n) * H + k) : p.h0[n * H + k];
+        }
+        h_s[e] = v;
+      }
+      __syncthreads();
+      const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk;
+      const int groups = int((rows + kNB - 1) / kNB);
+      for (int it = warp; it < u * groups; it += warps) {
+        const int jl = it / groups, grp = it - jl * groups;
+        acc_t acc[K][kNB];
+        dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
+#pragma unroll
+        for (int b = 0; b < kNB; ++b) {
+          const int64_t n = c0 + grp * kNB + b;
+          if (lane == b && n < bs) {
+            acc_t sum[K];
+#pragma unroll
+            for (int g = 0; g < K; ++g) sum[g] = acc[g][b];
+            const int64_t j = j0 + jl;
+            forward_unit<scalar_t, C>(p, row + n, n, j, sum,
+                                      static_cast<acc_t>(h_s[(grp * kNB + b) * H + j]));
+          }
+        }
+      }
+    }
+    grid.sync();
+  }
+}
+
+// The pointwise backward of unit j, batch row n (packed row rr), given the gradient of its h.
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ void backward_unit(const BackwardParams<scalar_t>& p, int64_t rr,
+                                              int64_t n, int64_t j,
+                                              at::opmath_type<scalar_t> dh) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H, G = int64_t(gates_of(C)) * H;
+  const acc_t grad_h = p.gout ? dh + ld(p.gout + rr * H + j) : dh;
+  scalar_t* dg = p.dgates + rr * G;
+  if constexpr (C == Cell::Lstm) {
+    const scalar_t* g = p.ws + rr * p.W;
+    scalar_t* dc = p.dc + n * H + j;
+    const auto r = gates::lstm_backward(grad_h, ld(dc), ld(g + j), ld(g + H + j),
+                                        ld(g + 2 * H + j), ld(g + 3 * H + j), ld(g + 4 * H + j),
+                                        ld(p.c_prev + rr * H + j));
+    st(dg + j, r.da_i);
+    st(dg + H + j, r.da_f);
+    st(dg + 2 * H + j, r.da_g);
+    st(dg + 3 * H + j, r.da_o);
+    st(dc, r.dc_prev);
+  } else if constexpr (C == Cell::Gru) {
+    const scalar_t* g = p.ws + rr * p.W;
+    const auto r = gates::gru_backward(grad_h, ld(g + j), ld(g + H + j), ld(g + 2 * H + j),
+                                       ld(g + 3 * H + j), ld(p.h_prev + rr * H + j));
+    scalar_t* dx = p.dx + rr * G;
+    st(dx + j, r.dx_r);
+    st(dx + H + j, r.dx_z);
+    st(dx + 2 * H + j, r.dx_n);
+    st(dg + j, r.dx_r);
+    st(dg + H + j, r.dx_z);
+    st(dg + 2 * H + j, r.dh_n);
+    st(p.dh + n * H + j, r.dh_prev_direct);
+  } else {
+    st(dg + j, gates::rnn_backward(grad_h, ld(p.out + rr * H + j), p.act));
+  }
+}
+
+template <typename scalar_t, Cell C>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_kernel(const BackwardParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = gates_of(C);
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int H = int(p.H), G = K * H;
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(smem);                  // [u, G]: W_hh[:, J]^T
+  scalar_t* d_s = reinterpret_cast<scalar_t*>(smem + p.stage_offset);  // [chunk, G]
+  const int64_t j0 = rnnkit::persistent::first_unit(p.plan, blockIdx.x);
+  const int u = int(rnnkit::persistent::unit_count(p.plan, p.H, blockIdx.x));
+  for (int e = threadIdx.x; e < u * G; e += blockDim.x) {
+    const int jl = e / G, g = e - jl * G;
+    w_s[e] = p.w_hh[int64_t(g) * H + j0 + jl];
+  }
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  const int chunk = int(p.plan.chunk);
+  // s == T is the last pass: grad_h0 from the gate gradients of the last step, no pointwise.
+  for (int64_t s = 0; s <= p.steps.T; ++s) {
+    const bool has_cur = s < p.steps.T, has_prev = s > 0;
+    const int64_t t = has_cur ? p.steps.backward_time(s) : 0;
+    const int64_t bs = has_cur ? p.steps.batch(t) : 0, row = has_cur ? p.steps.offset(t) : 0;
+    const int64_t tp = has_prev ? p.steps.backward_time(s - 1) : 0;
+    const int64_t bs_prev = has_prev ? p.steps.batch(tp) : 0;
+    const int64_t row_prev = has_prev ? p.steps.offset(tp) : 0;
+    const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
+    for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
+      __syncthreads();
+      for (int e = threadIdx.x; e < chunk * G; e += blockDim.x) {
+        const int nl = e / G, g = e - nl * G;
+        const int64_t n = c0 + nl;
+        d_s[e] = n < bs_prev ? load_shared_by_grid(p.dgates + (row_prev + n) * G + g)
+                             : scalar_t(0);
+      }
+      __syncthreads();
+      const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk;
+      const int groups = int((rows + kNB - 1) / kNB);
+      for (int it = warp; it < u * groups; it += warps) {
+        const int jl = it / groups, grp = it - jl * groups;
+        acc_t acc[1][kNB];
+        dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
+#pragma unroll
+        for (int b = 0; b < kNB; ++b) {
+          const int64_t n = c0 + grp * kNB + b;
+          if (lane == b && n < rows_all) {
+            const int64_t j = j0 + jl;
+            scalar_t* dh = p.dh + n * H + j;
+            acc_t grad;
+            if (n < bs_prev) {
+              // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
+              grad = (C == Cell::Gru ? ld(dh) : acc_t(0)) + acc[0][b];
+              st(dh, grad);
+              grad = ld(dh);  // the stored value, as the general loop's next step reads it
+            } else {
+              grad = ld(dh);
+            }
+            if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad);
+          }
+        }
+      }
+    }
+    if (has_cur) grid.sync();
+  }
+}
+
+}  // namespace persistent
+}  // namespace cuda
+}  // namespace rnnkit

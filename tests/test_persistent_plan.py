@@ -1,0 +1,94 @@
+"""The plan of the persistent CUDA kernels (csrc/common/persistent.h), checked on every machine
+through rnnkit._C: the same inline functions the kernels and their launcher compile.
+
+What must hold: the blocks' unit ranges cover every hidden unit exactly once, no block is empty,
+the blocks fit on the device at once, the shared memory asked for stays within the limit and holds
+the weight slice and at least one tile of staged rows, and shapes that cannot fit are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+import rnnkit._library  # noqa: F401  (loads rnnkit._C)
+from rnnkit import _C
+
+TILE = 4  # persistent::kTileRows
+H200 = dict(max_blocks=132, smem_limit=232448)  # 132 SMs, 227 KiB per block (opt-in)
+
+
+def plan(H, N, gates, elem_bytes, backward, max_blocks=H200["max_blocks"],
+         smem_limit=H200["smem_limit"]):
+    return _C.persistent_plan(H, N, gates, elem_bytes, backward, max_blocks, smem_limit)
+
+
+SHAPES = [(H, N, gates, elem, backward)
+          for H in (1, 3, 17, 129, 256, 768, 1024)
+          for N in (1, 5, 16, 64)
+          for gates in (1, 3, 4)
+          for elem in (2, 4, 8)
+          for backward in (False, True)]
+
+
+@pytest.mark.parametrize("H, N, gates, elem, backward", SHAPES)
+def test_plan_partition_and_memory(H, N, gates, elem, backward):
+    p = plan(H, N, gates, elem, backward)
+    if not p["fits"]:
+        # Refused only when even the weight slice and one tile of rows exceed the limit.
+        units = -(-H // H200["max_blocks"])
+        row = (gates * H if backward else H) * elem
+        weights = -(-units * gates * H * elem // 16) * 16
+        assert weights + TILE * row > H200["smem_limit"], p
+        return
+    assert 1 <= p["blocks"] <= H200["max_blocks"]
+    owned = []
+    for b in range(p["blocks"]):
+        first, count = _C.persistent_units(H, p["units"], b)
+        assert count >= 1, (b, p)  # no block idles through the whole sequence
+        owned += range(first, first + count)
+    assert sorted(owned) == list(range(H))  # every unit exactly once
+    assert _C.persistent_units(H, p["units"], p["blocks"]) == (p["blocks"] * p["units"], 0)
+    assert p["weight_bytes"] == p["units"] * gates * H * elem
+    row = (gates * H if backward else H) * elem
+    assert p["chunk"] % TILE == 0 and TILE <= p["chunk"] <= -(-N // TILE) * TILE
+    assert p["smem_bytes"] >= p["weight_bytes"] + p["chunk"] * row
+    assert p["smem_bytes"] <= H200["smem_limit"]
+
+
+def test_plan_stages_the_whole_batch_when_it_fits():
+    p = plan(768, 16, 4, 2, False)
+    assert p["fits"] and p["chunk"] == 16 and p["units"] == 6 and p["blocks"] == 128
+
+
+def test_plan_chunks_a_batch_too_large_for_shared_memory():
+    # LSTM backward, H = 1024 in float32: the weight slice takes 128 KiB, a staged row 16 KiB.
+    p = plan(1024, 64, 4, 4, True)
+    assert p["fits"] and p["chunk"] < 64
+    assert p["smem_bytes"] + 16 * 1024 * TILE > H200["smem_limit"]  # one more tile would not fit
+
+
+@pytest.mark.parametrize("H, gates, elem, backward", [(1024, 4, 8, False), (1024, 4, 8, True),
+                                                      (4096, 4, 2, False), (2048, 3, 4, True)])
+def test_plan_refuses_what_cannot_fit(H, gates, elem, backward):
+    p = plan(H, 16, gates, elem, backward)
+    assert not p["fits"]
+    assert "shared memory" in p["reason"] or "room" in p["reason"]
+
+
+def test_plan_refuses_empty_shapes_and_no_blocks():
+    assert plan(0, 4, 4, 4, False)["reason"] == "empty shape"
+    assert plan(8, 0, 4, 4, False)["reason"] == "empty shape"
+    assert plan(8, 4, 4, 4, False, max_blocks=0)["reason"] == "no resident blocks"
+
+
+def test_plan_uses_few_blocks_for_few_units():
+    p = plan(3, 1, 4, 4, False)
+    assert p["blocks"] == 3 and p["units"] == 1
+    p = plan(129, 1, 4, 4, False)  # 129 units over 132 SMs: one each, three SMs idle
+    assert p["blocks"] == 129 and p["units"] == 1
+    p = plan(133, 1, 4, 4, False)  # one more than the SMs: two units a block
+    assert p["units"] == 2 and p["blocks"] == 67
+
+
+def test_persistent_units_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="H > 0"):
+        _C.persistent_units(0, 1, 0)
