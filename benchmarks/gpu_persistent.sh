@@ -5,10 +5,10 @@
 #
 # From the repository root (torch preinstalled, no network, nothing pip-installed): builds rnnkit._C
 # in place for sm_90 (RNNKIT_CUDA_ARCHS overrides) with the system compiler, then runs
-#   1. tests/test_persistent_plan.py and tests/test_persistent_cuda.py (the persistent loops forced
+#   1. tests/library/test_persistent_plan.py and tests/library/test_persistent_cuda.py (the persistent loops forced
 #      on, against the float64 reference and the general loop),
 #   2. benchmarks/bench_persistent.py (writes persistent.json and persistent.md),
-#   3. tests/test_cuda.py without its torch.compile cases (the general CUDA path, persistent loop
+#   3. tests/library/test_cuda.py without its torch.compile cases (the general CUDA path, persistent loop
 #      off as by default: the hooks must leave it as it was),
 # each under its own time limit, and writes every log under RESULTS_DIR (summary.txt: one line per
 # step). All steps together stay within BUDGET seconds (default 350: under 6 minutes).
@@ -73,15 +73,15 @@ pytest_args=(-q -rs -p no:cacheprovider --maxfail=10)
 # path's tests (without its torch.compile cases, whose inductor builds take most of a minute and
 # test nothing this change touches).
 if step build 150 build.log "$PY" setup.py build_ext --inplace; then
-  step plan-tests 20 pytest-plan.log "$PY" -m pytest "${pytest_args[@]}" tests/test_persistent_plan.py
+  step plan-tests 20 pytest-plan.log "$PY" -m pytest "${pytest_args[@]}" tests/library/test_persistent_plan.py
   step persistent-tests 130 pytest-persistent.log "$PY" -m pytest "${pytest_args[@]}" \
-    tests/test_persistent_cuda.py --junitxml="$OUT/pytest-persistent.xml"
+    tests/library/test_persistent_cuda.py --junitxml="$OUT/pytest-persistent.xml"
   if grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest-persistent.log"; then
     echo "persistent-tests FAILED: CUDA cases skipped (see pytest-persistent.log)" | tee -a "$SUMMARY"
     failed=1
   fi
   step bench 90 bench.log "$PY" benchmarks/bench_persistent.py --out-dir "$OUT"
-  step cuda-tests 60 pytest-cuda.log "$PY" -m pytest "${pytest_args[@]}" tests/test_cuda.py \
+  step cuda-tests 60 pytest-cuda.log "$PY" -m pytest "${pytest_args[@]}" tests/library/test_cuda.py \
     -k "not compile" --junitxml="$OUT/pytest-cuda.xml"
 fi
 echo "results in $OUT" | tee -a "$SUMMARY"
