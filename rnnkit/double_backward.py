@@ -1,0 +1,122 @@
+"""Exact gradients of every order for rnnkit's operators: the backward as a differentiable graph.
+
+The C++ backward operators (``torch.ops.rnnkit.*_backward``) compute first gradients fast but
+have no autograd formula of their own. When a backward runs with ``create_graph=True`` (autograd
+then runs it in grad mode) and a tensor it reads requires grad, the first gradient must itself
+be differentiable: ``rnnkit/ops.py`` then calls :func:`backward` here instead, which recomputes
+the operator's forward with differentiable torch operations (the cell functions of
+``rnnkit.reference``, one step at a time) and takes ``torch.autograd.grad(..., create_graph=True)``
+of it. The gradient that comes back carries a graph through the recurrent path, the weights, the
+states and the output gradients, so second (and higher) derivatives are exact. Without
+``create_graph`` the fused C++ backward runs as before. docs/kernels.md gives the cost.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _cells():
+    """rnnkit.reference's cell functions. Imported on first use: today reference.py imports
+    rnnkit.functional, which imports ops.py, which imports this module (a cycle at import time);
+    once reference.py imports torch only, this can become a top-level import."""
+    from . import reference
+
+    return reference.lstm_cell, reference.gru_cell, reference.rnn_cell
+
+#: step(x_t (n, I), states (each (n, *))) -> new states, h first.
+Step = Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+
+def wanted(grads: Sequence[Optional[Tensor]], saved: Sequence[Optional[Tensor]]) -> bool:
+    """Whether a backward must build a graph of its result: autograd runs backward in grad mode
+    only under create_graph=True, and the graph is needed only when a tensor read requires grad."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in (*grads, *saved))
+
+
+# ---- one layer in one direction, differentiable ------------------------------------------------
+def _layer(step: Step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tensor, ...],
+           reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Runs step over time. Padded x: (T, N, I) -> output (T, N, R). Packed x: (P, I) with
+    batch_sizes (T,), non-increasing: step t sees the first batch_sizes[t] sequences, and each
+    sequence's final state is its state after its own last step -> output (P, R).
+    states: each (N, *). Returns (output, final states)."""
+    rows = list(x.unbind(0)) if batch_sizes is None else list(x.split(batch_sizes.tolist()))
+    outputs: list[Tensor] = [x] * len(rows)  # every entry is overwritten below
+    for t in (reversed(range(len(rows))) if reverse else range(len(rows))):
+        n = rows[t].shape[0]
+        active = tuple(s[:n] for s in states)
+        new = step(rows[t], active)
+        # Sequences shorter than step t keep their state (packed input only).
+        states = tuple(a if n == s.shape[0] else torch.cat([a, s[n:]], 0)
+                       for a, s in zip(new, states))
+        outputs[t] = new[0]
+    output = torch.stack(outputs, 0) if batch_sizes is None else torch.cat(outputs, 0)
+    return output, states
+
+
+def _lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True):
+    lstm_cell = _cells()[0]
+    out, (h, c) = _layer(lambda x, s: lstm_cell(x, s[0], s[1], w_ih, w_hh, b_ih, b_hh, w_hr),
+                         input, batch_sizes, (h0, c0), reverse)
+    return out, h, c
+
+
+def _gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True):
+    gru_cell = _cells()[1]
+    out, (h,) = _layer(lambda x, s: (gru_cell(x, s[0], w_ih, w_hh, b_ih, b_hh),),
+                       input, batch_sizes, (h0,), reverse)
+    return out, h
+
+
+def _rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
+    rnn_cell = _cells()[2]
+    out, (h,) = _layer(lambda x, s: (rnn_cell(x, s[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),),
+                       input, batch_sizes, (h0,), reverse)
+    return out, h
+
+
+#: Operator name -> its forward in differentiable torch operations: the operator's arguments in
+#: schema order -> its differentiable outputs in order (the workspace, never differentiated, left
+#: out).
+FORWARDS: dict[str, Callable[..., tuple[Tensor, ...]]] = {
+    "lstm": _lstm,
+    "gru": _gru,
+    "rnn": _rnn,
+    "lstm_cell": lambda *args: _cells()[0](*args),
+    "gru_cell": lambda *args: (_cells()[1](*args),),
+    "rnn_cell": lambda *args: (_cells()[2](*args),),
+}
+
+
+def backward(op: str, needs_input_grad: Sequence[bool], grads: Sequence[Optional[Tensor]],
+             args: Sequence) -> tuple[Optional[Tensor], ...]:
+    """The gradients of rnnkit::op's arguments, differentiable (a graph is built).
+
+    op: a key of FORWARDS; args: the operator's arguments in schema order (as the forward got
+    them); grads: the gradients of its differentiable outputs, in order (None for an output the
+    loss does not reach); needs_input_grad: ctx.needs_input_grad. Returns one entry per argument:
+    its gradient, or None where none is needed (or the output does not depend on it).
+    """
+    # needs_input_grad is shorter than args when a defaulted argument (train) was not passed.
+    wrt = [i for i, a in enumerate(args) if i < len(needs_input_grad) and needs_input_grad[i]
+           and isinstance(a, Tensor) and a.requires_grad]
+    result: list[Optional[Tensor]] = [None] * len(args)
+    pairs = [(k, g) for k, g in enumerate(grads) if g is not None]
+    if not wrt or not pairs:
+        return tuple(result)
+    with torch.enable_grad():
+        # A fresh alias per differentiated argument: the gradient taken is the one that reaches
+        # this argument directly, not also through another argument computed from it (h0 = f(x)),
+        # which the outer backward adds itself.
+        local = [a.view_as(a) if i in wrt else a for i, a in enumerate(args)]
+        outputs = FORWARDS[op](*local)
+        got = torch.autograd.grad([outputs[k] for k, _ in pairs], [local[i] for i in wrt],
+                                  [g for _, g in pairs], create_graph=True, allow_unused=True)
+    for i, g in zip(wrt, got):
+        result[i] = g
+    return tuple(result)
