@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 
@@ -36,6 +37,20 @@ def wanted(grads: Sequence[Optional[Tensor]], saved: Sequence[Optional[Tensor]])
     only under create_graph=True, and the graph is needed only when a tensor read requires grad."""
     return torch.is_grad_enabled() and any(
         isinstance(t, Tensor) and t.requires_grad for t in (*grads, *saved))
+
+
+def refuse_forward_ad(op: str, *tensors: Optional[Tensor]) -> None:
+    """Raises if a tensor carries a forward-mode tangent (torch.func.jvp, torch.autograd.forward_ad).
+    The operators have no forward-mode formula, and torch would drop the tangent silently: the
+    autograd kernel of a torch.library operator runs it without autograd when no input requires
+    grad."""
+    if forward_ad._current_level < 0:  # no dual level open: the common case costs one compare
+        return
+    if any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise RuntimeError(
+            f"rnnkit::{op} has no forward-mode derivative (torch.func.jvp, jacfwd, "
+            "torch.autograd.forward_ad): an input carries a tangent. Use reverse mode "
+            "(torch.autograd.grad or backward, exact at every order), or torch.nn's module.")
 
 
 # ---- one layer in one direction, differentiable ------------------------------------------------

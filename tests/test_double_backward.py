@@ -293,3 +293,35 @@ def test_backward_of_a_call_without_workspace_raises():
     w_ih, w_hh = _rand(gen, "cpu", 12, 2), _rand(gen, "cpu", 12, 3)
     with pytest.raises(RuntimeError, match="train=False"):
         ops.lstm(x, None, h, c, w_ih, w_hh, None, None, None, False, False)
+
+
+# ---- forms that are not supported raise ---------------------------------------------------------
+def _jvp(module, x):
+    return torch.func.jvp(lambda t: module(t)[0], (x,), (torch.ones_like(x),))
+
+
+def _dual(module, x):
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        return module(fwAD.make_dual(x, torch.ones_like(x)))
+
+
+def _func_grad_of_grad(module, x):
+    f = lambda t: module(t)[0].pow(2).sum()  # noqa: E731
+    return torch.func.grad(lambda t: torch.func.grad(f)(t).pow(2).sum())(x)
+
+
+@pytest.mark.parametrize("how, match", [
+    (_jvp, "no forward-mode derivative"),
+    (_dual, "no forward-mode derivative"),
+    (_func_grad_of_grad, "functorch transforms"),  # torch's own refusal
+], ids=["torch.func.jvp", "forward_ad dual tensor", "torch.func.grad of grad"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_unsupported_derivatives_raise(kind, how, match):
+    """torch.nn supports these; rnnkit refuses them with an error rather than dropping a tangent
+    (without the check, torch runs the operator without autograd and the tangent is lost)."""
+    ours = rnnkit.from_torch(getattr(torch.nn, kind)(2, 3).double())
+    x = torch.rand((4, 1, 2) if "Cell" not in kind else (1, 2), dtype=F64)
+    with pytest.raises(RuntimeError, match=match):
+        how(ours, x)
