@@ -12,7 +12,8 @@ For rnnkit.LSTM and torch.nn.LSTM on the same weights (float32, input and hidden
 Each sample runs the forward untimed and then times only its backward part, so "first backward"
 and "double step" are the backward costs alone. Samples are interleaved across implementations
 and modes; medians (and min-max) are reported, with the ratio double step / first backward.
-Before timing, rnnkit's penalty gradients are checked against torch.nn's.
+Before timing, rnnkit's penalty gradients are checked against torch.nn's. On CUDA, torch.nn runs
+with cuDNN off (cuDNN refuses double backward).
 Writes benchmarks/results/double-backward-<machine>-<date>.md unless --no-save.
 """
 
@@ -97,6 +98,8 @@ def main() -> int:
     meta["command"] = "python benchmarks/bench_double_backward.py " + " ".join(sys.argv[1:])
     print(B.header(meta))
 
+    # cuDNN has no double backward (it raises): torch.nn runs without it, on its native kernels.
+    torch.backends.cudnn.enabled = False
     torch.manual_seed(0)
     theirs = torch.nn.LSTM(args.size, args.size).to(args.device)
     ours = rnnkit.from_torch(theirs).to(args.device)
@@ -158,7 +161,9 @@ def main() -> int:
                 f"untimed before each backward sample. `first backward` is "
                 f"`y.pow(2).sum().backward()`; `double step` is `autograd.grad(..., "
                 f"create_graph=True)` then the penalty's `backward()`. Penalty gradients checked "
-                f"against torch.nn first (max relative difference {err:.2g}).\n\n"
+                f"against torch.nn first (max relative difference {err:.2g})."
+                + (" torch.nn runs with cuDNN off (cuDNN refuses double backward)."
+                   if args.device == "cuda" else "") + "\n\n"
                 f"```\n{text}\n```\n")
         print(f"wrote {path}", file=sys.stderr)
     return 0
