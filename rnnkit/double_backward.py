@@ -40,7 +40,7 @@ def wanted(grads: Sequence[Optional[Tensor]], saved: Sequence[Optional[Tensor]])
 
 
 def refuse_forward_ad(op: str, *tensors: Optional[Tensor]) -> None:
-    """Raises if a tensor carries a forward-mode tangent (torch.func.jvp, torch.autograd.forward_ad).
+    """Raises if a tensor carries a forward-mode tangent (torch.func.jvp, forward_ad).
     The operators have no forward-mode formula, and torch would drop the tangent silently: the
     autograd kernel of a torch.library operator runs it without autograd when no input requires
     grad."""

@@ -201,8 +201,9 @@ def _lstm_setup(ctx, inputs, output):
 def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace, b_ih, b_hh = ctx.saved_tensors
     args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, True)
-    if _exact.wanted((grad_output, grad_h_n, grad_c_n), args):
-        return _exact.backward("lstm", ctx.needs_input_grad, (grad_output, grad_h_n, grad_c_n), args)
+    grads = (grad_output, grad_h_n, grad_c_n)
+    if _exact.wanted(grads, args):
+        return _exact.backward("lstm", ctx.needs_input_grad, grads, args)
     g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
                           w_hh, w_hr, output, workspace, ctx.reverse)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = g

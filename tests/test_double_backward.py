@@ -66,7 +66,8 @@ def _layer_call(form, device: str, seed: int):
 
         def call(*ts):
             it = iter(ts)
-            a = [next(it) if t is not None else None for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
+            a = [next(it) if t is not None else None
+                 for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
             return ops.lstm(a[0], bs, *a[1:], reverse)[:3]
     elif op == "gru":
         tensors = [t for t in (x, h0, w_ih, w_hh, b_ih, b_hh) if t is not None]
