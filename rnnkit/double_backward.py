@@ -28,6 +28,7 @@ def _cells():
 
     return reference.lstm_cell, reference.gru_cell, reference.rnn_cell
 
+
 #: step(x_t (n, I), states (each (n, *))) -> new states, h first.
 Step = Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]
 

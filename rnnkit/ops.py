@@ -1,7 +1,8 @@
 """Autograd and fake (meta) implementations of the operators declared in csrc/rnnkit.cpp.
 
 The kernels themselves are registered in C++ (torch.ops.rnnkit.*). Here each forward operator
-gets a backward that calls its C++ backward operator, and every operator gets a fake
+gets a backward that calls its C++ backward operator (under create_graph=True, the exact
+differentiable one of rnnkit/double_backward.py instead), and every operator gets a fake
 implementation that gives output shapes without computing, for torch.compile and opcheck.
 
 Workspace widths (values per packed row saved for backward): LSTM 5H (6H with a projection),
