@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import double_backward as _exact
 from . import ops as _ops  # noqa: F401  (registers autograd and fake implementations)
 
 rnnkit_ops = torch.ops.rnnkit
@@ -28,6 +29,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step. input: (N, I); hx: (h, c), each (N, H); w_ih: (4H, I); w_hh: (4H, H);
     b_ih, b_hh: (4H,). Returns (h', c'), each (N, H)."""
+    _exact.refuse_forward_ad("lstm_cell", input, *hx, w_ih, w_hh, b_ih, b_hh)
     h, c, _ = rnnkit_ops.lstm_cell(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     return h, c
 
@@ -36,6 +38,7 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step. input: (N, I); hx: (N, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,).
     Returns h': (N, H)."""
+    _exact.refuse_forward_ad("gru_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
     return rnnkit_ops.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)[0]
 
 
@@ -43,6 +46,7 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
              b_hh: Tensor | None = None, nonlinearity: str = "tanh") -> Tensor:
     """One Elman RNN step, h' = act(W_ih x + b_ih + W_hh h + b_hh) with act tanh or relu.
     input: (N, I); hx: (N, H); w_ih: (H, I); w_hh: (H, H); b_ih, b_hh: (H,). Returns (N, H)."""
+    _exact.refuse_forward_ad("rnn_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
     return rnnkit_ops.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
 
 
@@ -57,6 +61,7 @@ def _needs_workspace(*tensors: Tensor | None) -> bool:
 def lstm_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
                params: LayerParams, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
     w_ih, w_hh, b_ih, b_hh, w_hr = params
+    _exact.refuse_forward_ad("lstm", x, *states, *params)
     train = _needs_workspace(x, *states, *params)
     out, h, c, _ = rnnkit_ops.lstm(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
                                    w_hr, reverse, train)
@@ -66,6 +71,7 @@ def lstm_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...]
 def gru_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
               params: LayerParams, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
     w_ih, w_hh, b_ih, b_hh, _ = params
+    _exact.refuse_forward_ad("gru", x, *states, *params)
     train = _needs_workspace(x, *states, *params)
     out, h, _ = rnnkit_ops.gru(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse, train)
     return out, (h,)
@@ -74,6 +80,7 @@ def gru_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
 def rnn_layer(nonlinearity: str) -> Callable:
     def layer(x, batch_sizes, states, params, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = params
+        _exact.refuse_forward_ad("rnn", x, *states, *params)
         out, h = rnnkit_ops.rnn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity,
                                 reverse)
         return out, (h,)

@@ -1,7 +1,8 @@
 """Autograd and fake (meta) implementations of the operators declared in csrc/rnnkit.cpp.
 
 The kernels themselves are registered in C++ (torch.ops.rnnkit.*). Here each forward operator
-gets a backward that calls its C++ backward operator, and every operator gets a fake
+gets a backward that calls its C++ backward operator (under create_graph=True, the exact
+differentiable one of rnnkit/double_backward.py instead), and every operator gets a fake
 implementation that gives output shapes without computing, for torch.compile and opcheck.
 
 Workspace widths (values per packed row saved for backward): LSTM 5H (6H with a projection),
@@ -16,6 +17,7 @@ import functools
 import torch
 
 from . import _library  # noqa: F401  (loads the operators)
+from . import double_backward as _exact
 
 ops = torch.ops.rnnkit
 
@@ -192,12 +194,16 @@ def _lstm_setup(ctx, inputs, output):
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"], a["w_hh"],
-                          a["w_hr"], output[0], output[3])
+                          a["w_hr"], output[0], output[3], a["b_ih"], a["b_hh"])
 
 
 def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     _require_train("lstm", ctx)
-    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace = ctx.saved_tensors
+    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace, b_ih, b_hh = ctx.saved_tensors
+    args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, True)
+    grads = (grad_output, grad_h_n, grad_c_n)
+    if _exact.wanted(grads, args):
+        return _exact.backward("lstm", ctx.needs_input_grad, grads, args)
     g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
                           w_hh, w_hr, output, workspace, ctx.reverse)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = g
@@ -213,11 +219,15 @@ def _lstm_cell_setup(ctx, inputs, output):
     a = _named(ops.lstm_cell.default, inputs)
     _unused_grads_none(ctx, output[2])
     _setup_biases(ctx, a)
-    ctx.save_for_backward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], output[0], output[2])
+    ctx.save_for_backward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], output[0], output[2],
+                          a["b_ih"], a["b_hh"])
 
 
 def _lstm_cell_backward(ctx, grad_hy, grad_cy, _grad_workspace):
-    input, hx, cx, w_ih, w_hh, hy, workspace = ctx.saved_tensors
+    input, hx, cx, w_ih, w_hh, hy, workspace, b_ih, b_hh = ctx.saved_tensors
+    args = (input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    if _exact.wanted((grad_hy, grad_cy), args):
+        return _exact.backward("lstm_cell", ctx.needs_input_grad, (grad_hy, grad_cy), args)
     g = ops.lstm_cell_backward(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace)
     grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias = g
     return (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_bias, grad_bias))
@@ -233,12 +243,15 @@ def _gru_setup(ctx, inputs, output):
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
-                          output[2])
+                          output[2], a["b_ih"], a["b_hh"])
 
 
 def _gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
     _require_train("gru", ctx)
-    input, batch_sizes, h0, w_ih, w_hh, output, workspace = ctx.saved_tensors
+    input, batch_sizes, h0, w_ih, w_hh, output, workspace, b_ih, b_hh = ctx.saved_tensors
+    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.reverse, True)
+    if _exact.wanted((grad_output, grad_h_n), args):
+        return _exact.backward("gru", ctx.needs_input_grad, (grad_output, grad_h_n), args)
     g = ops.gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                          workspace, ctx.reverse)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
@@ -253,11 +266,15 @@ def _gru_cell_setup(ctx, inputs, output):
     a = _named(ops.gru_cell.default, inputs)
     _unused_grads_none(ctx, output[1])
     _setup_biases(ctx, a)
-    ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output[0], output[1])
+    ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output[0], output[1],
+                          a["b_ih"], a["b_hh"])
 
 
 def _gru_cell_backward(ctx, grad_hy, _grad_workspace):
-    input, hx, w_ih, w_hh, hy, workspace = ctx.saved_tensors
+    input, hx, w_ih, w_hh, hy, workspace, b_ih, b_hh = ctx.saved_tensors
+    args = (input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _exact.wanted((grad_hy,), args):
+        return _exact.backward("gru_cell", ctx.needs_input_grad, (grad_hy,), args)
     g = ops.gru_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, workspace)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
     return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_b_ih, grad_b_hh))
@@ -272,11 +289,15 @@ def _rnn_setup(ctx, inputs, output):
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.nonlinearity = a["nonlinearity"]
-    ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0])
+    ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
+                          a["b_ih"], a["b_hh"])
 
 
 def _rnn_backward(ctx, grad_output, grad_h_n):
-    input, batch_sizes, h0, w_ih, w_hh, output = ctx.saved_tensors
+    input, batch_sizes, h0, w_ih, w_hh, output, b_ih, b_hh = ctx.saved_tensors
+    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, ctx.reverse)
+    if _exact.wanted((grad_output, grad_h_n), args):
+        return _exact.backward("rnn", ctx.needs_input_grad, (grad_output, grad_h_n), args)
     g = ops.rnn_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                          ctx.nonlinearity, ctx.reverse)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = g
@@ -291,11 +312,14 @@ def _rnn_cell_setup(ctx, inputs, output):
     a = _named(ops.rnn_cell.default, inputs)
     _setup_biases(ctx, a)
     ctx.nonlinearity = a["nonlinearity"]
-    ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output)
+    ctx.save_for_backward(a["input"], a["hx"], a["w_ih"], a["w_hh"], output, a["b_ih"], a["b_hh"])
 
 
 def _rnn_cell_backward(ctx, grad_hy):
-    input, hx, w_ih, w_hh, hy = ctx.saved_tensors
+    input, hx, w_ih, w_hh, hy, b_ih, b_hh = ctx.saved_tensors
+    args = (input, hx, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity)
+    if _exact.wanted((grad_hy,), args):
+        return _exact.backward("rnn_cell", ctx.needs_input_grad, (grad_hy,), args)
     g = ops.rnn_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, ctx.nonlinearity)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = g
     return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_bias, grad_bias), None)

@@ -70,7 +70,7 @@ def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
 
 
 # ---- one layer in one direction, by a loop over time ------------------------------------------
-def _run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tensor, ...],
+def run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tensor, ...],
                reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Loops step(x_t, states_t) -> new states (h first) over time.
 
@@ -98,20 +98,20 @@ def _run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Ten
 
 def lstm_layer(x, batch_sizes, states, params: LayerParams, reverse: bool):
     w_ih, w_hh, b_ih, b_hh, w_hr = params
-    return _run_layer(lambda xt, s: lstm_cell(xt, s[0], s[1], w_ih, w_hh, b_ih, b_hh, w_hr),
-                      x, batch_sizes, states, reverse)
+    return run_layer(lambda xt, s: lstm_cell(xt, s[0], s[1], w_ih, w_hh, b_ih, b_hh, w_hr),
+                     x, batch_sizes, states, reverse)
 
 
 def gru_layer(x, batch_sizes, states, params: LayerParams, reverse: bool):
     w_ih, w_hh, b_ih, b_hh, _ = params
-    return _run_layer(lambda xt, s: (gru_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh),),
-                      x, batch_sizes, states, reverse)
+    return run_layer(lambda xt, s: (gru_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh),),
+                     x, batch_sizes, states, reverse)
 
 
 def rnn_layer(nonlinearity: str):
     def layer(x, batch_sizes, states, params: LayerParams, reverse: bool):
         w_ih, w_hh, b_ih, b_hh, _ = params
-        return _run_layer(
+        return run_layer(
             lambda xt, s: (rnn_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),),
             x, batch_sizes, states, reverse)
 

@@ -62,7 +62,7 @@ def _cell_loop_call(module: torch.nn.Module, case: Case) -> Callable:
         counter = iter(range(len(cells)))
 
         def one(xx, bs, st, params, reverse):
-            return R._run_layer(layer(cells[next(counter)]), xx, bs, st, reverse)
+            return R.run_layer(layer(cells[next(counter)]), xx, bs, st, reverse)
 
         out, finals = RF.stack_layers(one, data, batch_sizes, states,
                                       [None] * len(cells), case.num_layers, case.bidirectional,
@@ -114,7 +114,7 @@ def _compiled_reference_call(module: torch.nn.Module, case: Case) -> Callable:
             fn = lambda xt, s: step(xt, s[0], s[1], w_ih, w_hh, b_ih, b_hh)  # noqa: E731
         else:
             fn = lambda xt, s: (step(xt, s[0], w_ih, w_hh, b_ih, b_hh),)  # noqa: E731
-        return R._run_layer(fn, x, bs, st, reverse)
+        return R.run_layer(fn, x, bs, st, reverse)
 
     def run(x, states):
         data, batch_sizes = (x.data, x.batch_sizes) if hasattr(x, "batch_sizes") else (x, None)

@@ -157,10 +157,9 @@ def _second_derivatives(module, sample, seeds, directions) -> list[torch.Tensor]
     return _grads([total], leaves, None)
 
 
-# Today the backward operators have no autograd kernel: torch warns that it backpropagates
-# through them as if they were constants, and the second derivatives come out wrong. The warning
-# is made an error so that the test fails for that reason and no other.
-@pytest.mark.xfail(strict=True, raises=UserWarning, reason="double backward: issue 16")
+# The backward operators have no autograd kernel of their own: under create_graph, ops.py hands
+# the first gradient to rnnkit.double_backward. torch's warning that it backpropagates through an
+# operator as if it were a constant is made an error, so that a path that skips the hand-over fails.
 @pytest.mark.filterwarnings("error:.*an autograd kernel was not registered:UserWarning")
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("info,index", SAMPLE_CASES)
