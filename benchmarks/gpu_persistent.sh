@@ -10,6 +10,7 @@
 #   2. benchmarks/bench_persistent.py (writes persistent.json and persistent.md),
 #   3. tests/library/test_cuda.py without its torch.compile cases (the general CUDA path, persistent loop
 #      off as by default: the hooks must leave it as it was),
+#   4. the CUDA cases of the double-backward and module_db tests,
 # each under its own time limit, and writes every log under RESULTS_DIR (summary.txt: one line per
 # step). All steps together stay within BUDGET seconds (default 350: under 6 minutes).
 # Exit status: 0 when every step passed.
@@ -83,6 +84,8 @@ if step build 150 build.log "$PY" setup.py build_ext --inplace; then
   step bench 90 bench.log "$PY" benchmarks/bench_persistent.py --out-dir "$OUT"
   step cuda-tests 60 pytest-cuda.log "$PY" -m pytest "${pytest_args[@]}" tests/library/test_cuda.py \
     -k "not compile" --junitxml="$OUT/pytest-cuda.xml"
+  step other-gpu-tests 45 pytest-other.log "$PY" -m pytest "${pytest_args[@]}" -k cuda \
+    tests/library/test_double_backward.py tests/library/test_module_db.py
 fi
 echo "results in $OUT" | tee -a "$SUMMARY"
 exit $failed
