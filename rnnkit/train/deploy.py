@@ -110,8 +110,10 @@ class PaddedBatch(nn.Module):
         directions = 2 if rnn.bidirectional else 1
         zeros = rows.new_zeros(rnn.num_layers * directions, N, rnn.hidden_size)
         hx = (zeros, zeros) if m.cell == "lstm" else zeros
+        batch_sizes = active.sum(1)
+        batch_sizes = batch_sizes[batch_sizes > 0]  # rows past the longest sequence: none
         out, hn = self.run(rows, hx, _layer_params(rnn), rnn.num_layers, rnn.bidirectional,
-                           batch_sizes=active.sum(1))
+                           batch_sizes=batch_sizes)
         if m.spec.per_step:
             padded = out.new_zeros(T, N, out.shape[-1]).index_put((active,), out)
             return m.head(padded[:, unsort])
@@ -130,11 +132,16 @@ class WholeSequence(nn.Module):
         return self.model(x)[0]
 
 
-def deployable(task: str, model: SequenceModel) -> Deployable:
-    """The export form of a run's model (in eval mode, on the CPU) for ``task``."""
+def check_task(task: str) -> None:
+    """UserError (one line) unless runs of ``task`` export."""
     if task not in EXPORT_TASKS:
         raise UserError(f"{task} runs do not export (seq2seq decodes in a loop around two "
                         f"models); the tasks that export: {', '.join(EXPORT_TASKS)}")
+
+
+def deployable(task: str, model: SequenceModel) -> Deployable:
+    """The export form of a run's model (in eval mode, on the CPU) for ``task``."""
+    check_task(task)
     N, T = EXAMPLE_N, EXAMPLE_T
     spec = model.spec
     if task == "charlm":

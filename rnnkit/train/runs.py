@@ -152,6 +152,7 @@ def sample(step: deploy.Step, prompt: list[int], length: int, temperature: float
 def export_run(run_dir: str, fmt: str, out: Optional[str] = None, which: str = "best") -> str:
     """Writes a run's model in its deployment form (deploy.py) as ``fmt`` (onnx, pt2) to
     ``out`` (default: RUN_DIR/model.<fmt>); returns the path."""
+    deploy.check_task(saved_config(run_dir).task)  # before loading anything
     config, _, model, _ = load_run(run_dir, "rnnkit", which, "cpu")
     out = out or os.path.join(run_dir, f"model.{fmt}")
     deploy.export(config.task, model, fmt, out)
