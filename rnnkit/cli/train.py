@@ -168,7 +168,8 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
 @click.option("--device", type=DEVICES, default="cpu", help="Where to sample.")
 @click.option("--onnx", type=FILE, default=None,
               help="Step through this ONNX file of the run (rnnkit export RUN_DIR) in "
-                   "onnxruntime on the CPU instead of PyTorch: the same text for the same seed.")
+                   "onnxruntime on the CPU instead of PyTorch (--impl and --device do not "
+                   "apply): the same text for the same seed.")
 def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: int | None,
              seed: int | None, checkpoint: str, impl: str | None, device: str,
              onnx: str | None) -> None:

@@ -53,10 +53,6 @@ class Deployable:
     dynamic_shapes: tuple  # per input: {axis: name}
 
 
-def _states(model: SequenceModel) -> int:
-    return 2 if model.cell == "lstm" else 1
-
-
 class CharStep(nn.Module):
     """One step of a charlm model. forward(tokens (N,) int64, h (L, N, H) [, c (L, N, H)])
     returns (logits (N, V), h_n [, c_n])."""
@@ -176,21 +172,25 @@ def export(task: str, model: SequenceModel, fmt: str, out: str) -> None:
                      for axis, name in spec.items()} for spec in d.dynamic_shapes)
     if fmt == "onnx":
         try:
-            rko.translation_table()  # the extra's packages, before minutes of work
+            rko.translation_table()  # the extra's packages, before the export's work
         except ImportError as e:
             raise UserError(str(e)) from None
     with torch.no_grad():  # the inference form of rnnkit's operators: no workspace
         program = torch.export.export(d.module, d.args, dynamic_shapes=dynamic)
-        try:
-            if fmt == "pt2":
-                torch.export.save(program, out)
-                return
-            # the exporter warns of torchvision's missing operators, which no model here uses
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # the ONNX exporter warns of torchvision's missing operators, which no model here uses
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    try:
+        if fmt == "pt2":
+            torch.export.save(program, out)
+        else:
+            exporter_log.setLevel(logging.ERROR)
             rko.export(program, d.args, out, input_names=d.input_names,
                        output_names=d.output_names)
-        except OSError as e:
-            raise UserError(f"{out}: cannot write ({e.strerror})") from None
+    except OSError as e:
+        raise UserError(f"{out}: cannot write ({e.strerror})") from None
+    finally:
+        exporter_log.setLevel(level)
 
 
 # ---- stepping an exported charlm model --------------------------------------------------------
