@@ -4,7 +4,8 @@ torch.export .pt2) gives rnnkit's results.
 - charlm: a run of the default model (LSTM, 384 hidden units, six steps), exported as the step
   model and stepped through 1,000 characters (three streams at once) in onnxruntime, matches the
   rnnkit model's logits over the whole sequence to 1e-4; ``generate --onnx`` prints the text that
-  ``generate`` prints for the same seed; the .pt2 steps the same.
+  ``generate`` prints for the same seed (also for 2-layer GRU and RNN runs, whose state is h
+  alone); the .pt2 steps the same.
 - classify (GRU, 2 layers), tag (bidirectional LSTM), adding (LSTM over features) and copy
   (tanh RNN): the whole model, on a batch of another size than the export's, with unsorted
   lengths and a padding row past the longest sequence, matches the model's own forward.
@@ -103,6 +104,21 @@ def test_generate_through_onnx_prints_the_same_text(charlm, options):
     assert through.output == plain.output
     other = invoke("generate", run_dir, *options, "--seed", "8", "--onnx", path)
     assert other.output != plain.output  # the seed decides, so equal text means equal steps
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_generate_through_onnx_with_one_state(cell, tmp_path):
+    """GRU and RNN step models carry h alone; two layers."""
+    (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 40)
+    run_dir = str(tmp_path / "run")
+    train(TrainConfig(data=str(tmp_path / "corpus.txt"), cell=cell, num_layers=2, hidden_size=16,
+                      embed_size=8, batch_size=4, seq_len=16, steps=3, eval_every=3, threads=1,
+                      out=run_dir), progress=False, echo=quiet)
+    path = export(run_dir, str(tmp_path / "step.onnx"))
+    assert [i.name for i in session(path).get_inputs()] == ["tokens", "h"]
+    plain = invoke("generate", run_dir, "--length", "150", "--seed", "2")
+    through = invoke("generate", run_dir, "--length", "150", "--seed", "2", "--onnx", path)
+    assert plain.exit_code == 0 and through.output == plain.output, plain.output + through.output
 
 
 def test_the_pt2_step_model_matches_rnnkit(charlm, tmp_path):
