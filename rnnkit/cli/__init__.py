@@ -3,6 +3,7 @@
     library.py  info, check            the compiled library itself
     bench.py    bench                  timing (the logic is rnnkit.bench)
     train.py    train, eval, generate, plot   models (the logic is rnnkit.train)
+    export.py   export                 a run's model as ONNX or .pt2 (rnnkit.train.deploy)
     lessons.py  gradflow, longrange, inspect  the lessons (the logic is rnnkit.lessons)
 
 Options are parsed here and handed to the applications; nothing else imports this package.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import bench, lessons, library, train
+from . import bench, export, lessons, library, train
 from .common import CONTEXT
 
 
@@ -25,5 +26,6 @@ def main() -> None:
 
 
 for command in (library.info, library.check, bench.bench, train.train, train.eval_,
-                train.generate, train.plot, lessons.gradflow, lessons.longrange, lessons.inspect_):
+                train.generate, train.plot, export.export, lessons.gradflow, lessons.longrange,
+                lessons.inspect_):
     main.add_command(command)

@@ -166,8 +166,13 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
 @click.option("--impl", type=IMPLS, default=None,
               help="Recurrent implementation [default: the run's].")
 @click.option("--device", type=DEVICES, default="cpu", help="Where to sample.")
+@click.option("--onnx", type=FILE, default=None,
+              help="Step through this ONNX file of the run (rnnkit export RUN_DIR) in "
+                   "onnxruntime on the CPU instead of PyTorch (--impl and --device do not "
+                   "apply): the same text for the same seed.")
 def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: int | None,
-             seed: int | None, checkpoint: str, impl: str | None, device: str) -> None:
+             seed: int | None, checkpoint: str, impl: str | None, device: str,
+             onnx: str | None) -> None:
     """Sample text from a charlm run, printing characters as they come.
 
     A seq2seq run instead spells out each number of --prompt, greedily decoded, one
@@ -178,12 +183,15 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
         from ..train.runs import run_task, translate
 
         if run_task(run_dir) == "seq2seq":
+            if onnx:
+                raise click.BadParameter("seq2seq runs do not export; --onnx takes a charlm "
+                                         "run's step model", param_hint="--onnx")
             for number, words in translate(run_dir, prompt, impl, checkpoint, device):
                 click.echo(f"{number} -> {words}")
             return
 
         chars = sample(run_dir, prompt, length, temperature, top_k, seed, impl, checkpoint,
-                       device)
+                       device, onnx)
         first = next(chars, None)  # surfaces bad input before anything is printed
         click.echo(prompt, nl=False)
         if first is not None:

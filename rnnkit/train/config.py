@@ -23,6 +23,11 @@ from .errors import UserError
 #: chunk; adding/copy: length; classify: most tokens; tag: unused; seq2seq: most digits).
 TASKS = {"charlm": 64, "classify": 400, "tag": 0, "adding": 50, "copy": 20, "seq2seq": 6}
 
+#: The tasks whose runs ``rnnkit export`` writes (not seq2seq: its greedy decoding is a loop
+#: around two models), and the formats it writes; train/deploy.py does the work.
+EXPORT_TASKS = ("charlm", "classify", "tag", "adding", "copy")
+EXPORT_FORMATS = ("onnx", "pt2")
+
 #: The recurrent implementations: rnnkit's fused kernels, torch.nn, rnnkit.reference.
 IMPLS = ("rnnkit", "torch", "reference")
 

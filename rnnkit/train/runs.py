@@ -11,6 +11,7 @@ import torch
 
 from .. import __version__
 from . import checkpoint as C
+from . import deploy
 from .config import RESUMABLE, TrainConfig
 from .distributed import pick_device
 from .errors import UserError
@@ -114,29 +115,45 @@ def translate(run_dir: str, prompt: str, impl: Optional[str] = None, which: str 
 @torch.no_grad()
 def generate(run_dir: str, prompt: str = "\n", length: int = 500, temperature: float = 0.8,
              top_k: Optional[int] = None, seed: Optional[int] = None, impl: Optional[str] = None,
-             which: str = "best", device: str = "auto"):
-    """Yield ``length`` characters sampled from a charlm run, one at a time, after ``prompt``."""
-    config, task, model, _ = load_run(run_dir, impl, which, device)
+             which: str = "best", device: str = "auto", onnx: Optional[str] = None):
+    """Yield ``length`` characters sampled from a charlm run, one at a time, after ``prompt``.
+    ``onnx``: a step model of the run written by ``rnnkit export``, run by onnxruntime on the
+    CPU instead of the PyTorch model (the same characters for the same seed)."""
+    config, task, model, _ = load_run(run_dir, impl, which, "cpu" if onnx else device)
     if config.task != "charlm":
         raise UserError(f"{run_dir}: generate needs a charlm run, this one is {config.task!r}")
     unknown = sorted({c for c in prompt if c not in task.vocab.stoi})
     if unknown:
         raise UserError("--prompt: character(s) not in the run's vocabulary: "
                         + " ".join(repr(c) for c in unknown))
-    if not prompt:
-        prompt = "\n"
+    step = deploy.onnx_step(onnx, model) if onnx else deploy.torch_step(model)
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev)
     g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-    x = torch.tensor(task.vocab.encode(prompt), dtype=torch.long, device=dev).view(-1, 1)
-    logits, state = model(x)
-    last = logits[-1, 0]
+    for index in sample(step, task.vocab.encode(prompt or "\n"), length, temperature, top_k, g):
+        yield task.vocab.itos[index]
+
+
+def sample(step: deploy.Step, prompt: list[int], length: int, temperature: float,
+           top_k: Optional[int], generator: torch.Generator):
+    """Yield ``length`` symbol indices drawn one at a time from ``step``'s logits, each fed back
+    as the next input, after the ``prompt`` indices (at least one)."""
+    last, state = step(prompt, None)
     for _ in range(length):
         scores = last / max(temperature, 1e-6)
         if top_k:
             kth = torch.topk(scores, min(top_k, scores.numel())).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        index = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=g))
-        yield task.vocab.itos[index]
-        logits, state = model(torch.tensor([[index]], device=dev), hx=state)
-        last = logits[-1, 0]
+        index = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
+        yield index
+        last, state = step([index], state)
+
+
+def export_run(run_dir: str, fmt: str, out: Optional[str] = None, which: str = "best") -> str:
+    """Writes a run's model in its deployment form (deploy.py) as ``fmt`` (onnx, pt2) to
+    ``out`` (default: RUN_DIR/model.<fmt>); returns the path."""
+    deploy.check_task(saved_config(run_dir).task)  # before loading anything
+    config, _, model, _ = load_run(run_dir, "rnnkit", which, "cpu")
+    out = out or os.path.join(run_dir, f"model.{fmt}")
+    deploy.export(config.task, model, fmt, out)
+    return out
