@@ -26,12 +26,12 @@ const char* cpu_blas_path();
 }  // namespace rnnkit
 
 TORCH_LIBRARY(rnnkit, m) {
-  rnnkit::Cells::for_each([&]<typename Cell>() { rnnkit::OpsOf<Cell, void>::define(m); });
+  rnnkit::Cells::for_each([&]<typename Cell>() { rnnkit::define_operators<Cell>(m); });
 }
 
 // TEST ONLY: cells that exist to test the cell machinery (common/registry.h); not rnnkit's API.
 TORCH_LIBRARY(rnnkit_testing, m) {
-  rnnkit::TestingCells::for_each([&]<typename Cell>() { rnnkit::OpsOf<Cell, void>::define(m); });
+  rnnkit::TestingCells::for_each([&]<typename Cell>() { rnnkit::define_operators<Cell>(m); });
 }
 
 // ---- rnnkit._C: build facts for rnnkit.build_info() ------------------------------------------

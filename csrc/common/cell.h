@@ -47,6 +47,19 @@ struct StepForward {
   int64_t H, R;
   bool save;                // write the workspace row (training)
   gates::Activation act;    // the Elman RNN's nonlinearity
+
+  // The input-side pre-activation of gate k of unit (n, j), with its bias.
+  template <typename L>
+  RNNKIT_HD typename L::V input_side(int64_t n, int64_t k, int64_t j) const {
+    const auto a = L::load(gates + n * ld_gates + k * H + j);
+    return bias ? a + L::load(bias + k * H + j) : a;
+  }
+  // The recurrent-side pre-activation of gate k of unit (n, j), with its bias (kRecurrentApart).
+  template <typename L>
+  RNNKIT_HD typename L::V recurrent_side(int64_t n, int64_t k, int64_t j, int64_t G) const {
+    const auto a = L::load(rec + n * G + k * H + j);
+    return rec_bias ? a + L::load(rec_bias + k * H + j) : a;
+  }
 };
 
 // The pointers of one backward step, rows of the step's active batch only (n < bs).
@@ -65,6 +78,20 @@ struct StepBackward {
   scalar_t* da_rec;         // [bs, G]: of the recurrent-side ones (kRecurrentApart); else da
   int64_t H, W;
   gates::Activation act;
+
+  // This view moved to the step whose first packed row is `row` (dh and dc, [N, ...], stay).
+  StepBackward at_row(int64_t row, int64_t R, int64_t G) const {
+    const auto move = [row](auto* p, int64_t width) { return p ? p + row * width : p; };
+    StepBackward s = *this;
+    s.ws = move(ws, W);
+    s.out = move(out, R);
+    s.h_prev = move(h_prev, R);
+    s.c_prev = move(c_prev, H);
+    s.dh_out = move(dh_out, R);
+    s.da = move(da, G);
+    s.da_rec = move(da_rec, G);
+    return s;
+  }
 
   // The whole gradient reaching h of unit (n, j): dh_out + dh, either possibly absent.
   template <typename L>

@@ -85,13 +85,20 @@ struct LayerResult {
   Tensor output, h_n, c_n, workspace;  // workspace: [P, W] in training, [0] without
 };
 
+// The checks every operator makes first: the input's device and dtype, then the nonlinearity.
+template <typename Backend>
+gates::Activation first_checks(const Tensor& input, const std::string* nonlinearity,
+                               const char* op) {
+  Backend::check_device(input, op);
+  checks::floating(input, Backend::kHalfTypes, op);
+  return nonlinearity ? parse_activation(*nonlinearity, op) : gates::Activation::Tanh;
+}
+
 template <typename Cell, typename Backend>
 LayerResult layer_forward(const LayerArgs& a) {
   const char* op = op_name<Cell>(false);
-  Backend::check_device(a.input, op);
-  checks::floating(a.input, Backend::kHalfTypes, op);
   ForwardCall call;
-  if (a.nonlinearity) call.act = parse_activation(*a.nonlinearity, op);
+  call.act = first_checks<Backend>(a.input, a.nonlinearity, op);
   const typename Backend::Guard guard(a.input.device());
   call.plan = make_plan(a.input, a.batch_sizes, a.reverse, op);
   call.d = layer_shape(op, Cell::kGates, a.input, call.plan, a.h0, a.w_ih, a.w_hh, a.b_ih,
@@ -163,6 +170,17 @@ struct BackwardCall {
   Tensor dh_pre;        // [N, H] scratch with a projection
 };
 
+// The buffers of a backward call as a step's pointwise code reads them, at packed row 0
+// (StepBackward::at_row moves it to a step).
+template <typename scalar_t>
+StepBackward<scalar_t> step_backward(const BackwardCall& call) {
+  return {ptr<scalar_t>(call.ws),          ptr<scalar_t>(call.output), ptr<scalar_t>(call.h_prev),
+          ptr<scalar_t>(call.c_prev),      ptr<scalar_t>(call.grad_output),
+          ptr<scalar_t>(call.dh),          ptr<scalar_t>(call.dc),     ptr<scalar_t>(call.da),
+          ptr<scalar_t>(call.da_rec),      call.d.H,                   call.W,
+          call.act};
+}
+
 struct LayerGrads {
   WeightGrads g;     // input, w_ih, w_hh, b_ih, b_hh
   Tensor h0, c0;     // [N, R], [N, H] (cell state)
@@ -172,10 +190,8 @@ struct LayerGrads {
 template <typename Cell, typename Backend>
 LayerGrads layer_backward(const LayerGradArgs& a) {
   const char* op = op_name<Cell>(true);
-  Backend::check_device(a.input, op);
-  checks::floating(a.input, Backend::kHalfTypes, op);
   BackwardCall call;
-  if (a.nonlinearity) call.act = parse_activation(*a.nonlinearity, op);
+  call.act = first_checks<Backend>(a.input, a.nonlinearity, op);
   const typename Backend::Guard guard(a.input.device());
   const SequencePlan& plan = call.plan = make_plan(a.input, a.batch_sizes, a.reverse, op);
   const LayerShape& d = call.d = layer_shape(op, Cell::kGates, a.input, plan, a.h0, a.w_ih,

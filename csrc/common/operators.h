@@ -46,14 +46,6 @@ struct StateCellOps {
               .c_str());
   }
 
-  static void impl(torch::Library& m) {
-    const std::string n = Cell::kName;
-    m.impl(n.c_str(), &layer);
-    m.impl((n + "_backward").c_str(), &layer_grad);
-    m.impl((n + "_cell").c_str(), &cell);
-    m.impl((n + "_cell_backward").c_str(), &cell_grad);
-  }
-
   static std::tuple<Tensor, Tensor, Tensor, Tensor> layer(
       const Tensor& input, const optional<Tensor>& batch_sizes, const Tensor& h0,
       const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
@@ -123,14 +115,6 @@ struct OutputOnlyOps {
               .c_str());
   }
 
-  static void impl(torch::Library& m) {
-    const std::string n = Cell::kName;
-    m.impl(n.c_str(), &layer);
-    m.impl((n + "_backward").c_str(), &layer_grad);
-    m.impl((n + "_cell").c_str(), &cell);
-    m.impl((n + "_cell_backward").c_str(), &cell_grad);
-  }
-
   static std::tuple<Tensor, Tensor> layer(const Tensor& input,
                                           const optional<Tensor>& batch_sizes, const Tensor& h0,
                                           const Tensor& w_ih, const Tensor& w_hh,
@@ -196,14 +180,6 @@ struct GatedOps {
               .c_str());
   }
 
-  static void impl(torch::Library& m) {
-    const std::string n = Cell::kName;
-    m.impl(n.c_str(), &layer);
-    m.impl((n + "_backward").c_str(), &layer_grad);
-    m.impl((n + "_cell").c_str(), &cell);
-    m.impl((n + "_cell_backward").c_str(), &cell_grad);
-  }
-
   static std::tuple<Tensor, Tensor, Tensor> layer(const Tensor& input,
                                                   const optional<Tensor>& batch_sizes,
                                                   const Tensor& h0, const Tensor& w_ih,
@@ -254,5 +230,22 @@ using OpsOf = std::conditional_t<Cell::kCellState, StateCellOps<Cell, Backend>,
                                  std::conditional_t<Cell::kGatesInOutput,
                                                     OutputOnlyOps<Cell, Backend>,
                                                     GatedOps<Cell, Backend>>>;
+
+// Defines the operators of a cell (rnnkit.cpp).
+template <typename Cell>
+void define_operators(torch::Library& m) {
+  OpsOf<Cell, void>::define(m);
+}
+
+// Registers a backend's kernels for the operators of a cell (cpu/register.cpp, cuda/register.cu).
+template <typename Cell, typename Backend>
+void register_kernels(torch::Library& m) {
+  using Ops = OpsOf<Cell, Backend>;
+  const std::string n = Cell::kName;
+  m.impl(n.c_str(), &Ops::layer);
+  m.impl((n + "_backward").c_str(), &Ops::layer_grad);
+  m.impl((n + "_cell").c_str(), &Ops::cell);
+  m.impl((n + "_cell_backward").c_str(), &Ops::cell_grad);
+}
 
 }  // namespace rnnkit

@@ -15,11 +15,12 @@ const char* cpu_blas_path() { return cpu::blas_path(); }
 }  // namespace rnnkit
 
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
-  rnnkit::Cells::for_each([&]<typename Cell>() { rnnkit::OpsOf<Cell, rnnkit::cpu::Backend>::impl(m); });
+  rnnkit::Cells::for_each(
+      [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
 }
 
 // TEST ONLY: the cells of rnnkit_testing (common/registry.h).
 TORCH_LIBRARY_IMPL(rnnkit_testing, CPU, m) {
   rnnkit::TestingCells::for_each(
-      [&]<typename Cell>() { rnnkit::OpsOf<Cell, rnnkit::cpu::Backend>::impl(m); });
+      [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
 }

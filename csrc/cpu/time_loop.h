@@ -121,38 +121,21 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<Cell, scalar_t>
 template <typename Cell, typename scalar_t>
 void backward_steps(const BackwardCall& call) {
   const SequencePlan& plan = call.plan;
-  const int64_t H = call.d.H, R = call.d.R, G = call.d.G, W = call.W;
-  const scalar_t* gout = ptr<scalar_t>(call.grad_output);
-  const scalar_t* ws = ptr<scalar_t>(call.ws);
-  const scalar_t* out = ptr<scalar_t>(call.output);
-  const scalar_t* h_prev = ptr<scalar_t>(call.h_prev);
-  const scalar_t* c_prev = ptr<scalar_t>(call.c_prev);
+  const int64_t H = call.d.H, R = call.d.R, G = call.d.G;
   const scalar_t* w_hr = ptr<scalar_t>(call.w_hr);
   scalar_t* dh = ptr<scalar_t>(call.dh);
-  scalar_t* da = ptr<scalar_t>(call.da);
   scalar_t* da_rec = ptr<scalar_t>(call.da_rec);
-  scalar_t* dr = ptr<scalar_t>(call.dr);
   scalar_t* dh_pre = ptr<scalar_t>(call.dh_pre);
   const PackedB<scalar_t> w_hh(/*trans_b=*/false, plan.N, R, G, ptr<scalar_t>(call.w_hh), R,
                                plan.T() >= kPackFromSteps);
+  const StepBackward<scalar_t> first = step_backward<scalar_t>(call);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-    const scalar_t* gout_t = gout ? gout + row * R : nullptr;
-    StepBackward<scalar_t> io{ws ? ws + row * W : nullptr,
-                              out + row * R,
-                              h_prev + row * R,
-                              c_prev ? c_prev + row * H : nullptr,
-                              gout_t,
-                              dh,
-                              ptr<scalar_t>(call.dc),
-                              da + row * G,
-                              da_rec + row * G,
-                              H,
-                              W,
-                              call.act};
+    StepBackward<scalar_t> io = first.at_row(row, R, G);
     if (Cell::kProjection && call.proj) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
-      scalar_t* dr_t = dr + row * R;
+      scalar_t* dr_t = ptr<scalar_t>(call.dr) + row * R;
+      const scalar_t* gout_t = io.dh_out;
       for (int64_t k = 0; k < bs * R; ++k) dr_t[k] = dh[k] + (gout_t ? gout_t[k] : scalar_t(0));
       gemm<scalar_t>(false, false, bs, H, R, 1, dr_t, R, w_hr, H, 0, dh_pre, H);
       io.dh_out = dh_pre;

@@ -8,11 +8,11 @@
 
 TORCH_LIBRARY_IMPL(rnnkit, CUDA, m) {
   rnnkit::Cells::for_each(
-      [&]<typename Cell>() { rnnkit::OpsOf<Cell, rnnkit::cuda::Backend>::impl(m); });
+      [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cuda::Backend>(m); });
 }
 
 // TEST ONLY: the cells of rnnkit_testing (common/registry.h).
 TORCH_LIBRARY_IMPL(rnnkit_testing, CUDA, m) {
   rnnkit::TestingCells::for_each(
-      [&]<typename Cell>() { rnnkit::OpsOf<Cell, rnnkit::cuda::Backend>::impl(m); });
+      [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cuda::Backend>(m); });
 }

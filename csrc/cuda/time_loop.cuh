@@ -102,34 +102,20 @@ void forward_steps(const ForwardCall& call, scalar_t* gates, int64_t ld, scalar_
 template <typename Cell, typename scalar_t>
 void backward_steps(const BackwardCall& call) {
   const SequencePlan& plan = call.plan;
-  const int64_t H = call.d.H, R = call.d.R, G = call.d.G, W = call.W;
-  const scalar_t* gout = ptr<scalar_t>(call.grad_output);
-  const scalar_t* ws = ptr<scalar_t>(call.ws);
-  const scalar_t* c_prev = ptr<scalar_t>(call.c_prev);
+  const int64_t H = call.d.H, R = call.d.R, G = call.d.G;
   const scalar_t* w_hh = ptr<scalar_t>(call.w_hh);
   const scalar_t* w_hr = ptr<scalar_t>(call.w_hr);
   scalar_t* dh = ptr<scalar_t>(call.dh);
   scalar_t* da_rec = ptr<scalar_t>(call.da_rec);
+  const StepBackward<scalar_t> first = step_backward<scalar_t>(call);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-    const scalar_t* gout_t = gout ? gout + row * R : nullptr;
-    StepBackward<scalar_t> io{ws ? ws + row * W : nullptr,
-                              ptr<scalar_t>(call.output) + row * R,
-                              ptr<scalar_t>(call.h_prev) + row * R,
-                              c_prev ? c_prev + row * H : nullptr,
-                              gout_t,
-                              dh,
-                              ptr<scalar_t>(call.dc),
-                              ptr<scalar_t>(call.da) + row * G,
-                              da_rec + row * G,
-                              H,
-                              W,
-                              call.act};
+    StepBackward<scalar_t> io = first.at_row(row, R, G);
     if (Cell::kProjection && call.proj) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       at::Tensor dr_t = call.dr.narrow(0, row, bs);
       const at::Tensor dh_t = call.dh.narrow(0, 0, bs);
-      if (gout) {
+      if (call.grad_output.defined()) {
         at::add_out(dr_t, dh_t, call.grad_output.narrow(0, row, bs));
       } else {
         dr_t.copy_(dh_t);

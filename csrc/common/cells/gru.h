@@ -28,15 +28,8 @@ struct Gru {
     using V = typename L::V;
     const int64_t H = io.H;
     scalar_t* g = io.gates + n * io.ld_gates;
-    const scalar_t* rec = io.rec + n * kGates * H;
-    const auto x = [&](int64_t k) {
-      const V a = L::load(g + k * H + j);
-      return io.bias ? a + L::load(io.bias + k * H + j) : a;
-    };
-    const auto h = [&](int64_t k) {
-      const V a = L::load(rec + k * H + j);
-      return io.rec_bias ? a + L::load(io.rec_bias + k * H + j) : a;
-    };
+    const auto x = [&](int64_t k) { return io.template input_side<L>(n, k, j); };
+    const auto h = [&](int64_t k) { return io.template recurrent_side<L>(n, k, j, kGates * H); };
     const V h_n = h(2);
     const auto r = gates::gru_forward(x(0), x(1), x(2), h(0), h(1), h_n,
                                       L::load(io.h_prev + n * H + j));

@@ -26,14 +26,10 @@ struct Lstm {
 
   template <typename L, typename scalar_t>
   RNNKIT_HD static void forward(const StepForward<scalar_t>& io, int64_t n, int64_t j) {
-    using V = typename L::V;
     const int64_t H = io.H;
     scalar_t* g = io.gates + n * io.ld_gates;
-    const auto pre = [&](int64_t k) {
-      const V a = L::load(g + k * H + j);
-      return io.bias ? a + L::load(io.bias + k * H + j) : a;
-    };
-    const auto r = gates::lstm_forward(pre(0), pre(1), pre(2), pre(3), L::load(io.c + n * H + j));
+    const auto a = [&](int64_t k) { return io.template input_side<L>(n, k, j); };
+    const auto r = gates::lstm_forward(a(0), a(1), a(2), a(3), L::load(io.c + n * H + j));
     if (io.save) {
       L::store(g + j, r.i);
       L::store(g + H + j, r.f);

@@ -25,8 +25,7 @@ struct Rnn {
   template <typename L, typename scalar_t>
   RNNKIT_HD static void forward(const StepForward<scalar_t>& io, int64_t n, int64_t j) {
     const int64_t k = n * io.H + j;
-    const auto a = L::load(io.gates + k);
-    const auto h = gates::rnn_forward(io.bias ? a + L::load(io.bias + j) : a, io.act);
+    const auto h = gates::rnn_forward(io.template input_side<L>(n, 0, j), io.act);
     L::store(io.out + k, h);
     L::store(io.h_next + k, h);
   }

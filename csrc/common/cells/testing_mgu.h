@@ -30,15 +30,8 @@ struct TestingMgu {
     using V = typename L::V;
     const int64_t H = io.H;
     scalar_t* g = io.gates + n * io.ld_gates;
-    const scalar_t* rec = io.rec + n * kGates * H;
-    const auto x = [&](int64_t k) {
-      const V a = L::load(g + k * H + j);
-      return io.bias ? a + L::load(io.bias + k * H + j) : a;
-    };
-    const auto h = [&](int64_t k) {
-      const V a = L::load(rec + k * H + j);
-      return io.rec_bias ? a + L::load(io.rec_bias + k * H + j) : a;
-    };
+    const auto x = [&](int64_t k) { return io.template input_side<L>(n, k, j); };
+    const auto h = [&](int64_t k) { return io.template recurrent_side<L>(n, k, j, kGates * H); };
     const V h_n = h(1), h_prev = L::load(io.h_prev + n * H + j);
     const V f = gates::sigmoid(x(0) + h(0));
     const V cand = math::rk_tanh(x(1) + f * h_n);
