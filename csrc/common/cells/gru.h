@@ -18,9 +18,9 @@ struct Gru {
   struct Layout {
     int64_t H;
     bool proj;
-    int64_t gates() const { return 0; }
-    int64_t h_n() const { return kGates * H; }
-    int64_t width() const { return h_n() + H; }
+    RNNKIT_HD constexpr int64_t gates() const { return 0; }
+    RNNKIT_HD constexpr int64_t h_n() const { return kGates * H; }
+    RNNKIT_HD constexpr int64_t width() const { return h_n() + H; }
   };
 
   template <typename L, typename scalar_t>
@@ -37,7 +37,7 @@ struct Gru {
       L::store(g + j, r.r);
       L::store(g + H + j, r.z);
       L::store(g + 2 * H + j, r.n);
-      L::store(g + 3 * H + j, h_n);
+      L::store(g + Layout{H, false}.h_n() + j, h_n);
     }
     L::store(io.out + n * H + j, r.h);
     L::store(io.h_next + n * H + j, r.h);
@@ -49,7 +49,8 @@ struct Gru {
     const scalar_t* g = io.ws + n * io.W;
     const auto r = gates::gru_backward(io.template grad_h<L>(n, j), L::load(g + j),
                                        L::load(g + H + j), L::load(g + 2 * H + j),
-                                       L::load(g + 3 * H + j), L::load(io.h_prev + n * H + j));
+                                       L::load(g + Layout{H, false}.h_n() + j),
+                                       L::load(io.h_prev + n * H + j));
     scalar_t* dx = io.da + n * kGates * H;
     scalar_t* dh = io.da_rec + n * kGates * H;
     L::store(dx + j, r.dx_r);

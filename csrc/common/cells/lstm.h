@@ -18,10 +18,10 @@ struct Lstm {
   struct Layout {
     int64_t H;
     bool proj;
-    int64_t gates() const { return 0; }
-    int64_t c() const { return kGates * H; }
-    int64_t h_pre() const { return c() + H; }
-    int64_t width() const { return h_pre() + (proj ? H : 0); }
+    RNNKIT_HD constexpr int64_t gates() const { return 0; }
+    RNNKIT_HD constexpr int64_t c() const { return kGates * H; }
+    RNNKIT_HD constexpr int64_t h_pre() const { return c() + H; }
+    RNNKIT_HD constexpr int64_t width() const { return h_pre() + (proj ? H : 0); }
   };
 
   template <typename L, typename scalar_t>
@@ -35,7 +35,7 @@ struct Lstm {
       L::store(g + H + j, r.f);
       L::store(g + 2 * H + j, r.g);
       L::store(g + 3 * H + j, r.o);
-      L::store(g + 4 * H + j, r.c);
+      L::store(g + Layout{H, false}.c() + j, r.c);
     }
     L::store(io.c + n * H + j, r.c);
     if (io.h_pre) {  // the time loop projects it
@@ -53,7 +53,7 @@ struct Lstm {
     const auto r = gates::lstm_backward(
         io.template grad_h<L>(n, j), L::load(io.dc + n * H + j), L::load(g + j),
         L::load(g + H + j), L::load(g + 2 * H + j), L::load(g + 3 * H + j),
-        L::load(g + 4 * H + j), L::load(io.c_prev + n * H + j));
+        L::load(g + Layout{H, false}.c() + j), L::load(io.c_prev + n * H + j));
     scalar_t* da = io.da + n * kGates * H;
     L::store(da + j, r.da_i);
     L::store(da + H + j, r.da_f);

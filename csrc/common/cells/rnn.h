@@ -18,7 +18,7 @@ struct Rnn {
   struct Layout {
     int64_t H;
     bool proj;
-    int64_t width() const { return 0; }
+    RNNKIT_HD constexpr int64_t width() const { return 0; }
   };
 
   // gates and out are the same rows here (kGatesInOutput).

@@ -21,8 +21,8 @@ struct TestingMgu {
   struct Layout {
     int64_t H;
     bool proj;
-    int64_t h_n() const { return kGates * H; }
-    int64_t width() const { return h_n() + H; }
+    RNNKIT_HD constexpr int64_t h_n() const { return kGates * H; }
+    RNNKIT_HD constexpr int64_t width() const { return h_n() + H; }
   };
 
   template <typename L, typename scalar_t>
@@ -39,7 +39,7 @@ struct TestingMgu {
     if (io.save) {
       L::store(g + j, f);
       L::store(g + H + j, cand);
-      L::store(g + 2 * H + j, h_n);
+      L::store(g + Layout{H, false}.h_n() + j, h_n);
     }
     L::store(io.out + n * H + j, h_new);
     L::store(io.h_next + n * H + j, h_new);
@@ -51,7 +51,8 @@ struct TestingMgu {
     const int64_t H = io.H;
     const scalar_t* g = io.ws + n * io.W;
     const V one(1), dh = io.template grad_h<L>(n, j);
-    const V f = L::load(g + j), cand = L::load(g + H + j), h_n = L::load(g + 2 * H + j);
+    const V f = L::load(g + j), cand = L::load(g + H + j);
+    const V h_n = L::load(g + Layout{H, false}.h_n() + j);
     const V h_prev = L::load(io.h_prev + n * H + j);
     const V da_n = dh * f * (one - cand * cand);
     const V da_f = (dh * (cand - h_prev) + da_n * h_n) * f * (one - f);
