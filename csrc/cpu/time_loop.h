@@ -32,7 +32,7 @@ namespace cpu {
 // training; the chunk scratch [chunk rows, G] in inference; the output [P, R] for a cell that
 // saves nothing). rec: [N, G] for Cell::kRecurrentApart. h_pre: [N, H] scratch with a
 // projection in inference.
-template <typename Cell, typename scalar_t>
+template <typename scalar_t>
 struct ForwardBuffers {
   scalar_t* gates;
   int64_t ld;
@@ -42,7 +42,7 @@ struct ForwardBuffers {
 };
 
 template <typename Cell, typename scalar_t>
-void forward_steps(const ForwardCall& call, const ForwardBuffers<Cell, scalar_t>& buf) {
+void forward_steps(const ForwardCall& call, const ForwardBuffers<scalar_t>& buf) {
   const SequencePlan& plan = call.plan;
   const int64_t I = call.d.I, H = call.d.H, R = call.d.R, G = call.d.G, ld = buf.ld;
   const scalar_t* x = ptr<scalar_t>(call.x);
