@@ -16,7 +16,8 @@ import functools
 
 import torch
 
-from . import _C, _library  # noqa: F401  (_library loads the operators)
+from . import _library  # noqa: F401  (loads the operators, or says how to build them)
+from . import _C  # after _library, whose import guard explains a missing build
 
 ops = torch.ops.rnnkit
 
