@@ -1,71 +1,38 @@
-// The one place where rnnkit's operator schemas are declared, and the Python module rnnkit._C.
+// The operators' definitions (TORCH_LIBRARY) and the Python module rnnkit._C.
 //
-// Each backend registers its kernels for these schemas in its own files (cpu/*.cpp with
-// TORCH_LIBRARY_IMPL(rnnkit, CPU, m), cuda/*.cu with TORCH_LIBRARY_IMPL(rnnkit, CUDA, m)).
-// rnnkit/ops.py adds autograd and fake (meta) implementations in Python.
+// Every cell of common/registry.h gets its operators defined here, with the schemas of its
+// family (common/operators.h); each backend registers its kernels for them in one file
+// (cpu/register.cpp, cuda/register.cu). rnnkit/ops.py adds autograd and fake (meta)
+// implementations in Python.
 //
 // Layer operators run one layer in one direction over a whole sequence. Their input is either
 // padded, [T, N, I] with batch_sizes None, or packed, [P, I] with batch_sizes [T] (int64, the
-// active batch of each step, non-increasing). `workspace` holds what backward needs; its layout
-// is private to the backend that made it. With train=False (inference) the LSTM and GRU layers
-// keep no workspace: it comes back empty, [0], and backward through that call is an error.
+// active batch of each step, non-increasing). `workspace` holds what backward needs, one row
+// [W] per packed row (the cell's Layout, common/cells/). With train=False (inference) the LSTM
+// and GRU layers keep no workspace: it comes back empty, [0], and backward through that call is
+// an error.
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "common/index.h"
+#include "common/operators.h"
 #include "common/persistent.h"
-#include "cpu/blas.h"
+#include "common/registry.h"
+
+namespace rnnkit {
+// Which matrix products the CPU kernels call; defined by the CPU backend (cpu/register.cpp).
+const char* cpu_blas_path();
+}  // namespace rnnkit
 
 TORCH_LIBRARY(rnnkit, m) {
-  // ---- LSTM ------------------------------------------------------------------------------
-  m.def(
-      "lstm(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool train=True) "
-      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
-  m.def(
-      "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, "
-      "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-      "Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
-      "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
-  m.def(
-      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh) -> (Tensor hy, Tensor cy, Tensor workspace)");
-  m.def(
-      "lstm_cell_backward(Tensor? grad_hy, Tensor? grad_cy, Tensor input, Tensor hx, Tensor cx, "
-      "Tensor w_ih, Tensor w_hh, Tensor hy, Tensor workspace) -> (Tensor grad_input, "
-      "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
-  // ---- GRU -------------------------------------------------------------------------------
-  m.def(
-      "gru(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, bool reverse, bool train=True) "
-      "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  m.def(
-      "gru_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> "
-      "(Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
-      "Tensor grad_b_hh)");
-  m.def(
-      "gru_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
-      "-> (Tensor hy, Tensor workspace)");
-  m.def(
-      "gru_cell_backward(Tensor? grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
-      "Tensor hy, Tensor workspace) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
-      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  // ---- Elman RNN (nonlinearity: "tanh" or "relu") -----------------------------------------
-  m.def(
-      "rnn(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, str nonlinearity, bool reverse) -> (Tensor output, Tensor h_n)");
-  m.def(
-      "rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, str nonlinearity, bool reverse) -> "
-      "(Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
-  m.def(
-      "rnn_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "str nonlinearity) -> Tensor hy");
-  m.def(
-      "rnn_cell_backward(Tensor? grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
-      "Tensor hy, str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
-      "Tensor grad_w_hh, Tensor grad_bias)");
+  rnnkit::Cells::for_each([&]<typename Cell>() { rnnkit::define_operators<Cell>(m); });
+}
+
+// TEST ONLY: cells that exist to test the cell machinery (common/registry.h); not rnnkit's API.
+TORCH_LIBRARY(rnnkit_testing, m) {
+  rnnkit::TestingCells::for_each([&]<typename Cell>() { rnnkit::define_operators<Cell>(m); });
 }
 
 // ---- rnnkit._C: build facts for rnnkit.build_info() ------------------------------------------
@@ -147,7 +114,26 @@ static PyObject* py_persistent_last(PyObject*, PyObject*) {
 }
 #endif
 
+// The workspace width of a cell's layer operator (common/cells/: Layout::width), which the fake
+// kernels of rnnkit/ops.py read so that they and the kernels share one definition.
+static PyObject* py_workspace_width(PyObject*, PyObject* args) {
+  const char* cell = nullptr;
+  long long H = 0;
+  int proj = 0;
+  if (!PyArg_ParseTuple(args, "sLp", &cell, &H, &proj)) return nullptr;
+  const int64_t width = rnnkit::workspace_width(cell, H, proj != 0);
+  if (width < 0 || H < 0) {
+    PyErr_Format(PyExc_ValueError,
+                 "workspace_width: expected a cell of rnnkit (lstm, gru, rnn) and H >= 0, got "
+                 "'%s' and H = %lld", cell, H);
+    return nullptr;
+  }
+  return PyLong_FromLongLong(width);
+}
+
 static PyMethodDef kMethods[] = {
+    {"workspace_width", py_workspace_width, METH_VARARGS,
+     "workspace_width(cell, H, proj) -> W: values per packed row a layer saves for backward"},
     {"persistent_plan", py_persistent_plan, METH_VARARGS,
      "persistent_plan(H, N, gates, elem_bytes, backward, max_blocks, smem_limit) -> dict: "
      "persistent::make_plan"},
@@ -172,7 +158,7 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddStringConstant(m, "cxx_flags", RNNKIT_CXX_FLAGS);
   PyModule_AddStringConstant(m, "cuda_archs", RNNKIT_CUDA_ARCHS);
   PyModule_AddStringConstant(m, "cpu_capability", RNNKIT_CPU_CAPABILITY);
-  PyModule_AddStringConstant(m, "cpu_blas", rnnkit::cpu::blas_path());
+  PyModule_AddStringConstant(m, "cpu_blas", rnnkit::cpu_blas_path());
 #ifdef RNNKIT_WITH_CUDA
   PyModule_AddIntConstant(m, "with_cuda", 1);
 #else

@@ -5,9 +5,10 @@ gets a backward that calls its C++ backward operator (under create_graph=True, t
 differentiable one of rnnkit/double_backward.py instead), and every operator gets a fake
 implementation that gives output shapes without computing, for torch.compile and opcheck.
 
-Workspace widths (values per packed row saved for backward): LSTM 5H (6H with a projection),
-GRU 4H, RNN none (backward reads the output). The LSTM and GRU layer operators take
-``train``: with False (inference) they keep no workspace and return an empty one, (0,).
+Workspace widths (values per packed row saved for backward) come from the kernels' own cell
+descriptions (csrc/common/cells/) through ``rnnkit._C.workspace_width``; the Elman RNN saves none
+(backward reads the output). The LSTM and GRU layer operators take ``train``: with False
+(inference) they keep no workspace and return an empty one, (0,).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import functools
 
 import torch
 
-from . import _library  # noqa: F401  (loads the operators)
+from . import _library  # noqa: F401  (loads the operators, or says how to build them)
+from . import _C  # after _library, whose import guard explains a missing build
 from . import double_backward as _exact
 
 ops = torch.ops.rnnkit
@@ -72,6 +74,12 @@ def _fake(op: str):
     return register
 
 
+def _width(cell: str, H: int, proj: bool = False) -> int:
+    """Values per packed row that cell's layer saves for backward, for hidden size H: the
+    kernels' own definition (Layout::width in csrc/common/cells/)."""
+    return _C.workspace_width(cell, H, proj)
+
+
 def _workspace(input, batch_sizes, width: int, train: bool) -> torch.Tensor:
     """The workspace a layer operator returns: (P, width) in training, (0,) without."""
     return input.new_empty((_rows(input, batch_sizes), width) if train else (0,))
@@ -79,9 +87,8 @@ def _workspace(input, batch_sizes, width: int, train: bool) -> torch.Tensor:
 
 @_fake("lstm")
 def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True):
-    H = w_ih.shape[0] // 4
-    R = H if w_hr is None else w_hr.shape[0]
-    ws = _workspace(input, batch_sizes, (6 if w_hr is not None else 5) * H, train)
+    H, R = c0.shape[-1], h0.shape[-1]  # c0: (N, H); h0: (N, R), R = proj_size or H
+    ws = _workspace(input, batch_sizes, _width("lstm", H, w_hr is not None), train)
     return _out(input, R), torch.empty_like(h0), torch.empty_like(c0), ws
 
 
@@ -96,7 +103,8 @@ def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w
 
 @_fake("lstm_cell")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    return torch.empty_like(hx), torch.empty_like(cx), input.new_empty((input.shape[0], 5 * hx.shape[1]))
+    ws = input.new_empty((input.shape[0], _width("lstm", hx.shape[1])))
+    return torch.empty_like(hx), torch.empty_like(cx), ws
 
 
 @_fake("lstm_cell_backward")
@@ -107,8 +115,8 @@ def _(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace):
 
 @_fake("gru")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True):
-    H = w_ih.shape[0] // 3
-    return _out(input, H), torch.empty_like(h0), _workspace(input, batch_sizes, 4 * H, train)
+    H = h0.shape[-1]
+    return _out(input, H), torch.empty_like(h0), _workspace(input, batch_sizes, _width("gru", H), train)
 
 
 @_fake("gru_backward")
@@ -120,7 +128,7 @@ def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspa
 
 @_fake("gru_cell")
 def _(input, hx, w_ih, w_hh, b_ih, b_hh):
-    return torch.empty_like(hx), input.new_empty((input.shape[0], 4 * hx.shape[1]))
+    return torch.empty_like(hx), input.new_empty((input.shape[0], _width("gru", hx.shape[1])))
 
 
 @_fake("gru_cell_backward")
@@ -178,6 +186,12 @@ def _named(op, inputs):
     return dict(zip(names, inputs))
 
 
+def _input_grads(op, **grads) -> tuple:
+    """The gradients of op's inputs, given by argument name, as the tuple autograd expects (one
+    entry per schema argument, in order); arguments not named get None."""
+    return tuple(grads.get(a.name) for a in op._schema.arguments)
+
+
 def _require_train(op: str, ctx) -> None:
     """Backward needs the workspace that only a call with train=True keeps. Checked when backward
     runs, not in setup_context: Inductor runs the operator through autograd while it compiles an
@@ -207,9 +221,10 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
                           w_hh, w_hr, output, workspace, ctx.reverse)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = g
-    return (grad_input, None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
-            *_bias_grads(ctx, grad_bias, grad_bias), grad_w_hr if w_hr is not None else None, None,
-            None)
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
+    return _input_grads(ops.lstm.default, input=grad_input, h0=grad_h0, c0=grad_c0,
+                        w_ih=grad_w_ih, w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh,
+                        w_hr=grad_w_hr if w_hr is not None else None)
 
 
 torch.library.register_autograd("rnnkit::lstm", _lstm_backward, setup_context=_lstm_setup)
@@ -230,7 +245,9 @@ def _lstm_cell_backward(ctx, grad_hy, grad_cy, _grad_workspace):
         return _exact.backward("lstm_cell", ctx.needs_input_grad, (grad_hy, grad_cy), args)
     g = ops.lstm_cell_backward(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace)
     grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias = g
-    return (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_bias, grad_bias))
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
+    return _input_grads(ops.lstm_cell.default, input=grad_input, hx=grad_hx, cx=grad_cx,
+                        w_ih=grad_w_ih, w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh)
 
 
 torch.library.register_autograd("rnnkit::lstm_cell", _lstm_cell_backward, setup_context=_lstm_cell_setup)
@@ -255,8 +272,9 @@ def _gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
     g = ops.gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                          workspace, ctx.reverse)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
-    return (grad_input, None, grad_h0, grad_w_ih, grad_w_hh,
-            *_bias_grads(ctx, grad_b_ih, grad_b_hh), None, None)
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_b_ih, grad_b_hh)
+    return _input_grads(ops.gru.default, input=grad_input, h0=grad_h0, w_ih=grad_w_ih,
+                        w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh)
 
 
 torch.library.register_autograd("rnnkit::gru", _gru_backward, setup_context=_gru_setup)
@@ -277,7 +295,9 @@ def _gru_cell_backward(ctx, grad_hy, _grad_workspace):
         return _exact.backward("gru_cell", ctx.needs_input_grad, (grad_hy,), args)
     g = ops.gru_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, workspace)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
-    return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_b_ih, grad_b_hh))
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_b_ih, grad_b_hh)
+    return _input_grads(ops.gru_cell.default, input=grad_input, hx=grad_hx, w_ih=grad_w_ih,
+                        w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh)
 
 
 torch.library.register_autograd("rnnkit::gru_cell", _gru_cell_backward, setup_context=_gru_cell_setup)
@@ -301,8 +321,9 @@ def _rnn_backward(ctx, grad_output, grad_h_n):
     g = ops.rnn_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                          ctx.nonlinearity, ctx.reverse)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = g
-    return (grad_input, None, grad_h0, grad_w_ih, grad_w_hh,
-            *_bias_grads(ctx, grad_bias, grad_bias), None, None)
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
+    return _input_grads(ops.rnn.default, input=grad_input, h0=grad_h0, w_ih=grad_w_ih,
+                        w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh)
 
 
 torch.library.register_autograd("rnnkit::rnn", _rnn_backward, setup_context=_rnn_setup)
@@ -322,7 +343,9 @@ def _rnn_cell_backward(ctx, grad_hy):
         return _exact.backward("rnn_cell", ctx.needs_input_grad, (grad_hy,), args)
     g = ops.rnn_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, ctx.nonlinearity)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = g
-    return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(ctx, grad_bias, grad_bias), None)
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
+    return _input_grads(ops.rnn_cell.default, input=grad_input, hx=grad_hx, w_ih=grad_w_ih,
+                        w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh)
 
 
 torch.library.register_autograd("rnnkit::rnn_cell", _rnn_cell_backward, setup_context=_rnn_cell_setup)

@@ -1,7 +1,7 @@
 // The plan of the persistent CUDA kernels (cuda/persistent.cu): how the hidden units of one layer
 // are shared among the thread blocks of one cooperative launch, what each block keeps in shared
 // memory, and whether a shape fits at all. Plain __host__ __device__ arithmetic, so that the CPU
-// tests check it through rnnkit._C on machines without a GPU (tests/test_persistent_plan.py).
+// tests check it through rnnkit._C on machines without a GPU (tests/library/test_persistent_plan.py).
 //
 // Forward, per block: the W_hh rows of the gates of its units, [units * gates, H], stay in shared
 // memory for the whole sequence; each step stages `chunk` rows of h_prev ([chunk, H]) at a time.

@@ -4,10 +4,20 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 #include "checks.h"
+#include "gates.h"
 #include "plan.h"
 
 namespace rnnkit {
+
+// The Elman RNN's nonlinearity argument.
+inline gates::Activation parse_activation(const std::string& nonlinearity, const char* op) {
+  if (nonlinearity == "tanh") return gates::Activation::Tanh;
+  if (nonlinearity == "relu") return gates::Activation::Relu;
+  TORCH_CHECK(false, op, ": expected nonlinearity 'tanh' or 'relu', got '", nonlinearity, "'");
+}
 
 struct LayerShape {
   int64_t I = 0;  // input features
@@ -79,20 +89,6 @@ inline void saved_shapes(const char* op, const at::Tensor& input, const at::Tens
     checks::shape(*workspace, {P, W}, op, "workspace (P, W)");
     checks::like(*workspace, input, op, "workspace");
   }
-}
-
-}  // namespace rnnkit
-
-#include <string>
-
-#include "gates.h"
-
-namespace rnnkit {
-
-inline gates::Activation parse_activation(const std::string& nonlinearity, const char* op) {
-  if (nonlinearity == "tanh") return gates::Activation::Tanh;
-  if (nonlinearity == "relu") return gates::Activation::Relu;
-  TORCH_CHECK(false, op, ": expected nonlinearity 'tanh' or 'relu', got '", nonlinearity, "'");
 }
 
 }  // namespace rnnkit

@@ -8,9 +8,9 @@
 //
 // PackedB serves the products that reuse one weight matrix at every time step: with MKL (float32)
 // it packs the matrix once into MKL's internal layout (cblas_sgemm_pack) and each step reads
-// that (cblas_sgemm_compute), which ran 15-45% faster than sgemm_ at the shapes of one step on
-// the development machine (benchmarks/bench_blas.py). These are weak symbols too; without them
-// PackedB multiplies with gemm().
+// that (cblas_sgemm_compute), faster than sgemm_ at the shapes of one step (docs/kernels.md,
+// benchmarks/bench_blas.py). These are weak symbols too; without them PackedB multiplies with
+// gemm().
 #pragma once
 
 #include <ATen/ATen.h>

@@ -3,9 +3,8 @@
 //
 // A fresh buffer is untouched memory: the first write to each 4 KiB page faults into the
 // kernel, and the C library returns blocks above 32 MiB to the system on every free, so a
-// training loop would pay those faults again at every step (measured on the 2-core development
-// machine: allocating and filling 64 MiB took 47 ms, against 12 ms to fill a buffer already
-// touched). Two remedies, both here:
+// training loop would pay those faults again at every step (docs/kernels.md has the cost). Two
+// remedies, both here:
 //   - Buffers of 4 MiB and more come from a small cache of blocks freed by earlier calls, whose
 //     pages are already mapped. A block is reused for a request of at least half its size; the
 //     cache keeps at most RNNKIT_CPU_CACHE_MB megabytes (default 1024; 0 turns it off), and

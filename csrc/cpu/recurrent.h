@@ -103,21 +103,21 @@ class RecurrentStep {
     });
   }
 
-  // Steps s0 <= s < s1 in order, each: acc (+)= h_prev W_hh^T, then pointwise(state, n, j,
-  // lanes) for every unit j < H of every active row n, then finish(state) (nullptr: none).
+  // Steps s0 <= s < s1 in order, each: acc (+)= h_prev W_hh^T, then body(n, j, lanes) for every
+  // unit j < H of every active row n, then finish(state) (nullptr: none).
   //   state_at(s) -> StepState; acc_of(state) -> the step's accumulator [bs, >= K * H], row
-  //   stride ld_acc. The pointwise body writes the new state to state.h_next.
+  //   stride ld_acc; body_of(state) -> the step's pointwise body, which writes the new state to
+  //   state.h_next.
   // The small-batch path runs all the steps in one parallel region when there is no finish.
-  template <typename At, typename AccOf, typename Body, typename Finish>
+  template <typename At, typename AccOf, typename BodyOf, typename Finish>
   void run_steps(int64_t s0, int64_t s1, const At& state_at, const AccOf& acc_of, int64_t ld_acc,
-                 bool accumulate, const Body& pointwise, const Finish& finish) const {
+                 bool accumulate, const BodyOf& body_of, const Finish& finish) const {
     constexpr bool kFinish = !std::is_same_v<Finish, std::nullptr_t>;
     if (packed_ && !kFinish) {
       in_region([&](int64_t b0, int64_t b1, const auto& barrier) {
         for (int64_t s = s0; s < s1; ++s) {
           const StepState<scalar_t> st = state_at(s);
-          blocks(b0, b1, st.bs, st.h_prev, acc_of(st), ld_acc, accumulate,
-                 [&](int64_t n, int64_t j, auto lanes) { pointwise(st, n, j, lanes); });
+          blocks(b0, b1, st.bs, st.h_prev, acc_of(st), ld_acc, accumulate, body_of(st));
           barrier();
         }
       });
@@ -125,8 +125,7 @@ class RecurrentStep {
     }
     for (int64_t s = s0; s < s1; ++s) {
       const StepState<scalar_t> st = state_at(s);
-      run(st.bs, st.h_prev, acc_of(st), ld_acc, accumulate,
-          [&](int64_t n, int64_t j, auto lanes) { pointwise(st, n, j, lanes); });
+      run(st.bs, st.h_prev, acc_of(st), ld_acc, accumulate, body_of(st));
       if constexpr (kFinish) finish(st);
     }
   }
@@ -203,6 +202,7 @@ class RecurrentStep {
       scalar_t* an = acc + n * ld_acc;
       switch (K_) {
         case 1: product_block_k<1>(b, m, hn, an, ld_acc, accumulate); break;
+        case 2: product_block_k<2>(b, m, hn, an, ld_acc, accumulate); break;
         case 3: product_block_k<3>(b, m, hn, an, ld_acc, accumulate); break;
         default: product_block_k<4>(b, m, hn, an, ld_acc, accumulate); break;
       }
@@ -271,39 +271,6 @@ class RecurrentStep {
   PackedB<scalar_t> blas_;              // the BLAS path's product
   std::unique_ptr<scalar_t[]> packed_;  // the small-batch path's weights; null: the BLAS path
 };
-
-// The steps of one layer's forward pass in order, each chunk of steps (ProjectionChunks) first
-// getting its input projection x w_ih^T into ws, with row stride W. With whole, ws holds every
-// packed row (the training workspace, or the RNN's output) and the projection is one product;
-// without, ws holds the rows of one chunk and is reused.
-//   x: [P, I]; w_ih: [G, I]; ws: whole [P, W], else [ProjectionChunks(plan, false, W *
-//   sizeof(scalar_t)).max_rows(), W];
-//   h: [N, R], h0 on entry, h_n on return
-// Each step runs as RecurrentStep::run_steps says, with state.gates the step's rows of ws
-// ([bs, W]) holding its input projection.
-template <typename scalar_t, typename AccOf, typename Body, typename Finish>
-void forward_steps(const SequencePlan& plan, bool whole, const scalar_t* x, int64_t I,
-                   const scalar_t* w_ih, int64_t G, scalar_t* ws, int64_t W,
-                   const RecurrentStep<scalar_t>& rec, scalar_t* h, int64_t R,
-                   const AccOf& acc_of, int64_t ld_acc, bool accumulate, const Body& pointwise,
-                   const Finish& finish) {
-  StateBuffers<scalar_t> states(h, plan.N, R);
-  const ProjectionChunks chunks(plan, whole, W * int64_t(sizeof(scalar_t)));
-  for (int64_t k = 0; k < chunks.count(); ++k) {
-    const int64_t first_row = chunks.first_row(k);
-    gemm<scalar_t>(false, true, chunks.rows(k), G, I, 1, x + first_row * I, I, w_ih, I, 0,
-                   ws + (whole ? first_row * W : 0), W);
-    const auto state_at = [&](int64_t s) {
-      const int64_t t = plan.forward_step(s), row = plan.offsets[t];
-      return StepState<scalar_t>{t, plan.batch_sizes[t], row,
-                                 ws + (whole ? row : row - first_row) * W, states.prev(s),
-                                 states.next(s)};
-    };
-    rec.run_steps(chunks.first_step(k), chunks.end_step(k), state_at, acc_of, ld_acc, accumulate,
-                  pointwise, finish);
-  }
-  states.finish(plan);
-}
 
 }  // namespace cpu
 }  // namespace rnnkit

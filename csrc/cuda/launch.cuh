@@ -1,8 +1,8 @@
-// What every CUDA file of rnnkit shares: the pointwise launcher and small tensor helpers.
+// What every CUDA file of rnnkit shares: the pointwise launcher and the device's lanes.
 //
 // A step's pointwise work is a plain struct (the parameters: raw pointers, sizes) with a
-// __device__ operator()(n, j) that handles hidden unit j of batch row n by calling the gates::
-// templates. for_each_unit launches one thin kernel that hands every (n, j) of a [rows, H] grid
+// __device__ operator()(n, j) that handles hidden unit j of batch row n by calling a cell's
+// pointwise code. for_each_unit launches one thin kernel that hands every (n, j) of a [rows, H] grid
 // to it, on the current stream, and checks the launch.
 #pragma once
 
@@ -49,21 +49,18 @@ inline void check_on_cuda(const at::Tensor& input, const char* op) {
               "CUDA, so the CUDA kernel was chosen), got input on ", input.device());
 }
 
-// The raw pointer of a tensor, or null for an undefined one (absent bias, no projection).
+// The lanes of a cell's pointwise code on CUDA (common/cell.h): one value per thread, computed
+// in the opmath type (float for float16 and bfloat16).
 template <typename scalar_t>
-scalar_t* ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
-}
-
-// A value of the compute type from memory, and back.
-template <typename scalar_t>
-__device__ __forceinline__ at::opmath_type<scalar_t> load_op(const scalar_t* p) {
-  return static_cast<at::opmath_type<scalar_t>>(*p);
-}
-template <typename scalar_t>
-__device__ __forceinline__ void store_op(scalar_t* p, at::opmath_type<scalar_t> v) {
-  *p = static_cast<scalar_t>(v);
-}
+struct DeviceLanes {
+  using V = at::opmath_type<scalar_t>;
+  __host__ __device__ __forceinline__ static V load(const scalar_t* p) {
+    return static_cast<V>(*p);
+  }
+  __host__ __device__ __forceinline__ static void store(scalar_t* p, V v) {
+    *p = static_cast<scalar_t>(v);
+  }
+};
 
 // The dtypes the CUDA kernels take; every other dtype gets checks::floating's message first.
 #define RNNKIT_DISPATCH_CUDA(TYPE, NAME, ...) \

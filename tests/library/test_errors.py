@@ -179,7 +179,7 @@ def test_backward_operator_checks_gradient_shapes():
                           None, out, ws, False)
 
 
-# ---- torch.nn's checks beyond its module_db (tests/test_module_db.py walks that) ---------------
+# ---- torch.nn's checks beyond its module_db (tests/library/test_module_db.py walks that) ---------------
 @pytest.mark.parametrize("kind", ["GRU", "RNN"])
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_proj_size_only_for_lstm(kind, proj_size):

@@ -1,0 +1,251 @@
+// The operator prologue and epilogue of one layer, written once for every cell and both backends.
+//
+// layer_forward and layer_backward check the arguments, read the plan, make the outputs and
+// their views, and hand a ForwardCall or BackwardCall (named fields) to the backend's time loop;
+// layer_backward ends with the weight gradients (weight_grads.h). A backend is a struct with
+//   kHalfTypes                 whether it computes in float16 and bfloat16
+//   Guard                      constructed from the input's device for the whole call
+//   check_device(input, op)    the input is on this backend's device
+//   buffer(sizes, options)     a large buffer the kernel fills at once (outputs, workspaces)
+//   forward<Cell>(call)        the forward time loop; returns the workspace [P, W] (training),
+//                              or anything (inference, or a cell that saves none)
+//   backward<Cell>(call)       backward through time: fills call.da, da_rec, dh, dc, dr
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "cell.h"
+#include "checks.h"
+#include "plan.h"
+#include "shapes.h"
+#include "weight_grads.h"
+
+namespace rnnkit {
+
+using at::Tensor;
+using c10::optional;
+
+// The raw pointer of a tensor, or null for an undefined one (absent bias, no projection).
+template <typename scalar_t>
+scalar_t* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+// The operator namespace of a cell: rnnkit, unless its description names another (kLibrary).
+template <typename Cell>
+constexpr const char* library_of() {
+  if constexpr (requires { Cell::kLibrary; }) {
+    return Cell::kLibrary;
+  } else {
+    return "rnnkit";
+  }
+}
+
+// "rnnkit::lstm" or "rnnkit::lstm_backward": the name every error message starts with.
+template <typename Cell>
+const char* op_name(bool backward) {
+  static const std::string forward = std::string(library_of<Cell>()) + "::" + Cell::kName;
+  static const std::string backward_name = forward + "_backward";
+  return backward ? backward_name.c_str() : forward.c_str();
+}
+
+// ---- forward --------------------------------------------------------------------------------
+// A layer's arguments as the operators take them (the shapes of rnnkit.cpp's schemas).
+struct LayerArgs {
+  Tensor input;                    // [T, N, I], or [P, I] with batch_sizes
+  optional<Tensor> batch_sizes;    // [T] int64, or none (padded input)
+  Tensor h0;                       // [N, R]
+  Tensor c0;                       // [N, H] (cells with a cell state; else undefined)
+  Tensor w_ih, w_hh;               // [G, I], [G, R]
+  optional<Tensor> b_ih, b_hh;     // [G] each
+  optional<Tensor> w_hr;           // [R, H] (proj_size)
+  bool reverse = false;
+  bool train = true;
+  const std::string* nonlinearity = nullptr;  // the Elman RNN's
+};
+
+// What the forward time loop reads and writes; tensors contiguous, undefined where absent.
+struct ForwardCall {
+  SequencePlan plan;
+  LayerShape d;
+  int64_t W = 0;  // workspace width, Cell::Layout{H, proj}.width()
+  bool proj = false, train = true;
+  gates::Activation act = gates::Activation::Tanh;
+  Tensor x;                        // [P, I]
+  Tensor w_ih, w_hh, b_ih, b_hh;   // [G, I], [G, R], [G], [G]
+  Tensor w_hr;                     // [R, H]
+  Tensor output;                   // [P, R]
+  Tensor h0;                       // [N, R]: the initial state, read only
+  Tensor h;                        // [N, R]: h0 in, h_n out
+  Tensor c;                        // [N, H]: c0 in, c_n out (cell state)
+};
+
+struct LayerResult {
+  Tensor output, h_n, c_n, workspace;  // workspace: [P, W] in training, [0] without
+};
+
+// The checks every operator makes first: the input's device and dtype, then the nonlinearity.
+template <typename Backend>
+gates::Activation first_checks(const Tensor& input, const std::string* nonlinearity,
+                               const char* op) {
+  Backend::check_device(input, op);
+  checks::floating(input, Backend::kHalfTypes, op);
+  return nonlinearity ? parse_activation(*nonlinearity, op) : gates::Activation::Tanh;
+}
+
+template <typename Cell, typename Backend>
+LayerResult layer_forward(const LayerArgs& a) {
+  const char* op = op_name<Cell>(false);
+  ForwardCall call;
+  call.act = first_checks<Backend>(a.input, a.nonlinearity, op);
+  const typename Backend::Guard guard(a.input.device());
+  call.plan = make_plan(a.input, a.batch_sizes, a.reverse, op);
+  call.d = layer_shape(op, Cell::kGates, a.input, call.plan, a.h0, a.w_ih, a.w_hh, a.b_ih,
+                       a.b_hh, a.w_hr);
+  const int64_t N = call.plan.N, H = call.d.H;
+  if constexpr (Cell::kCellState) {
+    checks::shape(a.c0, {N, H}, op, "c0 (N, H)");
+    checks::like(a.c0, a.input, op, "c0");
+  }
+  call.proj = a.w_hr.has_value();
+  call.train = a.train;
+  call.W = typename Cell::Layout{H, call.proj}.width();
+  const auto contiguous = [](const optional<Tensor>& t) {
+    return t.has_value() ? t->contiguous() : Tensor();
+  };
+  call.x = a.input.contiguous().view({call.plan.P, call.d.I});
+  call.w_ih = a.w_ih.contiguous();
+  call.w_hh = a.w_hh.contiguous();
+  call.b_ih = contiguous(a.b_ih);
+  call.b_hh = contiguous(a.b_hh);
+  call.w_hr = contiguous(a.w_hr);
+  auto out_sizes = a.input.sizes().vec();
+  out_sizes.back() = call.d.R;
+  LayerResult r;
+  r.output = Backend::buffer(out_sizes, a.input.options());
+  call.output = r.output.view({call.plan.P, call.d.R});
+  call.h0 = a.h0.contiguous();
+  call.h = r.h_n = call.h0.clone();
+  if constexpr (Cell::kCellState) call.c = r.c_n = a.c0.contiguous().clone();
+  const Tensor ws = Backend::template forward<Cell>(call);
+  r.workspace = a.train ? ws : at::empty({0}, a.input.options());
+  return r;
+}
+
+// ---- backward -------------------------------------------------------------------------------
+// A layer backward's arguments as the operators take them.
+struct LayerGradArgs {
+  optional<Tensor> grad_output;   // [T, N, R] or [P, R]
+  optional<Tensor> grad_h_n;      // [N, R]
+  optional<Tensor> grad_c_n;      // [N, H] (cell state)
+  Tensor input;                   // as in LayerArgs
+  optional<Tensor> batch_sizes;
+  Tensor h0, c0, w_ih, w_hh;
+  optional<Tensor> w_hr;
+  Tensor output;                  // the forward's output
+  Tensor workspace;               // the forward's workspace [P, W] (undefined: the cell saves none)
+  bool reverse = false;
+  const std::string* nonlinearity = nullptr;
+};
+
+// What backward through time reads and writes; tensors contiguous, undefined where absent.
+struct BackwardCall {
+  SequencePlan plan;
+  LayerShape d;
+  int64_t W = 0;
+  bool proj = false;
+  gates::Activation act = gates::Activation::Tanh;
+  Tensor output;        // [P, R]
+  Tensor ws;            // [P, W]
+  Tensor h_prev;        // [P, R]: the state each row's step read
+  Tensor c_prev;        // [P, H]: the cell state each row's step read (cell state)
+  Tensor grad_output;   // [P, R]
+  Tensor w_hh, w_hr;    // [G, R], [R, H]
+  Tensor dh;            // [N, R]: grad_h_n in, grad_h0 out
+  Tensor dc;            // [N, H]: grad_c_n in, grad_c0 out (cell state)
+  Tensor da;            // [P, G] out: gradients of the input-side pre-activations
+  Tensor da_rec;        // [P, G] out: of the recurrent-side ones (the same tensor as da unless
+                        // Cell::kRecurrentApart)
+  Tensor dr;            // [P, R] out with a projection: dL/d(output)
+  Tensor dh_pre;        // [N, H] scratch with a projection
+};
+
+// The buffers of a backward call as a step's pointwise code reads them, at packed row 0
+// (StepBackward::at_row moves it to a step).
+template <typename scalar_t>
+StepBackward<scalar_t> step_backward(const BackwardCall& call) {
+  return {ptr<scalar_t>(call.ws),          ptr<scalar_t>(call.output), ptr<scalar_t>(call.h_prev),
+          ptr<scalar_t>(call.c_prev),      ptr<scalar_t>(call.grad_output),
+          ptr<scalar_t>(call.dh),          ptr<scalar_t>(call.dc),     ptr<scalar_t>(call.da),
+          ptr<scalar_t>(call.da_rec),      call.d.H,                   call.W,
+          call.act};
+}
+
+struct LayerGrads {
+  WeightGrads g;     // input, w_ih, w_hh, b_ih, b_hh
+  Tensor h0, c0;     // [N, R], [N, H] (cell state)
+  Tensor w_hr;       // [R, H], or [0] without a projection
+};
+
+template <typename Cell, typename Backend>
+LayerGrads layer_backward(const LayerGradArgs& a) {
+  const char* op = op_name<Cell>(true);
+  BackwardCall call;
+  call.act = first_checks<Backend>(a.input, a.nonlinearity, op);
+  const typename Backend::Guard guard(a.input.device());
+  const SequencePlan& plan = call.plan = make_plan(a.input, a.batch_sizes, a.reverse, op);
+  const LayerShape& d = call.d = layer_shape(op, Cell::kGates, a.input, plan, a.h0, a.w_ih,
+                                             a.w_hh, c10::nullopt, c10::nullopt, a.w_hr);
+  call.proj = a.w_hr.has_value();
+  const typename Cell::Layout layout{d.H, call.proj};
+  call.W = layout.width();
+  if constexpr (Cell::kCellState) {
+    checks::shape(a.c0, {plan.N, d.H}, op, "c0 (N, H)");
+    checks::like(a.c0, a.input, op, "c0");
+  }
+  saved_shapes(op, a.input, a.output, d.R, Cell::kGatesInOutput ? nullptr : &a.workspace, plan.P,
+               call.W);
+  grad_shapes(op, a.grad_output, a.output, a.grad_h_n, a.h0);
+  if constexpr (Cell::kCellState) {
+    if (a.grad_c_n.has_value()) {
+      checks::shape(*a.grad_c_n, a.c0.sizes(), op, "grad_c_n");
+      checks::like(*a.grad_c_n, a.input, op, "grad_c_n");
+    }
+  }
+
+  const auto options = a.input.options();
+  const Tensor x = a.input.contiguous().view({plan.P, d.I});
+  call.output = a.output.contiguous().view({plan.P, d.R});
+  if constexpr (!Cell::kGatesInOutput) call.ws = a.workspace.contiguous();
+  call.h_prev = previous_states(call.output, a.h0.contiguous(), plan);
+  if constexpr (Cell::kCellState) {
+    call.c_prev =
+        previous_states(call.ws.narrow(1, layout.c(), d.H), a.c0.contiguous(), plan).contiguous();
+    call.dc = a.grad_c_n.has_value() ? a.grad_c_n->contiguous().clone() : at::zeros_like(a.c0);
+  }
+  if (a.grad_output.has_value()) call.grad_output = a.grad_output->contiguous().view({plan.P, d.R});
+  call.dh = a.grad_h_n.has_value() ? a.grad_h_n->contiguous().clone() : at::zeros_like(a.h0);
+  call.da = Backend::buffer({plan.P, d.G}, options);
+  call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, options) : call.da;
+  if (call.proj) {
+    call.dr = Backend::buffer({plan.P, d.R}, options);
+    call.dh_pre = at::empty({plan.N, d.H}, options);
+  }
+  call.w_hh = a.w_hh.contiguous();
+  if (call.proj) call.w_hr = a.w_hr->contiguous();
+  Backend::template backward<Cell>(call);
+
+  LayerGrads r;
+  r.g = weight_grads(call.da, call.da_rec, x, call.h_prev, a.w_ih, a.input.sizes());
+  r.h0 = call.dh;
+  r.c0 = call.dc;
+  r.w_hr = at::empty({0}, options);
+  if constexpr (Cell::kProjection) {
+    if (call.proj) r.w_hr = at::mm(call.dr.t(), call.ws.narrow(1, layout.h_pre(), d.H));
+  }
+  return r;
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,26 @@
+// The CPU kernels of every cell's operators: the one time loop (time_loop.h) for each cell of
+// common/registry.h.
+#include <torch/library.h>
+
+#include "../common/operators.h"
+#include "../common/registry.h"
+#include "blas.h"
+#include "time_loop.h"
+
+namespace rnnkit {
+
+// Declared in rnnkit.cpp, for rnnkit.build_info()["cpu_blas"].
+const char* cpu_blas_path() { return cpu::blas_path(); }
+
+}  // namespace rnnkit
+
+TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
+  rnnkit::Cells::for_each(
+      [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
+}
+
+// TEST ONLY: the cells of rnnkit_testing (common/registry.h).
+TORCH_LIBRARY_IMPL(rnnkit_testing, CPU, m) {
+  rnnkit::TestingCells::for_each(
+      [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
+}
