@@ -47,20 +47,28 @@ void record(bool backward, const std::string& what) {
   (backward ? plan_ns::last_bwd : plan_ns::last_fwd) = what;
 }
 
-// RNNKIT_CUDA_PERSISTENT: unset, empty or "0": off; "1": on where the shape fits.
-bool requested() {
+using plan_ns::Choice;
+
+// RNNKIT_CUDA_PERSISTENT: "0" off; "1" on where the shape fits; "auto", unset or empty: the
+// measured rule (plan_ns::prefers_persistent).
+Choice requested() {
   const char* v = std::getenv("RNNKIT_CUDA_PERSISTENT");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Choice::Auto;
+  if (std::strcmp(v, "0") == 0) return Choice::Off;
   TORCH_CHECK(std::strcmp(v, "1") == 0,
-              "rnnkit: expected RNNKIT_CUDA_PERSISTENT to be 0 or 1 (or unset), got '", v, "'");
-  return true;
+              "rnnkit: expected RNNKIT_CUDA_PERSISTENT to be 0, 1 or auto (or unset), got '", v,
+              "'");
+  return Choice::On;
 }
 
-// The general loop runs instead; with the persistent loop requested, say why.
-bool decline(bool backward, const std::string& why) {
+// The general loop runs instead; when the persistent loop was forced (1), say why.
+bool decline(bool backward, Choice choice, const std::string& why) {
   record(backward, "general: " + why);
-  TORCH_WARN_ONCE("rnnkit: RNNKIT_CUDA_PERSISTENT=1, but the ", backward ? "backward" : "forward",
-                  " of this layer runs the general loop: ", why);
+  if (choice == Choice::On) {
+    TORCH_WARN_ONCE("rnnkit: RNNKIT_CUDA_PERSISTENT=1, but the ",
+                    backward ? "backward" : "forward",
+                    " of this layer runs the general loop: ", why);
+  }
   return false;
 }
 
@@ -99,7 +107,8 @@ Steps device_steps(const SequencePlan& plan, Tensor* tables) {
 }
 
 template <typename Params>
-bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backward) {
+bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backward,
+            Choice choice) {
   const plan_ns::Plan& plan = params.plan;
   C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -108,7 +117,7 @@ bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backw
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, kPersistentThreads, size_t(plan.smem_bytes)));
   if (int64_t(per_sm) * dev.sms < plan.blocks) {
-    return decline(backward, std::to_string(plan.blocks) + " blocks of " +
+    return decline(backward, choice, std::to_string(plan.blocks) + " blocks of " +
                                  std::to_string(plan.smem_bytes) +
                                  " bytes of shared memory cannot all be resident (" +
                                  std::to_string(per_sm) + " per SM, " +
@@ -125,25 +134,35 @@ bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backw
   return true;
 }
 
-// The checks every call shares; fills *plan and *dev when the persistent loop may run.
+// The checks every call shares; fills *plan, *dev and *choice when the persistent loop may run.
 bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* unsupported,
-             bool backward, plan_ns::Plan* plan, Device* dev) {
-  if (!requested()) {
-    record(backward, "general: off (RNNKIT_CUDA_PERSISTENT unset or 0)");
+             bool backward, plan_ns::Plan* plan, Device* dev, Choice* choice) {
+  *choice = requested();
+  if (*choice == Choice::Off) {
+    record(backward, "general: off (RNNKIT_CUDA_PERSISTENT=0)");
     return false;
   }
-  if (unsupported != nullptr) return decline(backward, unsupported);
-  if (sp.T() == 0) return decline(backward, "no time steps");
-  *dev = device_facts();
-  if (!dev->cooperative) return decline(backward, "the device has no cooperative launch");
   const int64_t H = w_hh.size(1), K = gates_of(cell);
+  if (*choice == Choice::Auto && !plan_ns::prefers_persistent(H, sp.N, w_hh.element_size())) {
+    record(backward, "general: auto (H = " + std::to_string(H) + ", N = " +
+                         std::to_string(sp.N) + ", " + std::to_string(w_hh.element_size()) +
+                         "-byte values lie outside the measured rule)");
+    return false;
+  }
+  if (unsupported != nullptr) return decline(backward, *choice, unsupported);
+  if (sp.T() == 0) return decline(backward, *choice, "no time steps");
+  *dev = device_facts();
+  if (!dev->cooperative) {
+    return decline(backward, *choice, "the device has no cooperative launch");
+  }
   *plan = plan_ns::make_plan(H, sp.N, K, w_hh.element_size(), backward, dev->sms,
                              dev->smem_optin);
   if (!plan->fits()) {
-    return decline(backward, std::string(plan_ns::refusal_text(plan->refusal)) + " (H = " +
-                                 std::to_string(H) + ", N = " + std::to_string(sp.N) + ", " +
-                                 std::to_string(w_hh.element_size()) + "-byte values, " +
-                                 std::to_string(dev->smem_optin) + " bytes per block)");
+    return decline(backward, *choice,
+                   std::string(plan_ns::refusal_text(plan->refusal)) + " (H = " +
+                       std::to_string(H) + ", N = " + std::to_string(sp.N) + ", " +
+                       std::to_string(w_hh.element_size()) + "-byte values, " +
+                       std::to_string(dev->smem_optin) + " bytes per block)");
   }
   return true;
 }
@@ -162,7 +181,10 @@ scalar_t* ptr_or_null(const Tensor& t) {
 bool forward(const ForwardArgs& a) {
   plan_ns::Plan plan;
   Device dev;
-  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, false, &plan, &dev)) return false;
+  Choice choice;
+  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, false, &plan, &dev, &choice)) {
+    return false;
+  }
   Tensor tables;
   const Steps steps = device_steps(*a.plan, &tables);
   bool ran = false;
@@ -175,9 +197,15 @@ bool forward(const ForwardArgs& a) {
                               ptr_or_null<scalar_t>(a.c_n), ptr_or_null<scalar_t>(a.ws),
                               ptr_or_null<scalar_t>(a.b_hh)};
     switch (a.cell) {
-      case Cell::Lstm: ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false); break;
-      case Cell::Gru: ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false); break;
-      case Cell::Rnn: ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false); break;
+      case Cell::Lstm:
+        ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice);
+        break;
+      case Cell::Gru:
+        ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false, choice);
+        break;
+      case Cell::Rnn:
+        ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice);
+        break;
     }
   });
   return ran;
@@ -186,7 +214,10 @@ bool forward(const ForwardArgs& a) {
 bool backward(const BackwardArgs& a) {
   plan_ns::Plan plan;
   Device dev;
-  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, true, &plan, &dev)) return false;
+  Choice choice;
+  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, true, &plan, &dev, &choice)) {
+    return false;
+  }
   Tensor tables;
   const Steps steps = device_steps(*a.plan, &tables);
   bool ran = false;
@@ -200,9 +231,15 @@ bool backward(const BackwardArgs& a) {
                                a.dh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dc),
                                a.dgates.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dx)};
     switch (a.cell) {
-      case Cell::Lstm: ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true); break;
-      case Cell::Gru: ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true); break;
-      case Cell::Rnn: ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true); break;
+      case Cell::Lstm:
+        ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice);
+        break;
+      case Cell::Gru:
+        ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true, choice);
+        break;
+      case Cell::Rnn:
+        ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice);
+        break;
     }
   });
   return ran;

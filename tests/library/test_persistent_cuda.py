@@ -1,7 +1,7 @@
 """The persistent CUDA loops (csrc/cuda/persistent*.cu*), forced on with RNNKIT_CUDA_PERSISTENT=1,
-against the float64 reference and against the general CUDA loop: values and gradients, awkward
-sizes, every dtype, packed input, reverse direction, and the two loops' workspaces read by each
-other's backward. Every test checks through rnnkit._C.persistent_last() that the loop it means to
+against the float64 reference and against the general CUDA loop (forced with 0): values and
+gradients, awkward sizes, every dtype, packed input, reverse direction, and the two loops'
+workspaces read by each other's backward; and the default choice, auto. Every test checks through rnnkit._C.persistent_last() that the loop it means to
 test really ran. Skips with the reason where the CUDA kernels were not built or no GPU is visible.
 """
 
@@ -208,16 +208,37 @@ def test_too_large_for_shared_memory_falls_back_and_says_why(device, monkeypatch
 def test_bad_switch_value_is_an_error(device, monkeypatch):
     args, (ours_fn, _) = _layer_problem("gru", T=2, N=1, I=4, H=3, seed=1, device=device)
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "yes")
-    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT to be 0 or 1"):
+    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT to be 0, 1 or auto"):
         ours_fn(*_cast(args, torch.float32, grad=False))
 
 
 @pytest.mark.parametrize("device", CUDA)
-def test_off_by_default(device, monkeypatch):
-    monkeypatch.delenv("RNNKIT_CUDA_PERSISTENT", raising=False)
-    args, (ours_fn, _) = _layer_problem("lstm", T=2, N=2, I=4, H=8, seed=1, device=device)
-    ours_fn(*_cast(args, torch.float32, grad=False))
-    assert _C.persistent_last()[0].startswith("general: off")
+@pytest.mark.parametrize("switch", [None, "", "auto"], ids=["unset", "empty", "auto"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "tanh"])
+def test_auto_is_the_default_and_follows_the_rule(device, monkeypatch, switch, kind):
+    """auto takes the persistent loop exactly where rnnkit._C.persistent_auto (the rule of
+    common/persistent.h, checked against the measured table in test_persistent_plan.py) says so,
+    and gives the same values as forcing it."""
+    cases = [(torch.float16, 2, 8, True), (torch.bfloat16, 16, 256, True),
+             (torch.float16, 17, 40, False), (torch.bfloat16, 5, 300, False),
+             (torch.float32, 2, 8, False), (torch.float64, 1, 4, False)]
+    for dtype, N, H, expected in cases:
+        args, (ours_fn, _) = _layer_problem(kind, T=3, N=N, I=4, H=H, seed=N + H, device=device)
+        if switch is None:
+            monkeypatch.delenv("RNNKIT_CUDA_PERSISTENT", raising=False)
+        else:
+            monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", switch)
+        ours, gours, seeds = _run(ours_fn, _cast(args, dtype))
+        ran = _C.persistent_last()
+        want = _C.persistent_auto(H, N, torch.empty((), dtype=dtype).element_size())
+        assert want == expected, (dtype, N, H)
+        if want:
+            assert ran == RAN, (dtype, N, H, ran)
+            forced, gforced, _ = _run_on(monkeypatch, True, ours_fn, _cast(args, dtype), seeds)
+            _close(ours, forced, 0, 0, "auto vs forced")
+            _close(gours, gforced, 0, 0, "auto gradient vs forced")
+        else:
+            assert ran[0].startswith("general: auto") and ran[1].startswith("general: auto"), ran
 
 
 @pytest.mark.parametrize("device", CUDA)
