@@ -7,8 +7,10 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
 #include <string>
 
@@ -59,6 +61,26 @@ Choice requested() {
               "rnnkit: expected RNNKIT_CUDA_PERSISTENT to be 0, 1 or auto (or unset), got '", v,
               "'");
   return Choice::On;
+}
+
+// RNNKIT_CUDA_PERSISTENT_VARIANT: "wide" (also unset or empty) or "basic" (persistent_kernels.cuh,
+// Variant); both give the same values, so the benchmark can time one against the other.
+Variant variant() {
+  const char* v = std::getenv("RNNKIT_CUDA_PERSISTENT_VARIANT");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "wide") == 0) return Variant::Wide;
+  TORCH_CHECK(std::strcmp(v, "basic") == 0,
+              "rnnkit: expected RNNKIT_CUDA_PERSISTENT_VARIANT to be wide or basic (or unset), "
+              "got '", v, "'");
+  return Variant::Basic;
+}
+
+// Whether rows of `len` values can be staged in 16-byte pieces from every one of `bases`: whole
+// pieces a row, and every row start on a 16-byte boundary.
+bool wide_rows(int64_t len, int64_t elem_bytes, std::initializer_list<const void*> bases) {
+  if (len * elem_bytes % 16 != 0) return false;
+  for (const void* b : bases)
+    if (reinterpret_cast<std::uintptr_t>(b) % 16 != 0) return false;
+  return true;
 }
 
 // The general loop runs instead; when the persistent loop was forced (1), say why.
@@ -191,7 +213,9 @@ bool forward(const ForwardArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.out.scalar_type(),
                                   "rnnkit_persistent_forward", [&] {
     ForwardParams<scalar_t> p{steps, plan, a.w_hh.size(1), a.ws.defined() ? a.ws.size(1) : 0,
-                              stage_offset(plan), a.act,
+                              stage_offset(plan), a.act, variant(),
+                              wide_rows(a.w_hh.size(1), sizeof(scalar_t),
+                                        {a.out.data_ptr(), a.h0.data_ptr()}),
                               a.w_hh.data_ptr<scalar_t>(), a.h0.data_ptr<scalar_t>(),
                               a.out.data_ptr<scalar_t>(), a.h_n.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(a.c_n), ptr_or_null<scalar_t>(a.ws),
@@ -224,7 +248,8 @@ bool backward(const BackwardArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dgates.scalar_type(),
                                   "rnnkit_persistent_backward", [&] {
     BackwardParams<scalar_t> p{steps, plan, a.w_hh.size(1), a.ws.defined() ? a.ws.size(1) : 0,
-                               stage_offset(plan), a.act,
+                               stage_offset(plan), a.act, variant(),
+                               wide_rows(a.w_hh.size(0), sizeof(scalar_t), {a.dgates.data_ptr()}),
                                a.w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.h_prev),
                                ptr_or_null<scalar_t>(a.c_prev), ptr_or_null<scalar_t>(a.out),
                                ptr_or_null<scalar_t>(a.ws), ptr_or_null<scalar_t>(a.gout),

@@ -39,6 +39,12 @@ using rnnkit::persistent::Steps;
 
 constexpr int gates_of(Cell c) { return c == Cell::Lstm ? 4 : c == Cell::Gru ? 3 : 1; }
 
+// RNNKIT_CUDA_PERSISTENT_VARIANT (cuda/persistent.cu): the same arithmetic in the same order,
+// so the two give identical values; Wide stages rows in 16-byte pieces and lets the lanes of a
+// tile run their rows' pointwise code at once, Basic (the first version) stages one value per
+// load and runs the rows one after another.
+enum class Variant : int { Basic = 0, Wide = 1 };
+
 template <typename scalar_t>
 struct ForwardParams {
   Steps steps;
@@ -46,6 +52,8 @@ struct ForwardParams {
   int64_t H, W;             // hidden units; workspace width (LSTM 5H, GRU 4H, RNN 0)
   int64_t stage_offset;     // bytes from the start of shared memory to the staging buffer
   gates::Activation act;
+  Variant variant;
+  bool wide_rows;           // rows staged in 16-byte pieces (whole pieces, aligned sources)
   const scalar_t* w_hh;     // [G, H]
   const scalar_t* h0;       // [N, H]
   scalar_t* out;            // [P, H]
@@ -62,6 +70,8 @@ struct BackwardParams {
   int64_t H, W;
   int64_t stage_offset;
   gates::Activation act;
+  Variant variant;
+  bool wide_rows;           // as in ForwardParams
   const scalar_t* w_hh;     // [G, H]
   const scalar_t* h_prev;   // [P, H] GRU
   const scalar_t* c_prev;   // [P, H] LSTM
@@ -94,6 +104,59 @@ __device__ __forceinline__ at::opmath_type<scalar_t> ld(const scalar_t* p) {
 template <typename scalar_t>
 __device__ __forceinline__ void st(scalar_t* p, at::opmath_type<scalar_t> v) {
   *p = static_cast<scalar_t>(v);
+}
+
+// Stages rows [c0, c0 + chunk) of a row-major matrix with `len` values a row into dst
+// ([chunk, len], shared memory): row n comes from src(n), or is zero where src(n) is null. Wide:
+// 16-byte pieces (len * sizeof(scalar_t) a multiple of 16, every source row 16-byte aligned),
+// kBatch pieces a thread loaded before any is stored, so their L2 latencies overlap. Otherwise
+// one value at a time, as the basic variant always does.
+template <typename scalar_t, typename Src>
+__device__ __forceinline__ void stage_rows(scalar_t* dst, int chunk, int len, int64_t c0,
+                                           bool wide, Src src) {
+  if (wide) {
+    constexpr int kPiece = 16 / int(sizeof(scalar_t)), kBatch = 4;
+    const int pieces = len / kPiece, total = chunk * pieces;
+    uint4* out = reinterpret_cast<uint4*>(dst);
+    for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = base + i * blockDim.x;
+        v[i] = make_uint4(0u, 0u, 0u, 0u);
+        if (e < total) {
+          const int nl = e / pieces, q = e - nl * pieces;
+          const scalar_t* row = src(c0 + nl);
+          if (row != nullptr) v[i] = __ldcg(reinterpret_cast<const uint4*>(row) + q);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = base + i * blockDim.x;
+        if (e < total) out[e] = v[i];
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < chunk * len; e += blockDim.x) {
+      const int nl = e / len, k = e - nl * len;
+      const scalar_t* row = src(c0 + nl);
+      dst[e] = row != nullptr ? load_shared_by_grid(row + k) : scalar_t(0);
+    }
+  }
+}
+
+// acc[r][b] of lane `lane` (< kNB) as a plain register: every lane holds every sum after the
+// butterfly, so lane b can take batch row b of the tile without an indexed register array.
+template <int RB, typename acc_t>
+__device__ __forceinline__ void sums_of_lane(const acc_t (&acc)[RB][kNB], int lane,
+                                             acc_t (&sum)[RB]) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    sum[r] = acc[r][0];
+#pragma unroll
+    for (int b = 1; b < kNB; ++b)
+      if (lane == b) sum[r] = acc[r][b];
+  }
 }
 
 // acc[r][b] = sum_k w[r * w_ld + k] * x[b * x_ld + k] over k < len, summed over the warp: every
@@ -195,15 +258,12 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
     for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
       __syncthreads();  // the previous chunk's tiles are done with h_s (and w_s is loaded)
-      for (int e = threadIdx.x; e < chunk * H; e += blockDim.x) {
-        const int nl = e / H, k = e - nl * H;
-        const int64_t n = c0 + nl;
-        scalar_t v = scalar_t(0);
-        if (n < bs) {
-          v = n < bs_src ? load_shared_by_grid(p.out + (row_src + n) * H + k) : p.h0[n * H + k];
-        }
-        h_s[e] = v;
-      }
+      // h0 is read through L2 too: harmless for a tensor nobody writes during the launch.
+      stage_rows(h_s, chunk, H, c0, p.variant == Variant::Wide && p.wide_rows,
+                 [&](int64_t n) -> const scalar_t* {
+                   if (n >= bs) return nullptr;
+                   return n < bs_src ? p.out + (row_src + n) * H : p.h0 + n * H;
+                 });
       __syncthreads();
       const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk;
       const int groups = int((rows + kNB - 1) / kNB);
@@ -211,6 +271,16 @@ __global__ void __launch_bounds__(kPersistentThreads)
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[K][kNB];
         dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
+        if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
+          const int64_t n = c0 + grp * kNB + lane;
+          if (lane < kNB && n < bs) {
+            acc_t sum[K];
+            sums_of_lane<K>(acc, lane, sum);
+            forward_unit<scalar_t, C>(p, row + n, n, j0 + jl, sum,
+                                      static_cast<acc_t>(h_s[(grp * kNB + lane) * H + j0 + jl]));
+          }
+          continue;
+        }
 #pragma unroll
         for (int b = 0; b < kNB; ++b) {
           const int64_t n = c0 + grp * kNB + b;
@@ -296,12 +366,10 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
     for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
       __syncthreads();
-      for (int e = threadIdx.x; e < chunk * G; e += blockDim.x) {
-        const int nl = e / G, g = e - nl * G;
-        const int64_t n = c0 + nl;
-        d_s[e] = n < bs_prev ? load_shared_by_grid(p.dgates + (row_prev + n) * G + g)
-                             : scalar_t(0);
-      }
+      stage_rows(d_s, chunk, G, c0, p.variant == Variant::Wide && p.wide_rows,
+                 [&](int64_t n) -> const scalar_t* {
+                   return n < bs_prev ? p.dgates + (row_prev + n) * G : nullptr;
+                 });
       __syncthreads();
       const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk;
       const int groups = int((rows + kNB - 1) / kNB);
@@ -309,23 +377,34 @@ __global__ void __launch_bounds__(kPersistentThreads)
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[1][kNB];
         dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
+        const int64_t j = j0 + jl;
+        // Row n of the tile, with its sum of dgates_prev W_hh.
+        auto finish = [&](int64_t n, acc_t sum) {
+          scalar_t* dh = p.dh + n * H + j;
+          acc_t grad;
+          if (n < bs_prev) {
+            // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
+            grad = (C == Cell::Gru ? ld(dh) : acc_t(0)) + sum;
+            st(dh, grad);
+            grad = ld(dh);  // the stored value, as the general loop's next step reads it
+          } else {
+            grad = ld(dh);
+          }
+          if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad);
+        };
+        if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
+          const int64_t n = c0 + grp * kNB + lane;
+          if (lane < kNB && n < rows_all) {
+            acc_t sum[1];
+            sums_of_lane<1>(acc, lane, sum);
+            finish(n, sum[0]);
+          }
+          continue;
+        }
 #pragma unroll
         for (int b = 0; b < kNB; ++b) {
           const int64_t n = c0 + grp * kNB + b;
-          if (lane == b && n < rows_all) {
-            const int64_t j = j0 + jl;
-            scalar_t* dh = p.dh + n * H + j;
-            acc_t grad;
-            if (n < bs_prev) {
-              // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
-              grad = (C == Cell::Gru ? ld(dh) : acc_t(0)) + acc[0][b];
-              st(dh, grad);
-              grad = ld(dh);  // the stored value, as the general loop's next step reads it
-            } else {
-              grad = ld(dh);
-            }
-            if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad);
-          }
+          if (lane == b && n < rows_all) finish(n, acc[0][b]);
         }
       }
     }
