@@ -188,27 +188,52 @@ __device__ __forceinline__ void dot_tile(const scalar_t* w, int w_ld, const scal
         acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], off);
 }
 
+// What the pointwise forward of unit j, row n reads besides the recurrent sums: the step's input
+// pre-activations (RNN: the pre-activation in `out`) and the LSTM's cell state. None of it depends
+// on this step's h, so the wide variant loads it before the product and its latency overlaps.
+template <typename scalar_t, Cell C>
+struct UnitInputs {
+  at::opmath_type<scalar_t> x[gates_of(C)];
+  at::opmath_type<scalar_t> c;  // LSTM
+};
+
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ UnitInputs<scalar_t, C> load_unit_inputs(
+    const ForwardParams<scalar_t>& p, int64_t rr, int64_t n, int64_t j) {
+  UnitInputs<scalar_t, C> in;
+  const int64_t H = p.H;
+  if constexpr (C == Cell::Rnn) {
+    in.x[0] = ld(p.out + rr * H + j);
+    in.c = 0;
+  } else {
+    const scalar_t* g = p.ws + rr * p.W;
+#pragma unroll
+    for (int k = 0; k < gates_of(C); ++k) in.x[k] = ld(g + k * H + j);
+    in.c = C == Cell::Lstm ? ld(p.c_n + n * H + j) : 0;
+  }
+  return in;
+}
+
 // The pointwise forward of unit j, batch row n (packed row rr), given the K recurrent sums.
 template <typename scalar_t, Cell C>
 __device__ __forceinline__ void forward_unit(const ForwardParams<scalar_t>& p, int64_t rr,
                                              int64_t n, int64_t j,
                                              const at::opmath_type<scalar_t> (&sum)[gates_of(C)],
-                                             at::opmath_type<scalar_t> h_prev) {
+                                             at::opmath_type<scalar_t> h_prev,
+                                             const UnitInputs<scalar_t, C>& in) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H;
   acc_t h;
   if constexpr (C == Cell::Lstm) {
     scalar_t* g = p.ws + rr * p.W;
-    scalar_t* c = p.c_n + n * H + j;
-    const auto r = gates::lstm_forward(ld(g + j) + sum[0], ld(g + H + j) + sum[1],
-                                       ld(g + 2 * H + j) + sum[2], ld(g + 3 * H + j) + sum[3],
-                                       ld(c));
+    const auto r = gates::lstm_forward(in.x[0] + sum[0], in.x[1] + sum[1], in.x[2] + sum[2],
+                                       in.x[3] + sum[3], in.c);
     st(g + j, r.i);
     st(g + H + j, r.f);
     st(g + 2 * H + j, r.g);
     st(g + 3 * H + j, r.o);
     st(g + 4 * H + j, r.c);
-    st(c, r.c);
+    st(p.c_n + n * H + j, r.c);
     h = r.h;
   } else if constexpr (C == Cell::Gru) {
     scalar_t* g = p.ws + rr * p.W;
@@ -218,15 +243,14 @@ __device__ __forceinline__ void forward_unit(const ForwardParams<scalar_t>& p, i
       h_z += ld(p.b_hh + H + j);
       h_n += ld(p.b_hh + 2 * H + j);
     }
-    const auto r =
-        gates::gru_forward(ld(g + j), ld(g + H + j), ld(g + 2 * H + j), h_r, h_z, h_n, h_prev);
+    const auto r = gates::gru_forward(in.x[0], in.x[1], in.x[2], h_r, h_z, h_n, h_prev);
     st(g + j, r.r);
     st(g + H + j, r.z);
     st(g + 2 * H + j, r.n);
     st(g + 3 * H + j, h_n);
     h = r.h;
   } else {
-    h = gates::rnn_forward(ld(p.out + rr * H + j) + sum[0], p.act);
+    h = gates::rnn_forward(in.x[0] + sum[0], p.act);
   }
   st(p.out + rr * H + j, h);
   st(p.h_n + n * H + j, h);
@@ -270,17 +294,21 @@ __global__ void __launch_bounds__(kPersistentThreads)
       for (int it = warp; it < u * groups; it += warps) {
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[K][kNB];
-        dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
         if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
-          const int64_t n = c0 + grp * kNB + lane;
-          if (lane < kNB && n < bs) {
+          const int64_t n = c0 + grp * kNB + lane, j = j0 + jl;
+          const bool mine = lane < kNB && n < bs;
+          UnitInputs<scalar_t, C> in{};
+          if (mine) in = load_unit_inputs<scalar_t, C>(p, row + n, n, j);
+          dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
+          if (mine) {
             acc_t sum[K];
             sums_of_lane<K>(acc, lane, sum);
-            forward_unit<scalar_t, C>(p, row + n, n, j0 + jl, sum,
-                                      static_cast<acc_t>(h_s[(grp * kNB + lane) * H + j0 + jl]));
+            forward_unit<scalar_t, C>(p, row + n, n, j, sum,
+                                      static_cast<acc_t>(h_s[(grp * kNB + lane) * H + j]), in);
           }
           continue;
         }
+        dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
 #pragma unroll
         for (int b = 0; b < kNB; ++b) {
           const int64_t n = c0 + grp * kNB + b;
@@ -290,7 +318,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
             for (int g = 0; g < K; ++g) sum[g] = acc[g][b];
             const int64_t j = j0 + jl;
             forward_unit<scalar_t, C>(p, row + n, n, j, sum,
-                                      static_cast<acc_t>(h_s[(grp * kNB + b) * H + j]));
+                                      static_cast<acc_t>(h_s[(grp * kNB + b) * H + j]),
+                                      load_unit_inputs<scalar_t, C>(p, row + n, n, j));
           }
         }
       }

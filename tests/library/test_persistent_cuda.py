@@ -178,6 +178,37 @@ def test_either_backward_reads_either_forward(device, monkeypatch, kind, packed)
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{key}: {m}")
 
 
+# ---- the two variants of the kernels give the same values ----------------------------------
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype, N, H", [(torch.float16, 6, 64), (torch.bfloat16, 13, 40),
+                                         (torch.float32, 5, 36), (torch.float64, 3, 17),
+                                         (torch.float16, 3, 33)])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_wide_and_basic_variants_agree_exactly(device, monkeypatch, kind, dtype, N, H, packed):
+    """RNNKIT_CUDA_PERSISTENT_VARIANT: wide (the default, which every other test here runs) and
+    basic do the same arithmetic in the same order. H = 33 in float16 and H = 17 in float64 have
+    rows that are not whole 16-byte pieces, so wide stages them one value at a time."""
+    args, (ours_fn, _) = _layer_problem(kind, T=7, N=N, I=5, H=H, seed=N * H, packed=packed,
+                                        reverse=packed, device=device)
+    results = {}
+    for variant in ("wide", "basic"):
+        monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", variant)
+        results[variant] = _run_on(monkeypatch, True, ours_fn, _cast(args, dtype))
+    (out_w, grad_w, _), (out_b, grad_b, _) = results["wide"], results["basic"]
+    _close(out_w, out_b, 0, 0, f"{dtype} output, wide vs basic")
+    _close(grad_w, grad_b, 0, 0, f"{dtype} gradient, wide vs basic")
+
+
+@pytest.mark.parametrize("device", CUDA)
+def test_bad_variant_is_an_error(device, monkeypatch):
+    args, (ours_fn, _) = _layer_problem("lstm", T=2, N=1, I=4, H=8, seed=1, device=device)
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "fast")
+    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT_VARIANT to be wide or basic"):
+        ours_fn(*_cast(args, torch.float32, grad=False))
+
+
 # ---- what falls back, and how it says so -----------------------------------------------------
 @pytest.mark.parametrize("device", CUDA)
 def test_projection_falls_back_and_says_why(device, monkeypatch):
