@@ -328,30 +328,61 @@ __global__ void __launch_bounds__(kPersistentThreads)
   }
 }
 
+// What the pointwise backward of unit j, row n reads besides the gradient of its h: the forward's
+// saved values, the output's gradient, the LSTM's carried dc. As in the forward, none of it depends
+// on this step's product, so the wide variant loads it first.
+template <typename scalar_t, Cell C>
+struct GradInputs {
+  static constexpr int kSaved = C == Cell::Lstm ? 5 : C == Cell::Gru ? 4 : 1;
+  at::opmath_type<scalar_t> saved[kSaved];  // LSTM i f g o c; GRU r z n h_n; RNN its output h
+  at::opmath_type<scalar_t> gout;           // the output's gradient (0 without one)
+  at::opmath_type<scalar_t> dc;             // LSTM
+  at::opmath_type<scalar_t> prev;           // LSTM c_prev, GRU h_prev
+};
+
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ GradInputs<scalar_t, C> load_grad_inputs(
+    const BackwardParams<scalar_t>& p, int64_t rr, int64_t n, int64_t j) {
+  GradInputs<scalar_t, C> in{};
+  const int64_t H = p.H;
+  in.gout = p.gout ? ld(p.gout + rr * H + j) : 0;
+  if constexpr (C == Cell::Rnn) {
+    in.saved[0] = ld(p.out + rr * H + j);
+  } else {
+    const scalar_t* g = p.ws + rr * p.W;
+#pragma unroll
+    for (int k = 0; k < GradInputs<scalar_t, C>::kSaved; ++k) in.saved[k] = ld(g + k * H + j);
+    if constexpr (C == Cell::Lstm) {
+      in.dc = ld(p.dc + n * H + j);
+      in.prev = ld(p.c_prev + rr * H + j);
+    } else {
+      in.prev = ld(p.h_prev + rr * H + j);
+    }
+  }
+  return in;
+}
+
 // The pointwise backward of unit j, batch row n (packed row rr), given the gradient of its h.
 template <typename scalar_t, Cell C>
 __device__ __forceinline__ void backward_unit(const BackwardParams<scalar_t>& p, int64_t rr,
                                               int64_t n, int64_t j,
-                                              at::opmath_type<scalar_t> dh) {
+                                              at::opmath_type<scalar_t> dh,
+                                              const GradInputs<scalar_t, C>& in) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H, G = int64_t(gates_of(C)) * H;
-  const acc_t grad_h = p.gout ? dh + ld(p.gout + rr * H + j) : dh;
+  const acc_t grad_h = p.gout ? dh + in.gout : dh;
   scalar_t* dg = p.dgates + rr * G;
   if constexpr (C == Cell::Lstm) {
-    const scalar_t* g = p.ws + rr * p.W;
-    scalar_t* dc = p.dc + n * H + j;
-    const auto r = gates::lstm_backward(grad_h, ld(dc), ld(g + j), ld(g + H + j),
-                                        ld(g + 2 * H + j), ld(g + 3 * H + j), ld(g + 4 * H + j),
-                                        ld(p.c_prev + rr * H + j));
+    const auto r = gates::lstm_backward(grad_h, in.dc, in.saved[0], in.saved[1], in.saved[2],
+                                        in.saved[3], in.saved[4], in.prev);
     st(dg + j, r.da_i);
     st(dg + H + j, r.da_f);
     st(dg + 2 * H + j, r.da_g);
     st(dg + 3 * H + j, r.da_o);
-    st(dc, r.dc_prev);
+    st(p.dc + n * H + j, r.dc_prev);
   } else if constexpr (C == Cell::Gru) {
-    const scalar_t* g = p.ws + rr * p.W;
-    const auto r = gates::gru_backward(grad_h, ld(g + j), ld(g + H + j), ld(g + 2 * H + j),
-                                       ld(g + 3 * H + j), ld(p.h_prev + rr * H + j));
+    const auto r = gates::gru_backward(grad_h, in.saved[0], in.saved[1], in.saved[2],
+                                       in.saved[3], in.prev);
     scalar_t* dx = p.dx + rr * G;
     st(dx + j, r.dx_r);
     st(dx + H + j, r.dx_z);
@@ -361,7 +392,7 @@ __device__ __forceinline__ void backward_unit(const BackwardParams<scalar_t>& p,
     st(dg + 2 * H + j, r.dh_n);
     st(p.dh + n * H + j, r.dh_prev_direct);
   } else {
-    st(dg + j, gates::rnn_backward(grad_h, ld(p.out + rr * H + j), p.act));
+    st(dg + j, gates::rnn_backward(grad_h, in.saved[0], p.act));
   }
 }
 
@@ -405,35 +436,43 @@ __global__ void __launch_bounds__(kPersistentThreads)
       for (int it = warp; it < u * groups; it += warps) {
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[1][kNB];
-        dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
         const int64_t j = j0 + jl;
-        // Row n of the tile, with its sum of dgates_prev W_hh.
-        auto finish = [&](int64_t n, acc_t sum) {
-          scalar_t* dh = p.dh + n * H + j;
-          acc_t grad;
+        // Row n of the tile: its sum of dgates_prev W_hh, the dh it carried in, its other inputs.
+        auto finish = [&](int64_t n, acc_t sum, acc_t dh_in, const GradInputs<scalar_t, C>& in) {
+          acc_t grad = dh_in;
           if (n < bs_prev) {
             // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
-            grad = (C == Cell::Gru ? ld(dh) : acc_t(0)) + sum;
-            st(dh, grad);
+            scalar_t* dh = p.dh + n * H + j;
+            st(dh, (C == Cell::Gru ? dh_in : acc_t(0)) + sum);
             grad = ld(dh);  // the stored value, as the general loop's next step reads it
-          } else {
-            grad = ld(dh);
           }
-          if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad);
+          if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad, in);
         };
         if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
           const int64_t n = c0 + grp * kNB + lane;
-          if (lane < kNB && n < rows_all) {
+          const bool mine = lane < kNB && n < rows_all;
+          acc_t dh_in = 0;
+          GradInputs<scalar_t, C> in{};
+          if (mine) dh_in = ld(p.dh + n * H + j);
+          if (mine && n < bs) in = load_grad_inputs<scalar_t, C>(p, row + n, n, j);
+          dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
+          if (mine) {
             acc_t sum[1];
             sums_of_lane<1>(acc, lane, sum);
-            finish(n, sum[0]);
+            finish(n, sum[0], dh_in, in);
           }
           continue;
         }
+        dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
 #pragma unroll
         for (int b = 0; b < kNB; ++b) {
           const int64_t n = c0 + grp * kNB + b;
-          if (lane == b && n < rows_all) finish(n, acc[0][b]);
+          if (lane == b && n < rows_all) {
+            const acc_t dh_in = ld(p.dh + n * H + j);
+            finish(n, acc[0][b], dh_in,
+                   n < bs ? load_grad_inputs<scalar_t, C>(p, row + n, n, j)
+                          : GradInputs<scalar_t, C>{});
+          }
         }
       }
     }
