@@ -109,14 +109,26 @@ Device device_facts() {
   return d;
 }
 
+// Whether every step has all N rows, at row t * N: the kernels then need no step tables.
+bool padded(const SequencePlan& plan) {
+  bool yes = true;
+  for (int64_t t = 0; t < plan.T(); ++t)
+    yes = yes && plan.batch_sizes[t] == plan.N && plan.offsets[t] == t * plan.N;
+  return yes;
+}
+
+// Whether the current stream is being captured into a CUDA graph.
+bool capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // The steps as the kernels read them; packed input gets its two tables on the device (kept alive
 // in `tables` until the launch is queued; the allocator orders their reuse on the stream).
 Steps device_steps(const SequencePlan& plan, Tensor* tables) {
-  bool padded = true;
-  for (int64_t t = 0; t < plan.T(); ++t)
-    padded = padded && plan.batch_sizes[t] == plan.N && plan.offsets[t] == t * plan.N;
   Steps s{nullptr, nullptr, plan.T(), plan.N, plan.reverse};
-  if (padded) return s;
+  if (padded(plan)) return s;
   Tensor host = at::empty({2, plan.T()}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* h = host.data_ptr<int64_t>();
   std::memcpy(h, plan.batch_sizes.data(), sizeof(int64_t) * plan.T());
@@ -173,6 +185,11 @@ bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* 
   }
   if (unsupported != nullptr) return decline(backward, *choice, unsupported);
   if (sp.T() == 0) return decline(backward, *choice, "no time steps");
+  if (!padded(sp) && capturing()) {
+    // The step tables are copied from pinned host memory that a replay would read again after
+    // the call has handed it back: the general loop captures packed input safely.
+    return decline(backward, *choice, "packed input during CUDA graph capture");
+  }
   *dev = device_facts();
   if (!dev->cooperative) {
     return decline(backward, *choice, "the device has no cooperative launch");

@@ -323,3 +323,30 @@ def test_cuda_graph_capture_and_replay(device, monkeypatch, kind):
         want_grads = bwd(g, x, None, states, params, want, False)
         for u, v in zip(list(out) + list(grads), list(want) + list(want_grads)):
             torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", CUDA)
+def test_packed_input_under_graph_capture_runs_the_general_loop(device, monkeypatch):
+    """Packed input needs step tables copied from host memory at each call, which a graph replay
+    would read after the call gave them back: during capture the general loop runs, and says so."""
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    args, _ = _layer_problem("lstm", T=6, N=4, I=8, H=16, seed=5, packed=True, device=device)
+    x, bs, states, params, _ = _cast(args, torch.float32, grad=False)
+    fwd, _ = _ops("lstm")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fwd(x, bs, states, params, False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fwd(x, bs, states, params, False)
+    ran = _C.persistent_last()[0]
+    assert ran.startswith("general") and "capture" in ran, ran
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = fwd(x, bs, states, params, False)  # eager, outside capture: the persistent loop
+    assert _C.persistent_last()[0] == "persistent"
+    for u, v in zip(out, want):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
