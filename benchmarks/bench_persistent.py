@@ -1,5 +1,6 @@
-"""GPU timings of the persistent CUDA loops (RNNKIT_CUDA_PERSISTENT=1) against rnnkit's general
-loop and torch.nn (cuDNN), with CUDA events: issue 17's cases.
+"""GPU timings of the persistent CUDA loops (RNNKIT_CUDA_PERSISTENT=1), in both variants of its
+kernels (RNNKIT_CUDA_PERSISTENT_VARIANT=wide, the default, and basic), against rnnkit's general
+loop (RNNKIT_CUDA_PERSISTENT=0) and torch.nn (cuDNN), with CUDA events: issue 17's cases.
 
     PYTHONPATH=. python benchmarks/bench_persistent.py --out-dir RESULTS_DIR
 
@@ -7,8 +8,12 @@ Cases:
   1. LSTM and GRU, T=1024 N=16 I=H=768, float16 and bfloat16: persistent, general, cuDNN;
      forward (no grad) and forward+backward.
   2. LSTM T=100 N=64 I=H=512 float32 (TF32 off): persistent, general, cuDNN with TF32 off.
-  3. Persistent vs general, LSTM, T=256, I=H, N in {1, 4, 16, 64} x H in {256, 512, 768, 1024}
-     (--dtype, default float16), forward and forward+backward.
+  3. LSTM T=256 float32 at small batches (N in {1, 4}, H in {256, 1024}), persistent and
+     general only: what the rule of RNNKIT_CUDA_PERSISTENT=auto, half precision only so far,
+     would need to cover float32.
+  4. Persistent vs general, LSTM, T=256, I=H, N in {1, 4, 16, 64} x H in {256, 512, 768, 1024}
+     (--dtype, default float16), forward and forward+backward, and whether auto takes the
+     persistent loop there.
 Each timing is the median of --iters runs after --warmup runs, in milliseconds. Every persistent
 row records which loop really ran (rnnkit._C.persistent_last()) and the largest difference of its
 output from the general loop's. Writes persistent.json and persistent.md into --out-dir.
@@ -51,8 +56,12 @@ def time_ms(fn, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def set_path(persistent: bool) -> None:
-    os.environ["RNNKIT_CUDA_PERSISTENT"] = "1" if persistent else "0"
+# name -> (RNNKIT_CUDA_PERSISTENT, RNNKIT_CUDA_PERSISTENT_VARIANT)
+PATHS = {"general": ("0", "wide"), "persistent": ("1", "wide"), "persistent-basic": ("1", "basic")}
+
+
+def set_path(name: str) -> None:
+    os.environ["RNNKIT_CUDA_PERSISTENT"], os.environ["RNNKIT_CUDA_PERSISTENT_VARIANT"] = PATHS[name]
 
 
 def closures(module, x, g):
@@ -80,8 +89,8 @@ def bench_case(mode, T, N, H, dtype, args, with_cudnn=True):
     base = dict(mode=mode, T=T, N=N, I=H, H=H, dtype=str(dtype).replace("torch.", ""))
     rows = []
     outputs = {}
-    for name, persistent in (("general", False), ("persistent", True)):
-        set_path(persistent)
+    for name in PATHS:
+        set_path(name)
         fwd, fwd_bwd = closures(ours, x, g)
         outputs[name] = fwd().float()
         ran = _C.persistent_last()[0]
@@ -89,9 +98,10 @@ def bench_case(mode, T, N, H, dtype, args, with_cudnn=True):
         row["fwd_bwd_ms"] = time_ms(fwd_bwd, args.warmup, args.iters)
         row["ran"] = [ran, _C.persistent_last()[1]]
         rows.append(row)
-    set_path(False)
-    diff = (outputs["persistent"] - outputs["general"]).abs().max().item()
-    rows[-1]["max_abs_diff_vs_general"] = diff
+    set_path("general")
+    for row in rows[1:]:
+        row["max_abs_diff_vs_general"] = (outputs[row["impl"]] - outputs["general"]).abs().max().item()
+    rows[1]["auto_takes_persistent"] = _C.persistent_auto(H, N, x.element_size())
     if with_cudnn:
         fwd, fwd_bwd = closures(theirs, x, g)
         rows.append(dict(base, impl="cudnn", fwd_ms=time_ms(fwd, args.warmup, args.iters),
@@ -99,7 +109,7 @@ def bench_case(mode, T, N, H, dtype, args, with_cudnn=True):
     for r in rows:
         extra = f"  ran {r['ran']}" if "ran" in r else ""
         extra += f"  diff {r['max_abs_diff_vs_general']:.3g}" if "max_abs_diff_vs_general" in r else ""
-        print(f"{mode} T={T} N={N} H={H} {base['dtype']:9s} {r['impl']:10s} "
+        print(f"{mode} T={T} N={N} H={H} {base['dtype']:9s} {r['impl']:16s} "
               f"fwd {r['fwd_ms']:8.3f} ms  fwd+bwd {r['fwd_bwd_ms']:8.3f} ms{extra}", flush=True)
     return rows
 
@@ -109,8 +119,8 @@ def markdown(report) -> str:
              f"torch {report['torch']}, CUDA {report['cuda']}, cuDNN {report['cudnn']}; median of "
              f"{report['iters']} after {report['warmup']} warm-up runs, ms.", "",
              "## Issue 17's cases", "",
-             "| case | persistent fwd | general fwd | cuDNN fwd | persistent fwd+bwd | general fwd+bwd | cuDNN fwd+bwd | persistent ran |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | persistent fwd | basic fwd | general fwd | cuDNN fwd | persistent fwd+bwd | basic fwd+bwd | general fwd+bwd | cuDNN fwd+bwd | persistent ran |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     cases = {}
     for r in report["cases"]:
         cases.setdefault((r["mode"], r["T"], r["N"], r["H"], r["dtype"]), {})[r["impl"]] = r
@@ -119,11 +129,15 @@ def markdown(report) -> str:
             return f"{impls[impl][key]:.3f}" if impl in impls else ""
         p = impls.get("persistent", {})
         lines.append(f"| {mode} T={T} N={N} H={H} {dt} | {cell('persistent', 'fwd_ms')} | "
+                     f"{cell('persistent-basic', 'fwd_ms')} | "
                      f"{cell('general', 'fwd_ms')} | {cell('cudnn', 'fwd_ms')} | "
-                     f"{cell('persistent', 'fwd_bwd_ms')} | {cell('general', 'fwd_bwd_ms')} | "
+                     f"{cell('persistent', 'fwd_bwd_ms')} | {cell('persistent-basic', 'fwd_bwd_ms')} | "
+                     f"{cell('general', 'fwd_bwd_ms')} | "
                      f"{cell('cudnn', 'fwd_bwd_ms')} | {' / '.join(p.get('ran', []))} |")
     lines += ["", f"## Persistent / general, LSTM T={report['grid_T']}, {report['grid_dtype']}"
-              " (ratio below 1: the persistent loop is faster)", "",
+              " (ratio below 1: the persistent loop is faster; wide variant, then basic in"
+              " brackets; **auto** where RNNKIT_CUDA_PERSISTENT=auto takes the persistent loop)",
+              "",
               "| N \\ H | " + " | ".join(str(h) for h in report["grid_H"]) + " |",
               "|---|" + "---|" * len(report["grid_H"])]
     grid = {}
@@ -134,11 +148,14 @@ def markdown(report) -> str:
         for H in report["grid_H"]:
             c = grid.get((N, H), {})
             if "persistent" in c and "general" in c:
-                p, q = c["persistent"], c["general"]
-                cells.append(f"fwd {p['fwd_ms']:.2f}/{q['fwd_ms']:.2f} = {p['fwd_ms'] / q['fwd_ms']:.2f}; "
-                             f"f+b {p['fwd_bwd_ms']:.2f}/{q['fwd_bwd_ms']:.2f} = "
-                             f"{p['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f}"
-                             + ("" if p["ran"] == ["persistent", "persistent"] else f" (ran {p['ran']})"))
+                p, q, b = c["persistent"], c["general"], c.get("persistent-basic")
+                text = (f"fwd {p['fwd_ms']:.2f}/{q['fwd_ms']:.2f} = {p['fwd_ms'] / q['fwd_ms']:.2f}"
+                        + (f" ({b['fwd_ms'] / q['fwd_ms']:.2f})" if b else "")
+                        + f"; f+b {p['fwd_bwd_ms']:.2f}/{q['fwd_bwd_ms']:.2f} = "
+                        f"{p['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f}"
+                        + (f" ({b['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f})" if b else ""))
+                text += "" if p["ran"] == ["persistent", "persistent"] else f" (ran {p['ran']})"
+                cells.append(("**auto** " if p.get("auto_takes_persistent") else "") + text)
             else:
                 cells.append("")
         lines.append(f"| {N} | " + " | ".join(cells) + " |")
@@ -166,6 +183,9 @@ def main() -> None:
         for dtype in (torch.float16, torch.bfloat16):
             cases += bench_case(mode, 1024 // scale, 16, 768, dtype, args)
     cases += bench_case("LSTM", 100 // scale, 64, 512, torch.float32, args)
+    for N in (1, 4):
+        for H in (256, 1024):
+            cases += bench_case("LSTM", 256 // scale, N, H, torch.float32, args, with_cudnn=False)
     grid_N, grid_H, grid_T = [1, 4, 16, 64], [256, 512, 768, 1024], 256 // scale
     grid = []
     for N in grid_N:

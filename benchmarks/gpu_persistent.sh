@@ -8,8 +8,8 @@
 #   1. tests/library/test_persistent_plan.py and tests/library/test_persistent_cuda.py (the persistent loops forced
 #      on, against the float64 reference and the general loop),
 #   2. benchmarks/bench_persistent.py (writes persistent.json and persistent.md),
-#   3. tests/library/test_cuda.py without its torch.compile cases (the general CUDA path, persistent loop
-#      off as by default: the hooks must leave it as it was),
+#   3. tests/library/test_cuda.py without its torch.compile cases (the general CUDA path: the file
+#      sets RNNKIT_CUDA_PERSISTENT=0; the hooks must leave that path as it was),
 #   4. the CUDA cases of the double-backward and module_db tests,
 # each under its own time limit, and writes every log under RESULTS_DIR (summary.txt: one line per
 # step). All steps together stay within BUDGET seconds (default 350: under 6 minutes).
@@ -63,7 +63,7 @@ if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
 fi
 export RNNKIT_CUDA=1 RNNKIT_CUDA_ARCHS=${RNNKIT_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-unset RNNKIT_CUDA_PERSISTENT  # the tests and the benchmark set it themselves
+unset RNNKIT_CUDA_PERSISTENT  # auto; the tests and the benchmark set it where they mean a loop
 echo "compilers: CC=${CC:-unset} CXX=${CXX:-unset}; archs $RNNKIT_CUDA_ARCHS" >> "$OUT/env.txt"
 
 pytest_args=(-q -rs -p no:cacheprovider --maxfail=10)

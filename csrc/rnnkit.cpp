@@ -107,6 +107,13 @@ static PyObject* py_persistent_units(PyObject*, PyObject* args) {
                        static_cast<long long>(rnnkit::persistent::unit_count(p, H, block)));
 }
 
+// The choice RNNKIT_CUDA_PERSISTENT=auto makes (common/persistent.h), for the same tests.
+static PyObject* py_persistent_auto(PyObject*, PyObject* args) {
+  long long H = 0, N = 0, elem_bytes = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &H, &N, &elem_bytes)) return nullptr;
+  return PyBool_FromLong(rnnkit::persistent::prefers_persistent(H, N, elem_bytes));
+}
+
 #ifdef RNNKIT_WITH_CUDA
 static PyObject* py_persistent_last(PyObject*, PyObject*) {
   return Py_BuildValue("(ss)", rnnkit::persistent::last_forward().c_str(),
@@ -139,6 +146,9 @@ static PyMethodDef kMethods[] = {
      "persistent::make_plan"},
     {"persistent_units", py_persistent_units, METH_VARARGS,
      "persistent_units(H, units, block) -> (first unit, count): the units block owns"},
+    {"persistent_auto", py_persistent_auto, METH_VARARGS,
+     "persistent_auto(H, N, elem_bytes) -> bool: whether RNNKIT_CUDA_PERSISTENT=auto picks the "
+     "persistent loop (persistent::prefers_persistent)"},
 #ifdef RNNKIT_WITH_CUDA
     {"persistent_last", py_persistent_last, METH_NOARGS,
      "persistent_last() -> (forward, backward): which loop the last CUDA layer call ran"},

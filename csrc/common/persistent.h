@@ -89,6 +89,25 @@ struct Steps {
   RNNKIT_HD int64_t offset(int64_t t) const { return offsets ? offsets[t] : t * N; }
 };
 
+// RNNKIT_CUDA_PERSISTENT: "0" forbids the persistent loop, "1" forces it wherever the shape fits,
+// "auto" (also unset or empty) lets prefers_persistent() choose.
+enum class Choice : int { Off = 0, On = 1, Auto = 2 };
+
+// The choice `auto` makes, for one layer call: H hidden units, N the largest active batch,
+// elem_bytes the stored value's size. The bounds are those of the shapes where the persistent loop
+// beat the general one clearly, forward and forward+backward, on an H200 (docs/kernels.md, "Which
+// loop runs"): active batch up to 4 with H up to 1024, or up to 16 with H up to 256; float16 and
+// bfloat16 only (float32 and float64 were not measured at these batches). The same bounds serve
+// every cell: GRU and RNN do 3/4 and 1/4 of LSTM's recurrent product per step in the persistent
+// loop, while the general loop pays the same two launches per step for all three.
+constexpr int64_t kAutoSmallBatch = 4, kAutoSmallBatchMaxH = 1024;
+constexpr int64_t kAutoMidBatch = 16, kAutoMidBatchMaxH = 256;
+inline bool prefers_persistent(int64_t H, int64_t N, int64_t elem_bytes) {
+  if (H <= 0 || N <= 0 || elem_bytes != 2) return false;
+  return (N <= kAutoSmallBatch && H <= kAutoSmallBatchMaxH) ||
+         (N <= kAutoMidBatch && H <= kAutoMidBatchMaxH);
+}
+
 inline const char* refusal_text(Refusal r) {
   switch (r) {
     case Refusal::None: return "fits";

@@ -7,8 +7,10 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
 #include <string>
 
@@ -47,20 +49,48 @@ void record(bool backward, const std::string& what) {
   (backward ? plan_ns::last_bwd : plan_ns::last_fwd) = what;
 }
 
-// RNNKIT_CUDA_PERSISTENT: unset, empty or "0": off; "1": on where the shape fits.
-bool requested() {
+using plan_ns::Choice;
+
+// RNNKIT_CUDA_PERSISTENT: "0" off; "1" on where the shape fits; "auto", unset or empty: the
+// measured rule (plan_ns::prefers_persistent).
+Choice requested() {
   const char* v = std::getenv("RNNKIT_CUDA_PERSISTENT");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Choice::Auto;
+  if (std::strcmp(v, "0") == 0) return Choice::Off;
   TORCH_CHECK(std::strcmp(v, "1") == 0,
-              "rnnkit: expected RNNKIT_CUDA_PERSISTENT to be 0 or 1 (or unset), got '", v, "'");
+              "rnnkit: expected RNNKIT_CUDA_PERSISTENT to be 0, 1 or auto (or unset), got '", v,
+              "'");
+  return Choice::On;
+}
+
+// RNNKIT_CUDA_PERSISTENT_VARIANT: "wide" (also unset or empty) or "basic" (persistent_kernels.cuh,
+// Variant); both give the same values, so the benchmark can time one against the other.
+Variant variant() {
+  const char* v = std::getenv("RNNKIT_CUDA_PERSISTENT_VARIANT");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "wide") == 0) return Variant::Wide;
+  TORCH_CHECK(std::strcmp(v, "basic") == 0,
+              "rnnkit: expected RNNKIT_CUDA_PERSISTENT_VARIANT to be wide or basic (or unset), "
+              "got '", v, "'");
+  return Variant::Basic;
+}
+
+// Whether rows of `len` values can be staged in 16-byte pieces from every one of `bases`: whole
+// pieces a row, and every row start on a 16-byte boundary.
+bool wide_rows(int64_t len, int64_t elem_bytes, std::initializer_list<const void*> bases) {
+  if (len * elem_bytes % 16 != 0) return false;
+  for (const void* b : bases)
+    if (reinterpret_cast<std::uintptr_t>(b) % 16 != 0) return false;
   return true;
 }
 
-// The general loop runs instead; with the persistent loop requested, say why.
-bool decline(bool backward, const std::string& why) {
+// The general loop runs instead; when the persistent loop was forced (1), say why.
+bool decline(bool backward, Choice choice, const std::string& why) {
   record(backward, "general: " + why);
-  TORCH_WARN_ONCE("rnnkit: RNNKIT_CUDA_PERSISTENT=1, but the ", backward ? "backward" : "forward",
-                  " of this layer runs the general loop: ", why);
+  if (choice == Choice::On) {
+    TORCH_WARN_ONCE("rnnkit: RNNKIT_CUDA_PERSISTENT=1, but the ",
+                    backward ? "backward" : "forward",
+                    " of this layer runs the general loop: ", why);
+  }
   return false;
 }
 
@@ -79,14 +109,26 @@ Device device_facts() {
   return d;
 }
 
+// Whether every step has all N rows, at row t * N: the kernels then need no step tables.
+bool padded(const SequencePlan& plan) {
+  bool yes = true;
+  for (int64_t t = 0; t < plan.T(); ++t)
+    yes = yes && plan.batch_sizes[t] == plan.N && plan.offsets[t] == t * plan.N;
+  return yes;
+}
+
+// Whether the current stream is being captured into a CUDA graph.
+bool capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // The steps as the kernels read them; packed input gets its two tables on the device (kept alive
 // in `tables` until the launch is queued; the allocator orders their reuse on the stream).
 Steps device_steps(const SequencePlan& plan, Tensor* tables) {
-  bool padded = true;
-  for (int64_t t = 0; t < plan.T(); ++t)
-    padded = padded && plan.batch_sizes[t] == plan.N && plan.offsets[t] == t * plan.N;
   Steps s{nullptr, nullptr, plan.T(), plan.N, plan.reverse};
-  if (padded) return s;
+  if (padded(plan)) return s;
   Tensor host = at::empty({2, plan.T()}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* h = host.data_ptr<int64_t>();
   std::memcpy(h, plan.batch_sizes.data(), sizeof(int64_t) * plan.T());
@@ -99,7 +141,8 @@ Steps device_steps(const SequencePlan& plan, Tensor* tables) {
 }
 
 template <typename Params>
-bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backward) {
+bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backward,
+            Choice choice) {
   const plan_ns::Plan& plan = params.plan;
   C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -108,7 +151,7 @@ bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backw
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, kPersistentThreads, size_t(plan.smem_bytes)));
   if (int64_t(per_sm) * dev.sms < plan.blocks) {
-    return decline(backward, std::to_string(plan.blocks) + " blocks of " +
+    return decline(backward, choice, std::to_string(plan.blocks) + " blocks of " +
                                  std::to_string(plan.smem_bytes) +
                                  " bytes of shared memory cannot all be resident (" +
                                  std::to_string(per_sm) + " per SM, " +
@@ -125,25 +168,40 @@ bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backw
   return true;
 }
 
-// The checks every call shares; fills *plan and *dev when the persistent loop may run.
+// The checks every call shares; fills *plan, *dev and *choice when the persistent loop may run.
 bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* unsupported,
-             bool backward, plan_ns::Plan* plan, Device* dev) {
-  if (!requested()) {
-    record(backward, "general: off (RNNKIT_CUDA_PERSISTENT unset or 0)");
+             bool backward, plan_ns::Plan* plan, Device* dev, Choice* choice) {
+  *choice = requested();
+  if (*choice == Choice::Off) {
+    record(backward, "general: off (RNNKIT_CUDA_PERSISTENT=0)");
     return false;
   }
-  if (unsupported != nullptr) return decline(backward, unsupported);
-  if (sp.T() == 0) return decline(backward, "no time steps");
-  *dev = device_facts();
-  if (!dev->cooperative) return decline(backward, "the device has no cooperative launch");
   const int64_t H = w_hh.size(1), K = gates_of(cell);
+  if (*choice == Choice::Auto && !plan_ns::prefers_persistent(H, sp.N, w_hh.element_size())) {
+    record(backward, "general: auto (H = " + std::to_string(H) + ", N = " +
+                         std::to_string(sp.N) + ", " + std::to_string(w_hh.element_size()) +
+                         "-byte values lie outside the measured rule)");
+    return false;
+  }
+  if (unsupported != nullptr) return decline(backward, *choice, unsupported);
+  if (sp.T() == 0) return decline(backward, *choice, "no time steps");
+  if (!padded(sp) && capturing()) {
+    // The step tables are copied from pinned host memory that a replay would read again after
+    // the call has handed it back: the general loop captures packed input safely.
+    return decline(backward, *choice, "packed input during CUDA graph capture");
+  }
+  *dev = device_facts();
+  if (!dev->cooperative) {
+    return decline(backward, *choice, "the device has no cooperative launch");
+  }
   *plan = plan_ns::make_plan(H, sp.N, K, w_hh.element_size(), backward, dev->sms,
                              dev->smem_optin);
   if (!plan->fits()) {
-    return decline(backward, std::string(plan_ns::refusal_text(plan->refusal)) + " (H = " +
-                                 std::to_string(H) + ", N = " + std::to_string(sp.N) + ", " +
-                                 std::to_string(w_hh.element_size()) + "-byte values, " +
-                                 std::to_string(dev->smem_optin) + " bytes per block)");
+    return decline(backward, *choice,
+                   std::string(plan_ns::refusal_text(plan->refusal)) + " (H = " +
+                       std::to_string(H) + ", N = " + std::to_string(sp.N) + ", " +
+                       std::to_string(w_hh.element_size()) + "-byte values, " +
+                       std::to_string(dev->smem_optin) + " bytes per block)");
   }
   return true;
 }
@@ -162,22 +220,33 @@ scalar_t* ptr_or_null(const Tensor& t) {
 bool forward(const ForwardArgs& a) {
   plan_ns::Plan plan;
   Device dev;
-  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, false, &plan, &dev)) return false;
+  Choice choice;
+  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, false, &plan, &dev, &choice)) {
+    return false;
+  }
   Tensor tables;
   const Steps steps = device_steps(*a.plan, &tables);
   bool ran = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.out.scalar_type(),
                                   "rnnkit_persistent_forward", [&] {
     ForwardParams<scalar_t> p{steps, plan, a.w_hh.size(1), a.ws.defined() ? a.ws.size(1) : 0,
-                              stage_offset(plan), a.act,
+                              stage_offset(plan), a.act, variant(),
+                              wide_rows(a.w_hh.size(1), sizeof(scalar_t),
+                                        {a.out.data_ptr(), a.h0.data_ptr()}),
                               a.w_hh.data_ptr<scalar_t>(), a.h0.data_ptr<scalar_t>(),
                               a.out.data_ptr<scalar_t>(), a.h_n.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(a.c_n), ptr_or_null<scalar_t>(a.ws),
                               ptr_or_null<scalar_t>(a.b_hh)};
     switch (a.cell) {
-      case Cell::Lstm: ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false); break;
-      case Cell::Gru: ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false); break;
-      case Cell::Rnn: ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false); break;
+      case Cell::Lstm:
+        ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice);
+        break;
+      case Cell::Gru:
+        ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false, choice);
+        break;
+      case Cell::Rnn:
+        ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice);
+        break;
     }
   });
   return ran;
@@ -186,23 +255,33 @@ bool forward(const ForwardArgs& a) {
 bool backward(const BackwardArgs& a) {
   plan_ns::Plan plan;
   Device dev;
-  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, true, &plan, &dev)) return false;
+  Choice choice;
+  if (!prepare(a.cell, *a.plan, a.w_hh, a.unsupported, true, &plan, &dev, &choice)) {
+    return false;
+  }
   Tensor tables;
   const Steps steps = device_steps(*a.plan, &tables);
   bool ran = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dgates.scalar_type(),
                                   "rnnkit_persistent_backward", [&] {
     BackwardParams<scalar_t> p{steps, plan, a.w_hh.size(1), a.ws.defined() ? a.ws.size(1) : 0,
-                               stage_offset(plan), a.act,
+                               stage_offset(plan), a.act, variant(),
+                               wide_rows(a.w_hh.size(0), sizeof(scalar_t), {a.dgates.data_ptr()}),
                                a.w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.h_prev),
                                ptr_or_null<scalar_t>(a.c_prev), ptr_or_null<scalar_t>(a.out),
                                ptr_or_null<scalar_t>(a.ws), ptr_or_null<scalar_t>(a.gout),
                                a.dh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dc),
                                a.dgates.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dx)};
     switch (a.cell) {
-      case Cell::Lstm: ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true); break;
-      case Cell::Gru: ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true); break;
-      case Cell::Rnn: ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true); break;
+      case Cell::Lstm:
+        ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice);
+        break;
+      case Cell::Gru:
+        ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true, choice);
+        break;
+      case Cell::Rnn:
+        ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice);
+        break;
     }
   });
   return ran;

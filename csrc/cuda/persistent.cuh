@@ -6,8 +6,10 @@
 // it stay the layer's: the persistent loop reads and writes the same workspace layout, so the
 // backward of either path reads the forward of either.
 //
-// RNNKIT_CUDA_PERSISTENT: unset or 0, the general loop (per step a cuBLAS product and a pointwise
-// kernel); 1, the persistent loop wherever the shape fits (a warning names why it does not).
+// RNNKIT_CUDA_PERSISTENT: 0, the general loop (per step a cuBLAS product and a pointwise kernel);
+// 1, the persistent loop wherever the shape fits (a warning names why it does not); auto (also
+// unset or empty), the persistent loop where common/persistent.h's measured rule prefers it and
+// the shape fits, the general loop otherwise, silently.
 #pragma once
 
 #include <ATen/ATen.h>

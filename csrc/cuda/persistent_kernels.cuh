@@ -39,6 +39,12 @@ using rnnkit::persistent::Steps;
 
 constexpr int gates_of(Cell c) { return c == Cell::Lstm ? 4 : c == Cell::Gru ? 3 : 1; }
 
+// RNNKIT_CUDA_PERSISTENT_VARIANT (cuda/persistent.cu): the same arithmetic in the same order,
+// so the two give identical values; Wide stages rows in 16-byte pieces and lets the lanes of a
+// tile run their rows' pointwise code at once, Basic (the first version) stages one value per
+// load and runs the rows one after another.
+enum class Variant : int { Basic = 0, Wide = 1 };
+
 template <typename scalar_t>
 struct ForwardParams {
   Steps steps;
@@ -46,6 +52,8 @@ struct ForwardParams {
   int64_t H, W;             // hidden units; workspace width (LSTM 5H, GRU 4H, RNN 0)
   int64_t stage_offset;     // bytes from the start of shared memory to the staging buffer
   gates::Activation act;
+  Variant variant;
+  bool wide_rows;           // rows staged in 16-byte pieces (whole pieces, aligned sources)
   const scalar_t* w_hh;     // [G, H]
   const scalar_t* h0;       // [N, H]
   scalar_t* out;            // [P, H]
@@ -62,6 +70,8 @@ struct BackwardParams {
   int64_t H, W;
   int64_t stage_offset;
   gates::Activation act;
+  Variant variant;
+  bool wide_rows;           // as in ForwardParams
   const scalar_t* w_hh;     // [G, H]
   const scalar_t* h_prev;   // [P, H] GRU
   const scalar_t* c_prev;   // [P, H] LSTM
@@ -96,6 +106,59 @@ __device__ __forceinline__ void st(scalar_t* p, at::opmath_type<scalar_t> v) {
   *p = static_cast<scalar_t>(v);
 }
 
+// Stages rows [c0, c0 + chunk) of a row-major matrix with `len` values a row into dst
+// ([chunk, len], shared memory): row n comes from src(n), or is zero where src(n) is null. Wide:
+// 16-byte pieces (len * sizeof(scalar_t) a multiple of 16, every source row 16-byte aligned),
+// kBatch pieces a thread loaded before any is stored, so their L2 latencies overlap. Otherwise
+// one value at a time, as the basic variant always does.
+template <typename scalar_t, typename Src>
+__device__ __forceinline__ void stage_rows(scalar_t* dst, int chunk, int len, int64_t c0,
+                                           bool wide, Src src) {
+  if (wide) {
+    constexpr int kPiece = 16 / int(sizeof(scalar_t)), kBatch = 4;
+    const int pieces = len / kPiece, total = chunk * pieces;
+    uint4* out = reinterpret_cast<uint4*>(dst);
+    for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = base + i * blockDim.x;
+        v[i] = make_uint4(0u, 0u, 0u, 0u);
+        if (e < total) {
+          const int nl = e / pieces, q = e - nl * pieces;
+          const scalar_t* row = src(c0 + nl);
+          if (row != nullptr) v[i] = __ldcg(reinterpret_cast<const uint4*>(row) + q);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = base + i * blockDim.x;
+        if (e < total) out[e] = v[i];
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < chunk * len; e += blockDim.x) {
+      const int nl = e / len, k = e - nl * len;
+      const scalar_t* row = src(c0 + nl);
+      dst[e] = row != nullptr ? load_shared_by_grid(row + k) : scalar_t(0);
+    }
+  }
+}
+
+// acc[r][b] of lane `lane` (< kNB) as a plain register: every lane holds every sum after the
+// butterfly, so lane b can take batch row b of the tile without an indexed register array.
+template <int RB, typename acc_t>
+__device__ __forceinline__ void sums_of_lane(const acc_t (&acc)[RB][kNB], int lane,
+                                             acc_t (&sum)[RB]) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    sum[r] = acc[r][0];
+#pragma unroll
+    for (int b = 1; b < kNB; ++b)
+      if (lane == b) sum[r] = acc[r][b];
+  }
+}
+
 // acc[r][b] = sum_k w[r * w_ld + k] * x[b * x_ld + k] over k < len, summed over the warp: every
 // lane ends with every sum. w and x are in shared memory; x has kNB rows.
 template <int RB, typename scalar_t, typename acc_t>
@@ -125,27 +188,52 @@ __device__ __forceinline__ void dot_tile(const scalar_t* w, int w_ld, const scal
         acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], off);
 }
 
+// What the pointwise forward of unit j, row n reads besides the recurrent sums: the step's input
+// pre-activations (RNN: the pre-activation in `out`) and the LSTM's cell state. None of it depends
+// on this step's h, so the wide variant loads it before the product and its latency overlaps.
+template <typename scalar_t, Cell C>
+struct UnitInputs {
+  at::opmath_type<scalar_t> x[gates_of(C)];
+  at::opmath_type<scalar_t> c;  // LSTM
+};
+
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ UnitInputs<scalar_t, C> load_unit_inputs(
+    const ForwardParams<scalar_t>& p, int64_t rr, int64_t n, int64_t j) {
+  UnitInputs<scalar_t, C> in;
+  const int64_t H = p.H;
+  if constexpr (C == Cell::Rnn) {
+    in.x[0] = ld(p.out + rr * H + j);
+    in.c = 0;
+  } else {
+    const scalar_t* g = p.ws + rr * p.W;
+#pragma unroll
+    for (int k = 0; k < gates_of(C); ++k) in.x[k] = ld(g + k * H + j);
+    in.c = C == Cell::Lstm ? ld(p.c_n + n * H + j) : 0;
+  }
+  return in;
+}
+
 // The pointwise forward of unit j, batch row n (packed row rr), given the K recurrent sums.
 template <typename scalar_t, Cell C>
 __device__ __forceinline__ void forward_unit(const ForwardParams<scalar_t>& p, int64_t rr,
                                              int64_t n, int64_t j,
                                              const at::opmath_type<scalar_t> (&sum)[gates_of(C)],
-                                             at::opmath_type<scalar_t> h_prev) {
+                                             at::opmath_type<scalar_t> h_prev,
+                                             const UnitInputs<scalar_t, C>& in) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H;
   acc_t h;
   if constexpr (C == Cell::Lstm) {
     scalar_t* g = p.ws + rr * p.W;
-    scalar_t* c = p.c_n + n * H + j;
-    const auto r = gates::lstm_forward(ld(g + j) + sum[0], ld(g + H + j) + sum[1],
-                                       ld(g + 2 * H + j) + sum[2], ld(g + 3 * H + j) + sum[3],
-                                       ld(c));
+    const auto r = gates::lstm_forward(in.x[0] + sum[0], in.x[1] + sum[1], in.x[2] + sum[2],
+                                       in.x[3] + sum[3], in.c);
     st(g + j, r.i);
     st(g + H + j, r.f);
     st(g + 2 * H + j, r.g);
     st(g + 3 * H + j, r.o);
     st(g + 4 * H + j, r.c);
-    st(c, r.c);
+    st(p.c_n + n * H + j, r.c);
     h = r.h;
   } else if constexpr (C == Cell::Gru) {
     scalar_t* g = p.ws + rr * p.W;
@@ -155,15 +243,14 @@ __device__ __forceinline__ void forward_unit(const ForwardParams<scalar_t>& p, i
       h_z += ld(p.b_hh + H + j);
       h_n += ld(p.b_hh + 2 * H + j);
     }
-    const auto r =
-        gates::gru_forward(ld(g + j), ld(g + H + j), ld(g + 2 * H + j), h_r, h_z, h_n, h_prev);
+    const auto r = gates::gru_forward(in.x[0], in.x[1], in.x[2], h_r, h_z, h_n, h_prev);
     st(g + j, r.r);
     st(g + H + j, r.z);
     st(g + 2 * H + j, r.n);
     st(g + 3 * H + j, h_n);
     h = r.h;
   } else {
-    h = gates::rnn_forward(ld(p.out + rr * H + j) + sum[0], p.act);
+    h = gates::rnn_forward(in.x[0] + sum[0], p.act);
   }
   st(p.out + rr * H + j, h);
   st(p.h_n + n * H + j, h);
@@ -195,21 +282,32 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
     for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
       __syncthreads();  // the previous chunk's tiles are done with h_s (and w_s is loaded)
-      for (int e = threadIdx.x; e < chunk * H; e += blockDim.x) {
-        const int nl = e / H, k = e - nl * H;
-        const int64_t n = c0 + nl;
-        scalar_t v = scalar_t(0);
-        if (n < bs) {
-          v = n < bs_src ? load_shared_by_grid(p.out + (row_src + n) * H + k) : p.h0[n * H + k];
-        }
-        h_s[e] = v;
-      }
+      // h0 is read through L2 too: harmless for a tensor nobody writes during the launch.
+      stage_rows(h_s, chunk, H, c0, p.variant == Variant::Wide && p.wide_rows,
+                 [&](int64_t n) -> const scalar_t* {
+                   if (n >= bs) return nullptr;
+                   return n < bs_src ? p.out + (row_src + n) * H : p.h0 + n * H;
+                 });
       __syncthreads();
       const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk;
       const int groups = int((rows + kNB - 1) / kNB);
       for (int it = warp; it < u * groups; it += warps) {
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[K][kNB];
+        if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
+          const int64_t n = c0 + grp * kNB + lane, j = j0 + jl;
+          const bool mine = lane < kNB && n < bs;
+          UnitInputs<scalar_t, C> in{};
+          if (mine) in = load_unit_inputs<scalar_t, C>(p, row + n, n, j);
+          dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
+          if (mine) {
+            acc_t sum[K];
+            sums_of_lane<K>(acc, lane, sum);
+            forward_unit<scalar_t, C>(p, row + n, n, j, sum,
+                                      static_cast<acc_t>(h_s[(grp * kNB + lane) * H + j]), in);
+          }
+          continue;
+        }
         dot_tile<K>(w_s + jl * K * H, H, h_s + grp * kNB * H, H, H, lane, acc);
 #pragma unroll
         for (int b = 0; b < kNB; ++b) {
@@ -220,7 +318,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
             for (int g = 0; g < K; ++g) sum[g] = acc[g][b];
             const int64_t j = j0 + jl;
             forward_unit<scalar_t, C>(p, row + n, n, j, sum,
-                                      static_cast<acc_t>(h_s[(grp * kNB + b) * H + j]));
+                                      static_cast<acc_t>(h_s[(grp * kNB + b) * H + j]),
+                                      load_unit_inputs<scalar_t, C>(p, row + n, n, j));
           }
         }
       }
@@ -229,30 +328,61 @@ __global__ void __launch_bounds__(kPersistentThreads)
   }
 }
 
+// What the pointwise backward of unit j, row n reads besides the gradient of its h: the forward's
+// saved values, the output's gradient, the LSTM's carried dc. As in the forward, none of it depends
+// on this step's product, so the wide variant loads it first.
+template <typename scalar_t, Cell C>
+struct GradInputs {
+  static constexpr int kSaved = C == Cell::Lstm ? 5 : C == Cell::Gru ? 4 : 1;
+  at::opmath_type<scalar_t> saved[kSaved];  // LSTM i f g o c; GRU r z n h_n; RNN its output h
+  at::opmath_type<scalar_t> gout;           // the output's gradient (0 without one)
+  at::opmath_type<scalar_t> dc;             // LSTM
+  at::opmath_type<scalar_t> prev;           // LSTM c_prev, GRU h_prev
+};
+
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ GradInputs<scalar_t, C> load_grad_inputs(
+    const BackwardParams<scalar_t>& p, int64_t rr, int64_t n, int64_t j) {
+  GradInputs<scalar_t, C> in{};
+  const int64_t H = p.H;
+  in.gout = p.gout ? ld(p.gout + rr * H + j) : 0;
+  if constexpr (C == Cell::Rnn) {
+    in.saved[0] = ld(p.out + rr * H + j);
+  } else {
+    const scalar_t* g = p.ws + rr * p.W;
+#pragma unroll
+    for (int k = 0; k < GradInputs<scalar_t, C>::kSaved; ++k) in.saved[k] = ld(g + k * H + j);
+    if constexpr (C == Cell::Lstm) {
+      in.dc = ld(p.dc + n * H + j);
+      in.prev = ld(p.c_prev + rr * H + j);
+    } else {
+      in.prev = ld(p.h_prev + rr * H + j);
+    }
+  }
+  return in;
+}
+
 // The pointwise backward of unit j, batch row n (packed row rr), given the gradient of its h.
 template <typename scalar_t, Cell C>
 __device__ __forceinline__ void backward_unit(const BackwardParams<scalar_t>& p, int64_t rr,
                                               int64_t n, int64_t j,
-                                              at::opmath_type<scalar_t> dh) {
+                                              at::opmath_type<scalar_t> dh,
+                                              const GradInputs<scalar_t, C>& in) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H, G = int64_t(gates_of(C)) * H;
-  const acc_t grad_h = p.gout ? dh + ld(p.gout + rr * H + j) : dh;
+  const acc_t grad_h = p.gout ? dh + in.gout : dh;
   scalar_t* dg = p.dgates + rr * G;
   if constexpr (C == Cell::Lstm) {
-    const scalar_t* g = p.ws + rr * p.W;
-    scalar_t* dc = p.dc + n * H + j;
-    const auto r = gates::lstm_backward(grad_h, ld(dc), ld(g + j), ld(g + H + j),
-                                        ld(g + 2 * H + j), ld(g + 3 * H + j), ld(g + 4 * H + j),
-                                        ld(p.c_prev + rr * H + j));
+    const auto r = gates::lstm_backward(grad_h, in.dc, in.saved[0], in.saved[1], in.saved[2],
+                                        in.saved[3], in.saved[4], in.prev);
     st(dg + j, r.da_i);
     st(dg + H + j, r.da_f);
     st(dg + 2 * H + j, r.da_g);
     st(dg + 3 * H + j, r.da_o);
-    st(dc, r.dc_prev);
+    st(p.dc + n * H + j, r.dc_prev);
   } else if constexpr (C == Cell::Gru) {
-    const scalar_t* g = p.ws + rr * p.W;
-    const auto r = gates::gru_backward(grad_h, ld(g + j), ld(g + H + j), ld(g + 2 * H + j),
-                                       ld(g + 3 * H + j), ld(p.h_prev + rr * H + j));
+    const auto r = gates::gru_backward(grad_h, in.saved[0], in.saved[1], in.saved[2],
+                                       in.saved[3], in.prev);
     scalar_t* dx = p.dx + rr * G;
     st(dx + j, r.dx_r);
     st(dx + H + j, r.dx_z);
@@ -262,7 +392,7 @@ __device__ __forceinline__ void backward_unit(const BackwardParams<scalar_t>& p,
     st(dg + 2 * H + j, r.dh_n);
     st(p.dh + n * H + j, r.dh_prev_direct);
   } else {
-    st(dg + j, gates::rnn_backward(grad_h, ld(p.out + rr * H + j), p.act));
+    st(dg + j, gates::rnn_backward(grad_h, in.saved[0], p.act));
   }
 }
 
@@ -296,35 +426,52 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
     for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
       __syncthreads();
-      for (int e = threadIdx.x; e < chunk * G; e += blockDim.x) {
-        const int nl = e / G, g = e - nl * G;
-        const int64_t n = c0 + nl;
-        d_s[e] = n < bs_prev ? load_shared_by_grid(p.dgates + (row_prev + n) * G + g)
-                             : scalar_t(0);
-      }
+      stage_rows(d_s, chunk, G, c0, p.variant == Variant::Wide && p.wide_rows,
+                 [&](int64_t n) -> const scalar_t* {
+                   return n < bs_prev ? p.dgates + (row_prev + n) * G : nullptr;
+                 });
       __syncthreads();
       const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk;
       const int groups = int((rows + kNB - 1) / kNB);
       for (int it = warp; it < u * groups; it += warps) {
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[1][kNB];
+        const int64_t j = j0 + jl;
+        // Row n of the tile: its sum of dgates_prev W_hh, the dh it carried in, its other inputs.
+        auto finish = [&](int64_t n, acc_t sum, acc_t dh_in, const GradInputs<scalar_t, C>& in) {
+          acc_t grad = dh_in;
+          if (n < bs_prev) {
+            // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
+            scalar_t* dh = p.dh + n * H + j;
+            st(dh, (C == Cell::Gru ? dh_in : acc_t(0)) + sum);
+            grad = ld(dh);  // the stored value, as the general loop's next step reads it
+          }
+          if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad, in);
+        };
+        if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
+          const int64_t n = c0 + grp * kNB + lane;
+          const bool mine = lane < kNB && n < rows_all;
+          acc_t dh_in = 0;
+          GradInputs<scalar_t, C> in{};
+          if (mine) dh_in = ld(p.dh + n * H + j);
+          if (mine && n < bs) in = load_grad_inputs<scalar_t, C>(p, row + n, n, j);
+          dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
+          if (mine) {
+            acc_t sum[1];
+            sums_of_lane<1>(acc, lane, sum);
+            finish(n, sum[0], dh_in, in);
+          }
+          continue;
+        }
         dot_tile<1>(w_s + jl * G, G, d_s + grp * kNB * G, G, G, lane, acc);
 #pragma unroll
         for (int b = 0; b < kNB; ++b) {
           const int64_t n = c0 + grp * kNB + b;
           if (lane == b && n < rows_all) {
-            const int64_t j = j0 + jl;
-            scalar_t* dh = p.dh + n * H + j;
-            acc_t grad;
-            if (n < bs_prev) {
-              // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
-              grad = (C == Cell::Gru ? ld(dh) : acc_t(0)) + acc[0][b];
-              st(dh, grad);
-              grad = ld(dh);  // the stored value, as the general loop's next step reads it
-            } else {
-              grad = ld(dh);
-            }
-            if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad);
+            const acc_t dh_in = ld(p.dh + n * H + j);
+            finish(n, acc[0][b], dh_in,
+                   n < bs ? load_grad_inputs<scalar_t, C>(p, row + n, n, j)
+                          : GradInputs<scalar_t, C>{});
           }
         }
       }

@@ -117,4 +117,5 @@ class Result:
     peak_mem_mb: Optional[float] = None
     device: str = ""                        # cpu, or the GPU's name
     threads: int = 0                        # torch.get_num_threads() while timing
+    cuda_path: str = ""                     # rnnkit on CUDA: which loop its last layer call ran
     shape: dict = field(default_factory=dict)

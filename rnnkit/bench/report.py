@@ -25,6 +25,8 @@ def table(results: Sequence[Result], markdown: bool = False) -> str:
     for r in results:
         spread = ("-" if r.min_ms is None else f"{r.min_ms:.3g}-{r.max_ms:.3g}")
         status = r.status if r.status == "ok" else f"{r.status}: {r.detail}"
+        if r.cuda_path:
+            status += f" ({r.cuda_path})"
         rows.append([r.case, r.mode, r.impl, _fmt(r.median_ms, ".4g"), spread,
                      "-" if r.speedup_vs_torch is None else f"{r.speedup_vs_torch:.2f}x",
                      _fmt(r.gflops, ".1f"),
@@ -48,7 +50,7 @@ def write_json(path: str, results: Sequence[Result], meta: dict[str, Any]) -> No
 
 CSV_FIELDS = ["case", "cell", "mode", "impl", "status", "median_ms", "min_ms", "max_ms", "q1_ms",
               "q3_ms", "samples", "calls_per_sample", "speedup_vs_torch", "gflops",
-              "fraction_of_matmul", "peak_mem_mb", "device", "threads", "detail"]
+              "fraction_of_matmul", "peak_mem_mb", "device", "threads", "cuda_path", "detail"]
 
 
 def write_csv(path: str, results: Sequence[Result]) -> None:

@@ -104,6 +104,8 @@ def _run_mode(case: Case, settings: Settings, mode: str, names: Sequence[str],
                                  detail="the layer's matrix products alone (torch.mm)",
                                  shape=shape)
     _time(calls, case, mode, settings, results)
+    if "rnnkit" in calls and case.device == "cuda":
+        results["rnnkit"].cuda_path = cuda_path(mode)
     _relate(results)
     where = torch.cuda.get_device_name() if case.device == "cuda" else "cpu"
     for r in results.values():
@@ -164,6 +166,18 @@ def _relate(results: dict[str, Result]) -> None:
             r.speedup_vs_torch = torch_r.median_ms / r.median_ms
         if mm is not None and mm.gflops:
             r.fraction_of_matmul = r.gflops / mm.gflops
+
+
+def cuda_path(mode: str) -> str:
+    """Which CUDA loop rnnkit's last layer call ran ("persistent" or "general: <why>"), forward
+    and, in training mode, backward: rnnkit._C.persistent_last(), read right after rnnkit's timed
+    calls (the other implementations never touch it). "" in builds without CUDA kernels."""
+    from .. import _C
+
+    if not hasattr(_C, "persistent_last"):
+        return ""
+    fwd, bwd = _C.persistent_last()
+    return f"fwd {fwd}; bwd {bwd}" if mode == "training" else f"fwd {fwd}"
 
 
 def _one_line(error: BaseException) -> str:

@@ -249,3 +249,24 @@ def test_cli_plot_writes_a_png(tmp_path):
     r = _bench(*TINY_ARGS, "--impl", "rnnkit,torch", "--plot", str(png))
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cuda_path_is_shown_in_the_table(monkeypatch):
+    """rnnkit's CUDA rows say which loop ran (rnnkit._C.persistent_last(), planted here so the
+    test runs without a GPU); rows without one say nothing more."""
+    from rnnkit import _C
+    from rnnkit.bench.case import Result
+    from rnnkit.bench.report import table
+
+    monkeypatch.setattr(_C, "persistent_last", lambda: ("persistent", "general: auto (...)"),
+                        raising=False)
+    assert bench_run.cuda_path("training") == "fwd persistent; bwd general: auto (...)"
+    assert bench_run.cuda_path("inference") == "fwd persistent"
+    ours = Result("c", "lstm", "training", "rnnkit", "ok",
+                  cuda_path=bench_run.cuda_path("training"))
+    theirs = Result("c", "lstm", "training", "torch", "ok")
+    lines = table([ours, theirs]).splitlines()
+    assert lines[2].endswith("ok (fwd persistent; bwd general: auto (...))")
+    assert lines[3].endswith("ok")
+    monkeypatch.delattr(_C, "persistent_last")
+    assert bench_run.cuda_path("training") == ""  # a build without CUDA kernels

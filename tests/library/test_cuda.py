@@ -22,6 +22,14 @@ CUDA = [device_param("cuda")]
 LOW = [torch.float16, torch.bfloat16]
 
 
+@pytest.fixture(autouse=True)
+def _general_loop(monkeypatch):
+    """These tests mean the general CUDA loop (a product and a pointwise launch per step); the
+    default, RNNKIT_CUDA_PERSISTENT=auto, would take the persistent loop at small half-precision
+    batches (tests/library/test_persistent_cuda.py tests that loop)."""
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "0")
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -1,7 +1,7 @@
 """The persistent CUDA loops (csrc/cuda/persistent*.cu*), forced on with RNNKIT_CUDA_PERSISTENT=1,
-against the float64 reference and against the general CUDA loop: values and gradients, awkward
-sizes, every dtype, packed input, reverse direction, and the two loops' workspaces read by each
-other's backward. Every test checks through rnnkit._C.persistent_last() that the loop it means to
+against the float64 reference and against the general CUDA loop (forced with 0): values and
+gradients, awkward sizes, every dtype, packed input, reverse direction, and the two loops'
+workspaces read by each other's backward; and the default choice, auto. Every test checks through rnnkit._C.persistent_last() that the loop it means to
 test really ran. Skips with the reason where the CUDA kernels were not built or no GPU is visible.
 """
 
@@ -178,6 +178,37 @@ def test_either_backward_reads_either_forward(device, monkeypatch, kind, packed)
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{key}: {m}")
 
 
+# ---- the two variants of the kernels give the same values ----------------------------------
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype, N, H", [(torch.float16, 6, 64), (torch.bfloat16, 13, 40),
+                                         (torch.float32, 5, 36), (torch.float64, 3, 17),
+                                         (torch.float16, 3, 33)])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_wide_and_basic_variants_agree_exactly(device, monkeypatch, kind, dtype, N, H, packed):
+    """RNNKIT_CUDA_PERSISTENT_VARIANT: wide (the default, which every other test here runs) and
+    basic do the same arithmetic in the same order. H = 33 in float16 and H = 17 in float64 have
+    rows that are not whole 16-byte pieces, so wide stages them one value at a time."""
+    args, (ours_fn, _) = _layer_problem(kind, T=7, N=N, I=5, H=H, seed=N * H, packed=packed,
+                                        reverse=packed, device=device)
+    results = {}
+    for variant in ("wide", "basic"):
+        monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", variant)
+        results[variant] = _run_on(monkeypatch, True, ours_fn, _cast(args, dtype))
+    (out_w, grad_w, _), (out_b, grad_b, _) = results["wide"], results["basic"]
+    _close(out_w, out_b, 0, 0, f"{dtype} output, wide vs basic")
+    _close(grad_w, grad_b, 0, 0, f"{dtype} gradient, wide vs basic")
+
+
+@pytest.mark.parametrize("device", CUDA)
+def test_bad_variant_is_an_error(device, monkeypatch):
+    args, (ours_fn, _) = _layer_problem("lstm", T=2, N=1, I=4, H=8, seed=1, device=device)
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "fast")
+    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT_VARIANT to be wide or basic"):
+        ours_fn(*_cast(args, torch.float32, grad=False))
+
+
 # ---- what falls back, and how it says so -----------------------------------------------------
 @pytest.mark.parametrize("device", CUDA)
 def test_projection_falls_back_and_says_why(device, monkeypatch):
@@ -208,16 +239,37 @@ def test_too_large_for_shared_memory_falls_back_and_says_why(device, monkeypatch
 def test_bad_switch_value_is_an_error(device, monkeypatch):
     args, (ours_fn, _) = _layer_problem("gru", T=2, N=1, I=4, H=3, seed=1, device=device)
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "yes")
-    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT to be 0 or 1"):
+    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT to be 0, 1 or auto"):
         ours_fn(*_cast(args, torch.float32, grad=False))
 
 
 @pytest.mark.parametrize("device", CUDA)
-def test_off_by_default(device, monkeypatch):
-    monkeypatch.delenv("RNNKIT_CUDA_PERSISTENT", raising=False)
-    args, (ours_fn, _) = _layer_problem("lstm", T=2, N=2, I=4, H=8, seed=1, device=device)
-    ours_fn(*_cast(args, torch.float32, grad=False))
-    assert _C.persistent_last()[0].startswith("general: off")
+@pytest.mark.parametrize("switch", [None, "", "auto"], ids=["unset", "empty", "auto"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "tanh"])
+def test_auto_is_the_default_and_follows_the_rule(device, monkeypatch, switch, kind):
+    """auto takes the persistent loop exactly where rnnkit._C.persistent_auto (the rule of
+    common/persistent.h, checked against the measured table in test_persistent_plan.py) says so,
+    and gives the same values as forcing it."""
+    cases = [(torch.float16, 2, 8, True), (torch.bfloat16, 16, 256, True),
+             (torch.float16, 17, 40, False), (torch.bfloat16, 5, 300, False),
+             (torch.float32, 2, 8, False), (torch.float64, 1, 4, False)]
+    for dtype, N, H, expected in cases:
+        args, (ours_fn, _) = _layer_problem(kind, T=3, N=N, I=4, H=H, seed=N + H, device=device)
+        if switch is None:
+            monkeypatch.delenv("RNNKIT_CUDA_PERSISTENT", raising=False)
+        else:
+            monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", switch)
+        ours, gours, seeds = _run(ours_fn, _cast(args, dtype))
+        ran = _C.persistent_last()
+        want = _C.persistent_auto(H, N, torch.empty((), dtype=dtype).element_size())
+        assert want == expected, (dtype, N, H)
+        if want:
+            assert ran == RAN, (dtype, N, H, ran)
+            forced, gforced, _ = _run_on(monkeypatch, True, ours_fn, _cast(args, dtype), seeds)
+            _close(ours, forced, 0, 0, "auto vs forced")
+            _close(gours, gforced, 0, 0, "auto gradient vs forced")
+        else:
+            assert ran[0].startswith("general: auto") and ran[1].startswith("general: auto"), ran
 
 
 @pytest.mark.parametrize("device", CUDA)
@@ -271,3 +323,30 @@ def test_cuda_graph_capture_and_replay(device, monkeypatch, kind):
         want_grads = bwd(g, x, None, states, params, want, False)
         for u, v in zip(list(out) + list(grads), list(want) + list(want_grads)):
             torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", CUDA)
+def test_packed_input_under_graph_capture_runs_the_general_loop(device, monkeypatch):
+    """Packed input needs step tables copied from host memory at each call, which a graph replay
+    would read after the call gave them back: during capture the general loop runs, and says so."""
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    args, _ = _layer_problem("lstm", T=6, N=4, I=8, H=16, seed=5, packed=True, device=device)
+    x, bs, states, params, _ = _cast(args, torch.float32, grad=False)
+    fwd, _ = _ops("lstm")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fwd(x, bs, states, params, False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fwd(x, bs, states, params, False)
+    ran = _C.persistent_last()[0]
+    assert ran.startswith("general") and "capture" in ran, ran
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = fwd(x, bs, states, params, False)  # eager, outside capture: the persistent loop
+    assert _C.persistent_last()[0] == "persistent"
+    for u, v in zip(out, want):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)

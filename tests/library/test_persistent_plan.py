@@ -3,9 +3,14 @@ through rnnkit._C: the same inline functions the kernels and their launcher comp
 
 What must hold: the blocks' unit ranges cover every hidden unit exactly once, no block is empty,
 the blocks fit on the device at once, the shared memory asked for stays within the limit and holds
-the weight slice and at least one tile of staged rows, and shapes that cannot fit are refused."""
+the weight slice and at least one tile of staged rows, and shapes that cannot fit are refused.
+And the choice RNNKIT_CUDA_PERSISTENT=auto makes: only shapes where the measured table (run1 on an
+H200) shows the persistent loop clearly ahead."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +97,43 @@ def test_plan_uses_few_blocks_for_few_units():
 def test_persistent_units_rejects_bad_arguments():
     with pytest.raises(ValueError, match="H > 0"):
         _C.persistent_units(0, 1, 0)
+
+
+# ---- the choice of RNNKIT_CUDA_PERSISTENT=auto ----------------------------------------------
+RUN1 = (Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+        / "NVIDIA-H200-2026-11-30" / "run1" / "persistent.json")
+
+
+def _measured_grid() -> dict[tuple[int, int], tuple[float, float]]:
+    """(N, H) -> (forward, forward+backward) time ratios persistent / general of run1's LSTM grid
+    (float16, T = 256): the measurements the rule is drawn from."""
+    grid = json.loads(RUN1.read_text())["grid"]
+    times = {(c["N"], c["H"], c["impl"]): (c["fwd_ms"], c["fwd_bwd_ms"]) for c in grid}
+    return {(N, H): tuple(p / g for p, g in zip(times[N, H, "persistent"], times[N, H, "general"]))
+            for (N, H, impl) in times if impl == "persistent"}
+
+
+def test_auto_picks_the_persistent_loop_only_where_it_won_clearly():
+    grid = _measured_grid()
+    assert len(grid) == 16
+    picked = {key for key in grid if _C.persistent_auto(key[1], key[0], 2)}
+    for N, H in picked:
+        fwd, both = grid[N, H]
+        assert fwd < 0.9 and both < 0.9, (N, H, fwd, both)  # a clear win, both ways
+    # and every measured shape where it won by at least 2x both ways is taken
+    assert {key for key, (fwd, both) in grid.items() if fwd < 0.5 and both < 0.5} <= picked
+
+
+@pytest.mark.parametrize("H, N", [(256, 1), (1024, 4), (256, 16), (17, 3), (1, 1)])
+def test_auto_rule_holds_for_smaller_shapes_and_only_half_precision(H, N):
+    assert _C.persistent_auto(H, N, 2)
+    for h, n in [(1, 1), (H, 1), (1, N), ((H + 1) // 2, (N + 1) // 2)]:
+        assert _C.persistent_auto(h, n, 2), (h, n)  # fewer units or rows never flip the choice
+    for elem in (4, 8):  # float32 and float64 were not measured at small batches
+        assert not _C.persistent_auto(H, N, elem)
+
+
+@pytest.mark.parametrize("H, N", [(1025, 1), (512, 16), (257, 16), (256, 17), (0, 1), (1, 0),
+                                  (4096, 4)])
+def test_auto_rule_leaves_other_shapes_to_the_general_loop(H, N):
+    assert not _C.persistent_auto(H, N, 2)
