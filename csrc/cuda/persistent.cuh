@@ -1,7 +1,7 @@
 // The persistent time loops of the CUDA layers: one cooperative launch runs every step of one
-// layer and direction (cuda/persistent.cu; the plan is common/persistent.h). The layer functions
-// (lstm.cu, gru.cu, rnn.cu) call forward() / backward() once, in place of their step loop; each
-// returns true when it ran the loop, false when the caller's own loop must run (switched off, or
+// layer and direction (cuda/persistent.cu; the plan is common/persistent.h). The CUDA time loop
+// (time_loop.cuh: Backend::forward / backward) calls forward() / backward() once, in place of its
+// step loop; each returns true when it ran the loop, false when the caller's own loop must run (switched off, or
 // the shape does not fit). The input projection before the loop and the weight gradients after
 // it stay the layer's: the persistent loop reads and writes the same workspace layout, so the
 // backward of either path reads the forward of either.
