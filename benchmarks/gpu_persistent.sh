@@ -5,12 +5,13 @@
 #
 # From the repository root (torch preinstalled, no network, nothing pip-installed): builds rnnkit._C
 # in place for sm_90 (RNNKIT_CUDA_ARCHS overrides) with the system compiler, then runs
-#   1. tests/library/test_persistent_plan.py and tests/library/test_persistent_cuda.py (the persistent loops forced
-#      on, against the float64 reference and the general loop),
+#   1. tests/library/test_persistent_plan.py and tests/library/test_persistent_cuda.py (the
+#      persistent loops forced on, against the float64 reference and the general loop),
 #   2. benchmarks/bench_persistent.py (writes persistent.json and persistent.md),
-#   3. tests/library/test_cuda.py without its torch.compile cases (the general CUDA path: the file
-#      sets RNNKIT_CUDA_PERSISTENT=0; the hooks must leave that path as it was),
-#   4. the CUDA cases of the double-backward and module_db tests,
+#   3. every CUDA case of the suite but the torch.compile ones (the general path, the double
+#      backward, module_db, the test-only cell, ...),
+#   4. benchmarks/bench_gpu.py (the general path against cuDNN, bench-gpu.json),
+#   5. the torch.compile CUDA cases (inductor builds: last, as the least likely to find a fault),
 # each under its own time limit, and writes every log under RESULTS_DIR (summary.txt: one line per
 # step). All steps together stay within BUDGET seconds (default 350: under 6 minutes).
 # Exit status: 0 when every step passed.
@@ -82,10 +83,11 @@ if step build 150 build.log "$PY" setup.py build_ext --inplace; then
     failed=1
   fi
   step bench 90 bench.log "$PY" benchmarks/bench_persistent.py --out-dir "$OUT"
-  step cuda-tests 60 pytest-cuda.log "$PY" -m pytest "${pytest_args[@]}" tests/library/test_cuda.py \
-    -k "not compile" --junitxml="$OUT/pytest-cuda.xml"
-  step other-gpu-tests 45 pytest-other.log "$PY" -m pytest "${pytest_args[@]}" -k cuda \
-    tests/library/test_double_backward.py tests/library/test_module_db.py
+  step cuda-tests 100 pytest-cuda.log "$PY" -m pytest "${pytest_args[@]}" -k "cuda and not compile" \
+    tests --junitxml="$OUT/pytest-cuda.xml"
+  step bench-gpu 70 bench-gpu.log "$PY" -m benchmarks.bench_gpu --json "$OUT/bench-gpu.json"
+  step compile-tests 60 pytest-compile.log "$PY" -m pytest "${pytest_args[@]}" -k "cuda and compile" \
+    tests --junitxml="$OUT/pytest-compile.xml"
 fi
 echo "results in $OUT" | tee -a "$SUMMARY"
 exit $failed

@@ -29,10 +29,10 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-
-from ..cells import CELLS
 from torch import Tensor
 
+from .. import _library
+from ..cells import CELLS
 from .case import GPU_ONLY, MATMUL, BenchError, Case, Result, Settings
 from .flops import layer_flops, matmul_runner
 from .impls import build_impl, torch_module
@@ -172,11 +172,9 @@ def cuda_path(mode: str) -> str:
     """Which CUDA loop rnnkit's last layer call ran ("persistent" or "general: <why>"), forward
     and, in training mode, backward: rnnkit._C.persistent_last(), read right after rnnkit's timed
     calls (the other implementations never touch it). "" in builds without CUDA kernels."""
-    from .. import _C
-
-    if not hasattr(_C, "persistent_last"):
+    if not hasattr(_library._C, "persistent_last"):
         return ""
-    fwd, bwd = _C.persistent_last()
+    fwd, bwd = _library._C.persistent_last()
     return f"fwd {fwd}; bwd {bwd}" if mode == "training" else f"fwd {fwd}"
 
 
