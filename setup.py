@@ -110,7 +110,10 @@ if cpu_capability not in SIMD_FLAGS:
     fail(f"RNNKIT_CPU_CAPABILITY must be one of {', '.join(SIMD_FLAGS)}, got {cpu_capability!r}")
 
 with_cuda = want_cuda()
-cxx = ["-fopenmp"] + SIMD_FLAGS[cpu_capability] + (["-O0", "-g", "-UNDEBUG"] if debug or sanitize else ["-O3", "-DNDEBUG"])
+# rnnkit's C++ is C++20 (templated lambdas, requires-expressions). torch's extension builder adds
+# its own standard only where none is given, and before torch 2.12 that was C++17.
+STD = ["-std=c++20"]
+cxx = STD + ["-fopenmp"] + SIMD_FLAGS[cpu_capability] + (["-O0", "-g", "-UNDEBUG"] if debug or sanitize else ["-O3", "-DNDEBUG"])
 if sanitize:
     cxx += [f"-fsanitize={','.join(sanitize)}", "-fno-omit-frame-pointer"]
     if "undefined" in sanitize:
@@ -130,7 +133,7 @@ if with_cuda:
     for a in archs:
         num = a.replace(".", "")
         gencode += [f"-gencode=arch=compute_{num},code=sm_{num}"]
-    nvcc = ["--expt-relaxed-constexpr", "-lineinfo"] + gencode
+    nvcc = STD + ["--expt-relaxed-constexpr", "-lineinfo"] + gencode
     nvcc += ["-O0", "-G"] if debug else ["-O3", "-DNDEBUG"]
     ext = CUDAExtension(
         "rnnkit._C",
