@@ -18,7 +18,20 @@ from . import bench, lessons, library, train
 from .common import CONTEXT
 
 
-@click.group(context_settings=CONTEXT)
+class Group(click.Group):
+    """Click's group, but Ctrl-C anywhere in a command (importing torch, loading a run,
+    evaluating, sampling, timing) exits 130 with one line, not Click's "Aborted!" and 1 (the
+    training loop handles its own Ctrl-C: it saves a checkpoint first)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="rnnkit")
 def main() -> None:
     """Fused LSTM, GRU and RNN layers for PyTorch: train, evaluate, sample, measure, verify."""

@@ -4,9 +4,13 @@ compiled operator against the reference). torch is imported inside them, so --he
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 
 import click
+
+from .common import SEED
 
 
 @click.command()
@@ -28,10 +32,28 @@ def info(as_json: bool) -> None:
         click.echo("note: CUDA kernels were built, but no GPU is visible here")
 
 
+@contextlib.contextmanager
+def _ctrl_c_remembered():
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered (the yielded list), so
+    that one caught by code under test (a check that catches every exception) still stops the
+    command: never "all checks passed" after a Ctrl-C."""
+    pressed: list[int] = []
+
+    def handler(signum, frame):
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @click.command()
 @click.option("--device", type=click.Choice(["all", "cpu", "cuda"]), default="all",
               help="Which compiled backend to verify.")
-@click.option("--seed", type=int, default=None, help="Seed of the random inputs (default: fresh).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the random inputs (default: fresh).")
 @click.option("--no-gradcheck", is_flag=True, help="Skip torch.autograd.gradcheck (faster).")
 @click.option("--no-opcheck", is_flag=True, help="Skip torch.library.opcheck (faster).")
 def check(device: str, seed: int | None, no_gradcheck: bool, no_opcheck: bool) -> None:
@@ -52,12 +74,16 @@ def check(device: str, seed: int | None, no_gradcheck: bool, no_opcheck: bool) -
         raise click.ClickException(f"cannot check cuda: {reason}")
     chosen = available if device == "all" else [device]
     failures = 0
-    for dev in chosen:
-        for case in C.cases(dev, torch.float64, seed):
-            r = C.run_case(case, gradcheck=not no_gradcheck, opcheck=not no_opcheck)
-            failures += not r.ok
-            mark = "ok  " if r.ok else "FAIL"
-            click.echo(f"{mark} {case.name:<10} {dev:<5} {case.label:<32} {r.detail} ({r.seconds:.2f} s)")
+    with _ctrl_c_remembered() as pressed:
+        for dev in chosen:
+            for case in C.cases(dev, torch.float64, seed):
+                r = C.run_case(case, gradcheck=not no_gradcheck, opcheck=not no_opcheck)
+                if pressed:  # the KeyboardInterrupt may have been swallowed inside a check
+                    raise KeyboardInterrupt
+                failures += not r.ok
+                mark = "ok  " if r.ok else "FAIL"
+                click.echo(f"{mark} {case.name:<10} {dev:<5} {case.label:<32} {r.detail} "
+                           f"({r.seconds:.2f} s)")
     if "cuda" not in chosen:
         click.echo("cuda: not checked (" + ("no GPU visible" if build_info()["cuda_archs"]
                                            else "CUDA kernels not built") + ")")
