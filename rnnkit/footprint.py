@@ -17,8 +17,8 @@ def layer_parameters(cell: str, input_size: int, hidden_size: int, num_layers: i
                      directions: int = 1) -> int:
     """Parameters of a stacked recurrent layer (weights and both biases, every direction)."""
     G, H, D = GATES[cell], hidden_size, directions
-    return sum(G * H * ((input_size if layer == 0 else D * H) + H + 2)
-               for layer in range(num_layers)) * D
+    # closed form, not a loop over layers: the count is asked for absurd sizes too, to refuse them
+    return D * G * H * ((input_size + H + 2) + (num_layers - 1) * (D * H + H + 2))
 
 
 def layer_values(cell: str, input_size: int, hidden_size: int, num_layers: int, directions: int,

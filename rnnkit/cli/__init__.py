@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from . import bench, lessons, library, train
-from .common import CONTEXT
+from .common import CONTEXT, ctrl_c
 
 
 class Group(click.Group):
@@ -24,11 +24,17 @@ class Group(click.Group):
     training loop handles its own Ctrl-C: it saves a checkpoint first)."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
-            ctx.exit(130)
+        with ctrl_c.watching():
+            try:
+                result = super().invoke(ctx)
+            except KeyboardInterrupt:
+                interrupted = True
+            else:
+                interrupted = ctrl_c.pressed  # swallowed on the way, but pressed all the same
+            if interrupted:
+                click.echo("\ninterrupted", err=True)
+                ctx.exit(130)
+            return result
 
 
 @click.group(cls=Group, context_settings=CONTEXT)

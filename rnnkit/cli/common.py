@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import typing
 
 import click
@@ -32,6 +33,37 @@ class AliasChoice(click.Choice):
 
     def convert(self, value, param, ctx):
         return super().convert(self.aliases.get(value, value), param, ctx)
+
+
+class CtrlC:
+    """Ctrl-C during a command: raises KeyboardInterrupt as Python does, and is remembered
+    (``pressed``), because code that rnnkit calls may swallow the KeyboardInterrupt (C code that
+    clears every pending error, a check that catches everything): the command asks ``pressed``
+    at the points where it can stop cleanly, and the group exits 130 if it was ever set."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def _handler(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def watching(self):
+        self.pressed = False
+        try:
+            previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: Python's own handling
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+#: The one watcher of the running command (rnnkit.cli.Group installs it).
+ctrl_c = CtrlC()
 
 
 @contextlib.contextmanager

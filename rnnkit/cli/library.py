@@ -4,13 +4,11 @@ compiled operator against the reference). torch is imported inside them, so --he
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 
 import click
 
-from .common import SEED
+from .common import SEED, ctrl_c
 
 
 @click.command()
@@ -30,24 +28,6 @@ def info(as_json: bool) -> None:
         click.echo(f"{key:<{width}}  {value}")
     if "cuda" in data["backends"] and not data["gpus_visible"]:
         click.echo("note: CUDA kernels were built, but no GPU is visible here")
-
-
-@contextlib.contextmanager
-def _ctrl_c_remembered():
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered (the yielded list), so
-    that one caught by code under test (a check that catches every exception) still stops the
-    command: never "all checks passed" after a Ctrl-C."""
-    pressed: list[int] = []
-
-    def handler(signum, frame):
-        pressed.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield pressed
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @click.command()
@@ -74,16 +54,15 @@ def check(device: str, seed: int | None, no_gradcheck: bool, no_opcheck: bool) -
         raise click.ClickException(f"cannot check cuda: {reason}")
     chosen = available if device == "all" else [device]
     failures = 0
-    with _ctrl_c_remembered() as pressed:
-        for dev in chosen:
-            for case in C.cases(dev, torch.float64, seed):
-                r = C.run_case(case, gradcheck=not no_gradcheck, opcheck=not no_opcheck)
-                if pressed:  # the KeyboardInterrupt may have been swallowed inside a check
-                    raise KeyboardInterrupt
-                failures += not r.ok
-                mark = "ok  " if r.ok else "FAIL"
-                click.echo(f"{mark} {case.name:<10} {dev:<5} {case.label:<32} {r.detail} "
-                           f"({r.seconds:.2f} s)")
+    for dev in chosen:
+        for case in C.cases(dev, torch.float64, seed):
+            r = C.run_case(case, gradcheck=not no_gradcheck, opcheck=not no_opcheck)
+            if ctrl_c.pressed:  # a check may have swallowed its KeyboardInterrupt
+                raise KeyboardInterrupt
+            failures += not r.ok
+            mark = "ok  " if r.ok else "FAIL"
+            click.echo(f"{mark} {case.name:<10} {dev:<5} {case.label:<32} {r.detail} "
+                       f"({r.seconds:.2f} s)")
     if "cuda" not in chosen:
         click.echo("cuda: not checked (" + ("no GPU visible" if build_info()["cuda_archs"]
                                            else "CUDA kernels not built") + ")")

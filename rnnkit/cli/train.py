@@ -11,8 +11,8 @@ import click
 from click.core import ParameterSource
 
 from ..train.config import TrainConfig
-from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded, choice, default,
-                     user_errors)
+from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded, choice,
+                     ctrl_c, default, user_errors)
 
 
 @click.command()
@@ -119,7 +119,8 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, allow_changed_dat
         lead = os.environ.get("RANK", "0") == "0"
         result = run_training(config, resume=bool(resume), progress=not quiet,
                               echo=click.echo if lead else (lambda s: None),
-                              allow_changed_data=allow_changed_data)
+                              allow_changed_data=allow_changed_data,
+                              should_stop=lambda step: ctrl_c.pressed)  # pressed at start-up
     if result.interrupted:
         if lead:
             click.echo(f"interrupted ({result.interrupted}) at step {result.step}/"

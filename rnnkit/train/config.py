@@ -67,7 +67,7 @@ BOUNDS = {
     "grad_clip": (0, None, False, False),
     "eval_every": (1, None, False, False),
     "log_every": (1, None, False, False),
-    "threads": (1, None, False, False),
+    "threads": (1, 4096, False, False),  # torch's thread pools take an int
     "seed": (0, 2**32 - 1, False, False),
 }
 
