@@ -204,6 +204,8 @@ def _problem(name: str, tp, value: Any, d: dict) -> Optional[str]:
     bounds = BOUNDS.get(name)
     if name == "seq_len" and d.get("task") == "tag":
         bounds = (0, None, False, False)
+    if name == "seed":  # runs saved before seeds were bounded may hold negative ones (they work)
+        bounds = (-(2**32), 2**32 - 1, False, False)
     expected = _describe(kind, bounds)
     if name in CHOICES:
         expected = "one of " + ", ".join(json.dumps(c) for c in CHOICES[name])

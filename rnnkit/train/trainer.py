@@ -208,14 +208,8 @@ class Trainer:
         loss, new_carry = self.task.loss(self.net, batch, self.carry)
         loss_value = loss.item()
         if not math.isfinite(loss_value):  # before the update: the weights stay good
-            kept = (f"the last checkpoint in {config.out} is intact"
-                    if has_checkpoint(config.out) else
-                    f"no checkpoint had been saved yet (train again with the same --out, or "
-                    f"--resume {config.out} to start over)")
-            raise UserError(
-                f"training diverged at step {self.step_done + 1} (loss {loss_value}); nothing "
-                f"of this step was applied or saved, and {kept}; lower --lr, or raise "
-                f"--warmup-steps")
+            self._diverged(f"at step {self.step_done + 1} (loss {loss_value})",
+                           "nothing of this step was applied or saved")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -225,9 +219,27 @@ class Trainer:
         self.step_done += 1
         return loss_value, lr, batch.tokens * self.dist.world
 
+    def _diverged(self, what: str, kept: str) -> None:
+        """UserError: training diverged (``what``: where and how; ``kept``: what became of the
+        step), saying truthfully whether an earlier checkpoint exists."""
+        out = self.config.out
+        earlier = (f"the last checkpoint in {out} is intact" if has_checkpoint(out) else
+                   f"no checkpoint had been saved yet (train again with the same --out, or "
+                   f"--resume {out} to start over)")
+        raise UserError(f"training diverged {what}; {kept}, and "
+                        f"{earlier}; lower --lr, or raise --warmup-steps")
+
+    def _check_weights(self) -> None:
+        """Before a save: an update can turn the weights infinite while the loss that led to it
+        was finite; such weights are never written."""
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            self._diverged(f"by step {self.step_done} (an update made weights NaN or infinite)",
+                           "nothing was saved")
+
     def validate(self) -> dict:
         """Rank 0 evaluates the whole validation split (and keeps the best checkpoint); the
         others wait for it. Returns the metrics (empty on other ranks)."""
+        self._check_weights()
         metrics = {}
         if self.lead:
             self.model.eval()
@@ -245,6 +257,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """Every rank hands its RNG and carried state to rank 0, which writes the file."""
+        self._check_weights()
         ranks = self.dist.gather(_own_state(self.device, self.carry))
         if self.lead:
             step = self.step_done

@@ -321,6 +321,16 @@ def test_7_seeds_out_of_range_are_usage_errors(args, seed, folder):
     assert "--seed" in error(rnnkit(*args, "--seed", seed, cwd=folder), code=2)
 
 
+def test_7_saved_seeds_are_bounded_too_but_old_negative_ones_still_load():
+    """--seed -1 was taken before seeds were bounded: such runs still load; 2**64 does not."""
+    from rnnkit.train.config import TrainConfig
+    from rnnkit.train.errors import UserError
+
+    assert TrainConfig.from_json({"seed": -1}).seed == -1
+    with pytest.raises(UserError, match="field 'seed'"):
+        TrainConfig.from_json({"seed": 2**64})
+
+
 # ---- 8. messages that name the real cause --------------------------------------------------------
 def test_8_a_tiny_text_blames_the_validation_split(folder, tmp_path):
     (tmp_path / "five.txt").write_text("abcde")
@@ -468,7 +478,7 @@ def _interrupt_after(args, cwd, marker: str | None, delay: float = 0.0) -> tuple
 @pytest.mark.parametrize("case", ["start-up", "generate", "eval", "check", "bench"])
 def test_10_ctrl_c_outside_the_training_loop_exits_130(case, run, folder):
     args, marker, delay = {
-        "start-up": (["train", "--data", "ok.txt", *T], None, 0.8),
+        "start-up": (["train", "--data", "ok.txt", *T], None, 1.5),
         "generate": (["generate", run, "--length", "10000000", "--seed", "1"], "\n", 0),
         "eval": (["eval", run, "--device", "cpu", "--data", "big.txt"], None, 4.0),
         "check": (["check", "--no-gradcheck", "--no-opcheck"], "ok  ", 0),

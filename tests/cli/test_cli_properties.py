@@ -18,7 +18,7 @@ import tempfile
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from rnnkit.cli import main
@@ -83,6 +83,8 @@ def invoke(args):
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(option=st.sampled_from(FLOATS + INTS), value=VALUES)
+@example(option="--lr", value=str(2**31))  # found by this test: finite losses, infinite weights
+@example(option="--steps", value=str(2**64))
 def test_any_number_in_any_option_is_a_clean_outcome(option, value, text_file, bounded_runs):
     out = tempfile.mkdtemp(prefix="rnnkit-prop-")
     base = BASE[2:] if option == "--epochs" else BASE  # --epochs replaces --steps
