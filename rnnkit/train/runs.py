@@ -29,6 +29,8 @@ def resume_config(run_dir: str, overrides: dict) -> TrainConfig:
         old = getattr(saved, name)
         if isinstance(old, tuple):
             value = tuple(value)
+        if name in ("data", "valid_data") and value and old:  # saved absolute (older: as typed)
+            value, old = os.path.abspath(value), os.path.abspath(old)
         if name not in RESUMABLE and value != old:
             conflicts.append(f"--{name.replace('_', '-')} {value} (saved: {old})")
     if conflicts:

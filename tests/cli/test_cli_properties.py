@@ -44,6 +44,7 @@ MOST_STEPS = 12
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
+    """ok.txt, in the folder where the examples' run folders go too."""
     path = tmp_path_factory.mktemp("properties") / "ok.txt"
     path.write_text(TEXT)
     return str(path)
@@ -86,7 +87,7 @@ def invoke(args):
 @example(option="--lr", value=str(2**31))  # found by this test: finite losses, infinite weights
 @example(option="--steps", value=str(2**64))
 def test_any_number_in_any_option_is_a_clean_outcome(option, value, text_file, bounded_runs):
-    out = tempfile.mkdtemp(prefix="rnnkit-prop-")
+    out = tempfile.mkdtemp(prefix="run-", dir=os.path.dirname(text_file))
     base = BASE[2:] if option == "--epochs" else BASE  # --epochs replaces --steps
     r = invoke(["train", "--data", text_file, *base, option, value, "--out", out])
     stopped = out in bounded_runs
