@@ -132,9 +132,12 @@ def evaluate_run(run_dir: str, data: Optional[str] = None, impl: Optional[str] =
                  which: str = "best", device: str = "auto", allow_changed_data: bool = False,
                  echo: Callable[[str], None] = print) -> dict:
     """Metrics of a run's checkpoint on its validation split, or on ``data``; UserError if the
-    run's data files changed since training (check_data), unless ``allow_changed_data``."""
-    config, task, model, meta = load_run(run_dir, impl, which, device)
-    check_data(run_dir, allow_changed_data, echo)
+    run's data files changed since training (check_data, for its own split), unless
+    ``allow_changed_data``."""
+    # on other data, charlm needs only the run's vocabulary, not its (possibly moved) text
+    config, task, model, meta = load_run(run_dir, impl, which, device, read_data=data is None)
+    if data is None:
+        check_data(run_dir, allow_changed_data, echo)
     metrics = task.evaluate(model, next(model.parameters()).device, data)
     return {"task": config.task, "step": meta.get("step"), **metrics}
 

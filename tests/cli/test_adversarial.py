@@ -191,6 +191,10 @@ def test_2_generate_and_inspect_need_only_the_run_folder(stdin_run, elsewhere):
     assert child.returncode == 0 and "Traceback" not in out, out
     r = rnnkit("inspect", stdin_run, "--text", "the fox", "--no-png", cwd=elsewhere, timeout=60)
     assert "f" in ok(r)
+    (elsewhere / "other.txt").write_text(TEXT[::-1])
+    r = rnnkit("eval", stdin_run, "--data", "other.txt", "--device", "cpu", "--json",
+               cwd=elsewhere, timeout=60)
+    assert json.loads(ok(r))["characters"] == len(TEXT) - 1
 
 
 def test_2_eval_and_resume_refuse_changed_data(folder, tmp_path):
@@ -482,13 +486,13 @@ def test_10_ctrl_c_outside_the_training_loop_exits_130(case, run, folder):
     args, marker, delay = {
         "start-up": (["train", "--data", "ok.txt", *T], None, 1.5),
         "generate": (["generate", run, "--length", "10000000", "--seed", "1"], "\n", 0),
-        "eval": (["eval", run, "--device", "cpu", "--data", "big.txt"], None, 4.0),
+        "eval": (["eval", run, "--device", "cpu", "--data", "big.txt"], None, 3.0),
         "check": (["check", "--no-gradcheck", "--no-opcheck"], "ok  ", 0),
         "bench": (["bench", "-T", "20", "-H", "16", "--repeats", "500", "--impl", "torch"],
                   "[inference]", 0),
     }[case]
     if case == "eval":
-        (folder / "big.txt").write_text(TEXT * 400)
+        (folder / "big.txt").write_text(TEXT * 4000)  # about 12 MB: many seconds of eval
     code, out = _interrupt_after(args, folder, marker, delay)
     assert code == 130, out
     assert "Aborted!" not in out and "Traceback" not in out and "all checks passed" not in out
