@@ -11,9 +11,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .. import __version__
+from .. import __version__, footprint
 from .._library import build_info
-from ..cells import GATES
 from .case import DTYPE_NAMES, IMPLS, BenchError, Case
 
 #: The torch dtype of each name in DTYPE_NAMES.
@@ -92,43 +91,22 @@ def validate_impls(names: Sequence[str]) -> list[str]:
 
 # ---- memory: will a case fit? --------------------------------------------------------------------
 def estimate_bytes(case: Case, modes: Sequence[str], check: bool = True) -> int:
-    """A rough upper estimate of the peak memory of benchmarking this case.
-
-    Counts parameters and their gradients, the input and outputs, and in training the activations
-    kept for backward by the most hungry implementation (the eager reference, about 3G + 6 values
-    of width H per row, step, layer and direction); the float64 check doubles it.
-    """
+    """A rough upper estimate of the peak memory of benchmarking this case: rnnkit.footprint's
+    layer_values in the case's dtype; the float64 check doubles it."""
     size = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
-    G, H, I = GATES[case.cell], case.hidden_size, case.input_size
-    D, L, T, N = case.directions, case.num_layers, case.seq_len, case.batch
-    params = sum(G * H * ((I if layer == 0 else D * H) + H + 2) for layer in range(L)) * D
-    rows = T * N
-    values = 4 * params + rows * (I + D * H) * 2 + G * H * rows
-    if "training" in modes:
-        values += rows * L * D * H * (3 * G + 6)
+    values = footprint.layer_values(case.cell, case.input_size, case.hidden_size,
+                                    case.num_layers, case.directions, case.seq_len * case.batch,
+                                    "training" in modes)
     total = values * size
     if check:
         total += values * 8  # the float64 reference
     return int(total)
 
 
-def available_bytes(device: str) -> Optional[int]:
-    if device == "cuda":
-        return int(torch.cuda.mem_get_info()[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_fits(case: Case, modes: Sequence[str], check: bool = True) -> None:
     need = estimate_bytes(case, modes, check)
-    have = available_bytes(case.device)
-    if have is not None and need > 0.8 * have:
+    ok, have = footprint.fits(need, case.device)
+    if not ok:
         raise BenchError(
             f"{case.label} would need about {need / 2**30:.1f} GiB ({', '.join(modes)}, estimated "
             f"before allocating); {case.device} has {have / 2**30:.1f} GiB available: use a "

@@ -16,10 +16,29 @@ import click
 
 from .. import __version__
 from . import bench, export, lessons, library, train
-from .common import CONTEXT
+from .common import CONTEXT, ctrl_c
 
 
-@click.group(context_settings=CONTEXT)
+class Group(click.Group):
+    """Click's group, but Ctrl-C anywhere in a command (importing torch, loading a run,
+    evaluating, sampling, timing) exits 130 with one line, not Click's "Aborted!" and 1 (the
+    training loop handles its own Ctrl-C: it saves a checkpoint first)."""
+
+    def invoke(self, ctx: click.Context):
+        with ctrl_c.watching():
+            try:
+                result = super().invoke(ctx)
+            except KeyboardInterrupt:
+                interrupted = True
+            else:
+                interrupted = ctrl_c.pressed  # swallowed on the way, but pressed all the same
+            if interrupted:
+                click.echo("\ninterrupted", err=True)
+                ctx.exit(130)
+            return result
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="rnnkit")
 def main() -> None:
     """Fused LSTM, GRU and RNN layers for PyTorch: train, evaluate, sample, measure, verify."""

@@ -4,21 +4,44 @@ the logic). torch is imported inside the command, so --help needs none.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..bench.case import IMPL_ALIASES, MODES
 from ..bench.case import IMPLS as IMPL_NAMES
 from ..bench.suites import SUITES
 from ..cells import CELLS
-from .common import command_line
+from .common import SEED, command_line
 
 SUITE_NAMES = tuple(SUITES)
+
+
+def _check_output(path: str | None, option: str) -> None:
+    """Refuse, before anything is measured, an output file that could not be written (a missing
+    or read-only folder, a folder in its place): found after the run, the timings would be lost."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        problem = "no such folder " + folder
+    elif os.path.isdir(path):
+        problem = "is a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path)
+                                                      and not os.access(path, os.W_OK)):
+        problem = "not writable"
+    else:
+        return
+    raise click.BadParameter(f"{path}: {problem}", param_hint=option)
 
 
 def _impl_list(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
     names = [IMPL_ALIASES.get(n, n) for n in (n.strip() for v in value for n in v.split(","))
              if n]
     bad = [n for n in names if n not in IMPL_NAMES]
+    if value and not names:  # "--impl ," or "--impl ''": not "every implementation"
+        raise click.BadParameter(f"expected implementation names, got {', '.join(value)!r}; "
+                                 f"valid: {', '.join(IMPL_NAMES)}")
     if bad:
         raise click.BadParameter(f"unknown implementation {', '.join(map(repr, bad))}; valid: "
                                  f"{', '.join(IMPL_NAMES)}")
@@ -51,7 +74,7 @@ def _impl_list(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 @click.option("--warmup", type=click.IntRange(1), default=2, help="Untimed calls per impl.")
 @click.option("--repeats", type=click.IntRange(1), default=None,
               help="Interleaved samples per impl (default 7, or the suite's).")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--no-check", is_flag=True, help="Skip the check against the reference.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               default=None, help="Also write the results as JSON.")
@@ -69,6 +92,8 @@ def bench(suite, cell, seq_len, batch_size, input_size, hidden_size, num_layers,
     speed-up vs torch, achieved GFLOP/s and its fraction of the machine's matmul rate for the
     same products (measured in the same run), and peak memory. Progress goes to stderr.
     """
+    for path, option in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
+        _check_output(path, option)
     import torch
 
     from ..bench import machine, report
@@ -77,6 +102,9 @@ def bench(suite, cell, seq_len, batch_size, input_size, hidden_size, num_layers,
     from ..bench.suites import suite_plan
 
     if threads:
+        if threads > (os.cpu_count() or 1):
+            click.echo(f"note: --threads {threads} is more than the {os.cpu_count()} CPU(s) "
+                       "here; threads beyond them only wait on each other", err=True)
         torch.set_num_threads(threads)
     try:
         machine.check_device(device)
@@ -102,12 +130,18 @@ def bench(suite, cell, seq_len, batch_size, input_size, hidden_size, num_layers,
         raise click.ClickException(str(error)) from None
     click.echo(report.header(meta))
     click.echo(report.table(results))
-    if json_path:
-        report.write_json(json_path, results, meta)
-    if csv_path:
-        report.write_csv(csv_path, results)
-    if plot_path:
-        try:
+    try:
+        if json_path:
+            report.write_json(json_path, results, meta)
+        if csv_path:
+            report.write_csv(csv_path, results)
+        if plot_path:
             report.write_plot(plot_path, results)
-        except BenchError as error:
-            raise click.ClickException(str(error)) from None
+    except BenchError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"{error.filename}: cannot write ({error.strerror})") from None
+    failed = [f"{r.impl} ({r.mode}): {r.status}" for r in results if r.status in ("error", "wrong")]
+    if failed:
+        raise click.ClickException(f"{len(failed)} implementation(s) failed: "
+                                   + "; ".join(failed))

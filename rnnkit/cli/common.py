@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import signal
 import typing
 
 import click
@@ -33,6 +35,37 @@ class AliasChoice(click.Choice):
         return super().convert(self.aliases.get(value, value), param, ctx)
 
 
+class CtrlC:
+    """Ctrl-C during a command: raises KeyboardInterrupt as Python does, and is remembered
+    (``pressed``), because code that rnnkit calls may swallow the KeyboardInterrupt (C code that
+    clears every pending error, a check that catches everything): the command asks ``pressed``
+    at the points where it can stop cleanly, and the group exits 130 if it was ever set."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def _handler(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def watching(self):
+        self.pressed = False
+        try:
+            previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: Python's own handling
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+#: The one watcher of the running command (rnnkit.cli.Group installs it).
+ctrl_c = CtrlC()
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turn rnnkit's UserError (bad files, options, run folders) into a one-line ClickException."""
@@ -54,13 +87,37 @@ def choice(name: str) -> click.Choice:
     return click.Choice(CHOICES[name])
 
 
-def bounded(name: str) -> click.ParamType:
-    """IntRange or FloatRange of a numeric TrainConfig field, from config.BOUNDS (the same bounds
-    from_json holds a saved config.json to)."""
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses nan and inf (they pass Click's own range checks, or fail later
+    with a traceback); with ``inf_means``, ``inf`` is taken and handed on as that value instead
+    (``--grad-clip inf``: no clipping, saved as 0)."""
+
+    def __init__(self, *args, inf_means: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.inf_means = inf_means
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if number == math.inf and self.inf_means is not None:
+            return self.inf_means
+        if not math.isfinite(number):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: Seeds: what every seeded generator here takes (torch's take up to 2**64 - 1, but a seed is
+#: also mixed with the epoch and the process rank, which must stay in range).
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+def bounded(name: str, inf_means: float | None = None) -> click.ParamType:
+    """IntRange or FiniteFloatRange of a numeric TrainConfig field, from config.BOUNDS (the same
+    bounds from_json holds a saved config.json to)."""
     low, high, low_open, high_open = BOUNDS[name]
     kind = field_type(typing.get_type_hints(TrainConfig)[name])
-    cls = click.IntRange if kind is int else click.FloatRange
-    return cls(low, high, min_open=low_open, max_open=high_open)
+    if kind is int:
+        return click.IntRange(low, high, min_open=low_open, max_open=high_open)
+    return FiniteFloatRange(low, high, min_open=low_open, max_open=high_open, inf_means=inf_means)
 
 
 IMPLS = choice("impl")

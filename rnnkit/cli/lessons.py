@@ -9,13 +9,14 @@ import sys
 import click
 
 from ..train.config import TrainConfig
-from .common import IMPLS, RUN, cell_list, default, png_note, user_errors, write_json, write_text
+from .common import (IMPLS, RUN, FiniteFloatRange, bounded, cell_list, default, png_note,
+                     user_errors, write_json, write_text)
 
 
 def lesson_training_options(command):
     """--seed, --impl and --threads of the lesson commands that train small models."""
     for option in reversed([
-        click.option("--seed", type=int, default=default("seed"),
+        click.option("--seed", type=bounded("seed"), default=default("seed"),
                      help="Seed of weights and data."),
         click.option("--impl", type=IMPLS, default=default("impl"),
                      help="Recurrent implementation for training."),
@@ -37,7 +38,7 @@ def lesson_training_options(command):
 @click.option("--hidden-size", type=click.IntRange(1), default=64)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Training batch.")
 @click.option("--steps", type=click.IntRange(1), default=1000, help="Training steps per cell.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.03,
+@click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=0.03,
               help="Peak learning rate (AdamW, warm-up and cosine decay as rnnkit train).")
 @lesson_training_options
 @click.option("--sequences", type=click.IntRange(1), default=256,
@@ -110,7 +111,7 @@ def _budget_help(field: int) -> str:
               help=f"Hidden units [default: {_budget_help(0)}].")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help=f"Training steps per model [default: {_budget_help(1)}].")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=None,
               help=f"Peak learning rate [default: {_budget_help(2)}].")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help=f"Sequences per step [default: {_budget_help(3)}].")
@@ -189,4 +190,8 @@ def inspect_(run_dir, text, layer, count, show, units, width, color, checkpoint,
         if json_path:
             write_json(json_path, GT.to_json(trace, chosen), indent=None)
         if not no_png:
+            step = GT.label_step(len(text))
+            if step > 1:
+                click.echo(f"note: {len(text):,} characters: the PNG labels every {step}th "
+                           "(with its position), not each")
             png_note(png, lambda p: GT.plot(trace, chosen, p))

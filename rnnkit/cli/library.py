@@ -8,6 +8,8 @@ import json
 
 import click
 
+from .common import SEED, ctrl_c
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -31,7 +33,7 @@ def info(as_json: bool) -> None:
 @click.command()
 @click.option("--device", type=click.Choice(["all", "cpu", "cuda"]), default="all",
               help="Which compiled backend to verify.")
-@click.option("--seed", type=int, default=None, help="Seed of the random inputs (default: fresh).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the random inputs (default: fresh).")
 @click.option("--no-gradcheck", is_flag=True, help="Skip torch.autograd.gradcheck (faster).")
 @click.option("--no-opcheck", is_flag=True, help="Skip torch.library.opcheck (faster).")
 def check(device: str, seed: int | None, no_gradcheck: bool, no_opcheck: bool) -> None:
@@ -55,9 +57,12 @@ def check(device: str, seed: int | None, no_gradcheck: bool, no_opcheck: bool) -
     for dev in chosen:
         for case in C.cases(dev, torch.float64, seed):
             r = C.run_case(case, gradcheck=not no_gradcheck, opcheck=not no_opcheck)
+            if ctrl_c.pressed:  # a check may have swallowed its KeyboardInterrupt
+                raise KeyboardInterrupt
             failures += not r.ok
             mark = "ok  " if r.ok else "FAIL"
-            click.echo(f"{mark} {case.name:<10} {dev:<5} {case.label:<32} {r.detail} ({r.seconds:.2f} s)")
+            click.echo(f"{mark} {case.name:<10} {dev:<5} {case.label:<32} {r.detail} "
+                       f"({r.seconds:.2f} s)")
     if "cuda" not in chosen:
         click.echo("cuda: not checked (" + ("no GPU visible" if build_info()["cuda_archs"]
                                            else "CUDA kernels not built") + ")")

@@ -11,7 +11,8 @@ import click
 from click.core import ParameterSource
 
 from ..train.config import TrainConfig
-from .common import DEVICES, FILE, IMPLS, RUN, bounded, choice, default, user_errors
+from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded, choice,
+                     ctrl_c, default, user_errors)
 
 
 @click.command()
@@ -65,14 +66,15 @@ from .common import DEVICES, FILE, IMPLS, RUN, bounded, choice, default, user_er
               help="Final learning rate of the cosine decay, as a fraction of --lr.")
 @click.option("--weight-decay", type=bounded("weight_decay"), default=default("weight_decay"),
               help="AdamW weight decay on weight matrices.")
-@click.option("--grad-clip", type=bounded("grad_clip"), default=default("grad_clip"),
-              help="Clip the global gradient norm to this (0: off).")
+@click.option("--grad-clip", type=bounded("grad_clip", inf_means=0.0),
+              default=default("grad_clip"),
+              help="Clip the global gradient norm to this (0 or inf: no clipping).")
 @click.option("--eval-every", type=bounded("eval_every"), default=default("eval_every"),
               help="Validate and save a checkpoint every this many steps.")
 @click.option("--log-every", type=bounded("log_every"), default=default("log_every"),
               help="Write the training loss to metrics.jsonl every this many steps.")
-@click.option("--seed", type=int, default=default("seed"), help="Seed of weights, dropout "
-                                                                  "and data order.")
+@click.option("--seed", type=bounded("seed"), default=default("seed"),
+              help="Seed of weights, dropout and data order.")
 @click.option("--device", type=DEVICES, default=default("device"),
               help="Where to train (auto: a GPU if torch sees one).")
 @click.option("--threads", type=bounded("threads"), default=None,
@@ -81,9 +83,12 @@ from .common import DEVICES, FILE, IMPLS, RUN, bounded, choice, default, user_er
               help="Run folder to create [default: runs/<task>-<date>-<time>].")
 @click.option("--resume", type=RUN, default=None,
               help="Continue the run in this folder exactly where its last checkpoint left off.")
+@click.option("--allow-changed-data", is_flag=True,
+              help="With --resume: go on although the data files differ from the run's.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> None:
+def train(ctx: click.Context, resume: str | None, quiet: bool, allow_changed_data: bool,
+          **options) -> None:
     """Train a model on a task and save a run folder (checkpoints, metrics, config).
 
     With no options: a character-level LSTM on the bundled Tiny Shakespeare corpus, about two
@@ -92,6 +97,13 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
     """
     if options["steps"] is not None and options["epochs"] is not None:
         raise click.BadParameter("give --steps or --epochs, not both", param_hint="--steps")
+    if options["bidirectional"] and options["task"] == "charlm" and not resume:
+        raise click.BadParameter("makes no sense for a language model (--task charlm)",
+                                 param_hint="--bidirectional")
+    if options["valid_data"] and options["task"] == "charlm" and not resume:
+        raise click.BadParameter("charlm validates on the end of --data (--valid-fraction); "
+                                 "join the two texts, or drop --valid-data",
+                                 param_hint="--valid-data")
     with user_errors():
         from ..train.runs import resume_config
         from ..train.trainer import train as run_training
@@ -106,7 +118,9 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
             config = TrainConfig(**options)
         lead = os.environ.get("RANK", "0") == "0"
         result = run_training(config, resume=bool(resume), progress=not quiet,
-                              echo=click.echo if lead else (lambda s: None))
+                              echo=click.echo if lead else (lambda s: None),
+                              allow_changed_data=allow_changed_data,
+                              should_stop=lambda step: ctrl_c.pressed)  # pressed at start-up
     if result.interrupted:
         if lead:
             click.echo(f"interrupted ({result.interrupted}) at step {result.step}/"
@@ -132,8 +146,10 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, **options) -> Non
               help="Recurrent implementation [default: the run's].")
 @click.option("--device", type=DEVICES, default="auto", help="Where to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--allow-changed-data", is_flag=True,
+              help="Evaluate although the run's data files changed since training.")
 def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, device: str,
-          as_json: bool) -> None:
+          as_json: bool, allow_changed_data: bool) -> None:
     """Evaluate a run's checkpoint on its validation split or on --data.
 
     charlm: loss, perplexity, bits per character; classify / tag: accuracy, macro-F1;
@@ -143,7 +159,8 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
     with user_errors():
         from ..train.runs import evaluate_run
 
-        metrics = evaluate_run(run_dir, data, impl, checkpoint, device)
+        metrics = evaluate_run(run_dir, data, impl, checkpoint, device, allow_changed_data,
+                               echo=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
@@ -153,14 +170,14 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
 
 @click.command()
 @click.argument("run_dir", type=RUN)
-@click.option("--prompt", default="\n", show_default="a line break",
+@click.option("--prompt", default=None, show_default="a line break (charlm)",
               help="Text to start from (seq2seq: numbers in digits, separated by spaces).")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to sample.")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.8,
+@click.option("--temperature", type=FiniteFloatRange(0, min_open=True), default=0.8,
               help="Sampling temperature (lower: safer, higher: wilder).")
 @click.option("--top-k", type=click.IntRange(1), default=None,
               help="Sample among the K likeliest characters only.")
-@click.option("--seed", type=int, default=None, help="Seed of the sampling [default: fresh].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the sampling [default: fresh].")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               help="Which checkpoint of the run.")
 @click.option("--impl", type=IMPLS, default=None,
@@ -170,7 +187,7 @@ def eval_(run_dir: str, data: str | None, checkpoint: str, impl: str | None, dev
               help="Step through this ONNX file of the run (rnnkit export RUN_DIR) in "
                    "onnxruntime on the CPU instead of PyTorch (--impl and --device do not "
                    "apply): the same text for the same seed.")
-def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: int | None,
+def generate(run_dir: str, prompt: str | None, length: int, temperature: float, top_k: int | None,
              seed: int | None, checkpoint: str, impl: str | None, device: str,
              onnx: str | None) -> None:
     """Sample text from a charlm run, printing characters as they come.
@@ -186,10 +203,14 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
             if onnx:
                 raise click.BadParameter("seq2seq runs do not export; --onnx takes a charlm "
                                          "run's step model", param_hint="--onnx")
+            if prompt is None:
+                raise click.UsageError("a seq2seq run spells out numbers: give them with "
+                                       "--prompt, e.g. --prompt '12 345'")
             for number, words in translate(run_dir, prompt, impl, checkpoint, device):
                 click.echo(f"{number} -> {words}")
             return
 
+        prompt = "\n" if prompt is None else prompt
         chars = sample(run_dir, prompt, length, temperature, top_k, seed, impl, checkpoint,
                        device, onnx)
         first = next(chars, None)  # surfaces bad input before anything is printed

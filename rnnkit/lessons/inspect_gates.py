@@ -75,7 +75,7 @@ def trace_run(run_dir: str, text: str, layer: Optional[int] = None, which: str =
     an empty text, characters the run has never seen, or a layer it does not have."""
     if not text:
         raise UserError("--text is empty: give at least one character to read")
-    config, task, model, _ = load_run(run_dir, which=which, device="cpu")
+    config, task, model, _ = load_run(run_dir, which=which, device="cpu", read_data=False)
     if config.task != "charlm" or config.cell != "lstm":
         raise UserError(f"{run_dir}: inspect needs a character-level LSTM run (--task charlm "
                         f"--cell lstm); this one is --task {config.task} --cell {config.cell}")
@@ -157,6 +157,16 @@ def render(trace: Trace, units: Sequence[int], width: int = 72, color: bool = Fa
     return out
 
 
+#: Most character labels along the heat-map's x axis: one per character made a 2,000-character
+#: text take 39 s to draw (and 20,000 over two minutes); past this, every k-th is labelled.
+MAX_LABELS = 120
+
+
+def label_step(length: int) -> int:
+    """Label every this-many characters of a text of ``length`` (1 up to MAX_LABELS)."""
+    return max(1, -(-length // MAX_LABELS))
+
+
 def plot(trace: Trace, units: Sequence[int], path: str) -> None:
     """Heat-maps: characters along x, the chosen units along y; one panel per gate (0 to 1) and
     one for the cell state (diverging around 0). Raises ImportError without matplotlib."""
@@ -174,18 +184,22 @@ def plot(trace: Trace, units: Sequence[int], path: str) -> None:
     fig_w = min(48.0, 2.5 + 0.14 * L)
     fig_h = 1.2 + len(panels) * (0.6 + 0.2 * len(units))
     fig, axes = plt.subplots(len(panels), 1, figsize=(fig_w, fig_h), squeeze=False)
-    labels = [printable(ch) for ch in trace.text]
+    step = label_step(L)
+    ticks = list(range(0, L, step))
+    labels = [printable(trace.text[i]) if step == 1 else f"{printable(trace.text[i])}\n{i}"
+              for i in ticks]
     for ax, (title, values, cmap, lo, hi) in zip(axes[:, 0], panels):
         im = ax.imshow(values.numpy(), aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
                        interpolation="nearest")
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_yticks(range(len(units)))
         ax.set_yticklabels([str(u) for u in units], fontsize=6)
-        ax.set_xticks(range(L))
+        ax.set_xticks(ticks)
         ax.set_xticklabels(labels, fontsize=7, family="monospace")
         ax.tick_params(length=0)
         fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
-    axes[-1, 0].set_xlabel("character read")
+    axes[-1, 0].set_xlabel("character read" if step == 1 else
+                           f"character read (every {step}th labelled, with its position)")
     fig.supylabel("unit", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

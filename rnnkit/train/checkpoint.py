@@ -35,24 +35,38 @@ _META_KEY = "rnnkit"
 
 
 def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename; UserError (the old file
+    left as it was) when the folder is not writable, the disk is full or a size limit is hit."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=folder)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a run folder is shared as usual
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = "the previous file is intact" if os.path.exists(path) else "nothing was written"
+            raise UserError(f"{path}: cannot write ({e.strerror or e}); {kept}") from None
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: str, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Strict JSON (no NaN or Infinity, which other readers refuse), written atomically."""
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+                        ).encode())
 
 
 def read_json(path: str) -> Any:
@@ -61,6 +75,8 @@ def read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: corrupt JSON ({e})") from None
 
@@ -77,6 +93,11 @@ def load_tensors(path: str) -> tuple[dict[str, Tensor], dict]:
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint")
     try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:  # not "corrupt": the file may be fine, and the user can fix access
+        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+    try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = json.loads((f.metadata() or {})[_META_KEY])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -84,6 +105,15 @@ def load_tensors(path: str) -> tuple[dict[str, Tensor], dict]:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
     return tensors, meta
+
+
+def check_finite(weights: dict[str, Tensor], path: str) -> None:
+    """UserError naming the first tensor of ``weights`` that holds NaN or infinity (training
+    never saves such weights: the file was damaged or written by something else)."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise UserError(f"{path}: the weights {name!r} hold NaN or infinity; the checkpoint "
+                            "is damaged (training never saves non-finite weights)")
 
 
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -163,22 +193,35 @@ def load_weights(run_dir: str, which: str = "best") -> tuple[dict[str, Tensor], 
 
 # ---- metrics ----------------------------------------------------------------------------------
 def append_metrics(run_dir: str, record: dict) -> None:
-    with open(os.path.join(run_dir, METRICS), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    path = os.path.join(run_dir, METRICS)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def read_metrics(run_dir: str) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl that are JSON objects with an integer step; lines
+    cut short by a crash, not UTF-8, or holding anything else are skipped."""
     path = os.path.join(run_dir, METRICS)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (is {run_dir} a run folder?)")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by a crash
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    for line in lines:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
     return records
 
 

@@ -72,7 +72,8 @@ BOUNDS = {
     "grad_clip": (0, None, False, False),
     "eval_every": (1, None, False, False),
     "log_every": (1, None, False, False),
-    "threads": (1, None, False, False),
+    "threads": (1, 4096, False, False),  # torch's thread pools take an int
+    "seed": (0, 2**32 - 1, False, False),
 }
 
 
@@ -107,7 +108,7 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices
     betas: tuple = (0.9, 0.99)  # AdamW moment decay rates
-    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping; --grad-clip inf says so)
     # bookkeeping
     eval_every: int = 250  # validate (and save the last checkpoint) every this many steps
     log_every: int = 10  # training-loss records in metrics.jsonl every this many steps
@@ -125,8 +126,15 @@ class TrainConfig:
             c.bidirectional = c.task == "tag"
         if c.task == "charlm" and c.bidirectional:
             raise UserError("--bidirectional makes no sense for a language model (--task charlm)")
+        if c.task == "charlm" and c.valid_data:
+            raise UserError("--valid-data: charlm validates on the end of --data (--valid-fraction)"
+                            "; join the two texts, or drop --valid-data")
         if c.out is None:
             c.out = os.path.join("runs", time.strftime(f"{c.task}-%Y%m%d-%H%M%S"))
+        if not c.out.strip():
+            raise UserError("--out: expected a folder name, got ''")
+        # absolute, so that a run folder means the same files from any working folder
+        c.data, c.valid_data = (os.path.abspath(p) if p else p for p in (c.data, c.valid_data))
         c.betas = tuple(c.betas)
         return c
 
@@ -201,6 +209,8 @@ def _problem(name: str, tp, value: Any, d: dict) -> Optional[str]:
     bounds = BOUNDS.get(name)
     if name == "seq_len" and d.get("task") == "tag":
         bounds = (0, None, False, False)
+    if name == "seed":  # runs saved before seeds were bounded may hold negative ones (they work)
+        bounds = (-(2**32), 2**32 - 1, False, False)
     expected = _describe(kind, bounds)
     if name in CHOICES:
         expected = "one of " + ", ".join(json.dumps(c) for c in CHOICES[name])

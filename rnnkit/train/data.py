@@ -7,6 +7,7 @@ where it helps, the line or byte at fault; the command line prints it without a 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
@@ -30,6 +31,20 @@ def bundled_text_path() -> str:
     return str(resources.files("rnnkit") / "data" / "tinyshakespeare.txt")
 
 
+#: Size and SHA-256 of every file read_bytes has read in this process, by absolute path: a run
+#: records those of its data, and eval / --resume compare (a pipe such as /dev/stdin cannot be
+#: read twice, so the fingerprint is taken from the bytes the task itself read).
+_FINGERPRINTS: dict[str, dict] = {}
+
+
+def fingerprint(path: str) -> dict:
+    """{"bytes": size, "sha256": hex digest} of ``path`` as read (read_bytes) in this process."""
+    key = os.path.abspath(path)
+    if key not in _FINGERPRINTS:
+        read_bytes(path)
+    return _FINGERPRINTS[key]
+
+
 def read_bytes(path: str) -> bytes:
     """The bytes of ``path``; UserError if it is missing, a folder, unreadable or empty."""
     if not os.path.exists(path):
@@ -43,6 +58,8 @@ def read_bytes(path: str) -> bytes:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not raw.strip():
         raise UserError(f"{path}: the file is empty")
+    _FINGERPRINTS[os.path.abspath(path)] = {"bytes": len(raw),
+                                            "sha256": hashlib.sha256(raw).hexdigest()}
     return raw
 
 
@@ -119,7 +136,9 @@ def tokenize(text: str, level: str) -> list[str]:
 
 
 # ---- tables (CSV / TSV) -------------------------------------------------------------------------
-def read_table(path: str, text_column: str, label_column: str) -> list[tuple[str, str]]:
+def read_table(path: str, text_column: str, label_column: str,
+               hint: str = "choose with --text-column / --label-column"
+               ) -> list[tuple[str, str]]:
     """(text, label) rows of a CSV or TSV file with a header line.
 
     The delimiter is a tab for ``.tsv``/``.tab`` files, otherwise sniffed among comma, tab,
@@ -135,23 +154,38 @@ def read_table(path: str, text_column: str, label_column: str) -> list[tuple[str
         except csv.Error:
             delimiter = ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Python's csv refuses fields over 128 KiB by default; a long document is a fair text
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise UserError(f"{path}: the file is empty") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: line {reader.line_num}: not CSV ({e})") from None
     missing = [c for c in (text_column, label_column) if c not in header]
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise UserError(f"{path}: no column {names}; the columns are: "
                         + ", ".join(repr(h) for h in header)
-                        + " (choose with --text-column / --label-column)")
+                        + f" ({hint})")
     ti, li = header.index(text_column), header.index(label_column)
     rows = []
-    for n, row in enumerate(reader, start=2):
+    while True:
+        start = reader.line_num + 1  # the line a row starts on (quoted fields may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise UserError(f"{path}: line {start}: not CSV ({e})") from None
         if not row or not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(ti, li):
-            raise UserError(f"{path}: line {n} has {len(row)} field(s), expected {len(header)}")
+            raise UserError(f"{path}: line {start} has {len(row)} field(s), expected "
+                            f"{len(header)}")
+        if not row[li].strip():
+            raise UserError(f"{path}: line {start}: the {label_column!r} cell is empty "
+                            "(every row needs a label)")
         rows.append((row[ti], row[li].strip()))
     if not rows:
         raise UserError(f"{path}: no data rows after the header")

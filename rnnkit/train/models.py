@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .. import footprint
 from .. import nn as rnn
 from .. import reference
 from ..cells import CELLS
 from .config import IMPLS, canonical_impl
+from .errors import UserError
 
 #: The layer module of each implementation (each has RNN, LSTM and GRU).
 LAYERS = {"rnnkit": rnn, "torch": nn, "reference": reference}
@@ -95,3 +97,33 @@ def detach_state(hn):
     if isinstance(hn, tuple):
         return tuple(h.detach() for h in hn)
     return hn.detach()
+
+
+def estimate_bytes(spec: ModelSpec, config, training: bool) -> int:
+    """A rough upper estimate of the peak memory (float32) of training (or evaluating) the model
+    of ``spec`` and ``config`` on one batch of ``seq_len x batch_size`` rows: the recurrent layer
+    by rnnkit.footprint (bench's estimate), the embedding and the head with their gradients and
+    optimiser moments, and the logits (twice for seq2seq's encoder and decoder)."""
+    directions = 2 if config.bidirectional else 1
+    rows = max(1, config.seq_len or 1) * config.batch_size
+    width = config.embed_size if spec.vocab_size > 0 else spec.input_features
+    values = footprint.layer_values(config.cell, width, config.hidden_size, config.num_layers,
+                                    directions, rows, training)
+    ends = spec.vocab_size * config.embed_size + (directions * config.hidden_size + 1) \
+        * spec.output_size
+    values += 4 * ends + 3 * rows * spec.output_size
+    return 4 * values * (2 if spec.seq2seq else 1)
+
+
+def check_fits(spec: ModelSpec, config, device: torch.device, training: bool) -> None:
+    """UserError, before anything is allocated, when the model would not fit in ``device``'s
+    free memory, with the estimate and what is free (as rnnkit bench refuses a case)."""
+    need = estimate_bytes(spec, config, training)
+    ok, have = footprint.fits(need, device)
+    if not ok:
+        raise UserError(
+            f"--hidden-size {config.hidden_size} --num-layers {config.num_layers} "
+            f"--batch-size {config.batch_size}: {'training' if training else 'evaluating'} "
+            f"would need about {need / 2**30:.1f} GiB (estimated before allocating); "
+            f"{device.type} has {have / 2**30:.1f} GiB available: use a smaller --hidden-size, "
+            f"--num-layers, --batch-size or --seq-len")

@@ -54,7 +54,8 @@ def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> str:
         color = f"C{i % 10}"
         name = os.path.basename(os.path.normpath(d))
         for split, style in (("train", "-"), ("valid", "o-")):
-            pts = [(r["step"], r["loss"]) for r in records if r.get("split") == split]
+            pts = [(r["step"], r["loss"]) for r in records if r.get("split") == split
+                   and isinstance(r.get("loss"), (int, float))]  # hand-edited records: skipped
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, style, color=color, alpha=0.45 if split == "train" else 1.0,

@@ -23,11 +23,14 @@ TASK_CLASSES: dict[str, type[Task]] = {
 
 
 def build_task(config: TrainConfig, rank: int = 0, world: int = 1,
-               meta: Optional[dict] = None) -> Task:
+               meta: Optional[dict] = None, read_data: bool = True) -> Task:
     """The task named by ``config.task``; ``meta`` (a saved vocab.json) fixes the vocabularies.
-    ``rank`` of ``world`` processes picks this process's share of the training data."""
+    ``rank`` of ``world`` processes picks this process's share of the training data. With
+    ``meta`` and not ``read_data``, charlm holds its vocabulary only (for sampling)."""
     if config.task not in TASK_CLASSES:
         raise UserError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
+    if not read_data and meta is not None and config.task == CharLM.name:
+        return CharLM.vocabulary_only(config, meta)
     return TASK_CLASSES[config.task](config, rank, world, meta)
 
 

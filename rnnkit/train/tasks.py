@@ -46,7 +46,12 @@ class CharLM(Task):
         streams = config.batch_size * world
         per_stream = (len(self.train_ids) - 1) // streams
         self.steps_per_epoch = per_stream // self.seq_len
-        if self.steps_per_epoch < 1 or len(self.valid_ids) < 2:
+        if len(self.valid_ids) < 2:
+            raise UserError(
+                f"the validation split is {len(self.valid_ids)} character(s) of {where}'s "
+                f"{len(ids):,} (--valid-fraction {config.valid_fraction}); it needs at least 2: "
+                "give a longer text or raise --valid-fraction")
+        if self.steps_per_epoch < 1:
             raise UserError(
                 f"--seq-len {self.seq_len} is longer than the data allows: {where} has "
                 f"{len(ids):,} characters, {len(self.train_ids):,} for training, split into "
@@ -56,6 +61,17 @@ class CharLM(Task):
         ys = self.train_ids[1:usable + 1].view(streams, per_stream)
         self.x = xs[rank * config.batch_size:(rank + 1) * config.batch_size]
         self.y = ys[rank * config.batch_size:(rank + 1) * config.batch_size]
+
+    @classmethod
+    def vocabulary_only(cls, config, meta: dict) -> "CharLM":
+        """The task of a saved run without its data: vocabulary and model spec, enough to
+        sample (generate, inspect) when the training text has moved or was a pipe."""
+        task = cls.__new__(cls)
+        task.config, task.seq_len = config, config.seq_len
+        task.vocab = D.Vocab.from_json(meta["vocab"])
+        task.spec = ModelSpec(len(task.vocab), 0, len(task.vocab), per_step=True)
+        task.meta = {"vocab": task.vocab.to_json()}
+        return task
 
     def _encode(self, text: str, where: str, strict: bool) -> Tensor:
         try:
@@ -155,6 +171,10 @@ class Classify(Task):
             self.labels = D.Vocab.from_json(meta["labels"])
         else:
             labels = {lab for _, lab in train_rows}
+            if len(labels) < 2 and len({lab for _, lab in rows}) > 1:
+                raise UserError(f"{path}: the training split holds only one label class "
+                                f"({len(train_rows)} of {len(rows)} rows, with --valid-fraction "
+                                f"{config.valid_fraction}); lower --valid-fraction")
             if len(labels) < 2:
                 raise UserError(f"{path}: only one label class ({next(iter(labels))!r}) in "
                                   f"column {config.label_column!r}; classification needs two "
@@ -210,7 +230,8 @@ class Classify(Task):
     def evaluate(self, model, device, data=None) -> dict:
         items = self.valid
         if data is not None:
-            rows = D.read_table(data, self.config.text_column, self.config.label_column)
+            rows = D.read_table(data, self.config.text_column, self.config.label_column,
+                                hint="the run reads the columns it was trained with")
             items = self._encode(rows, data)
         loss, pred, gold = self._predict(model, device, items)
         return {"loss": loss, "accuracy": (pred == gold).float().mean().item(),
@@ -235,6 +256,11 @@ class Tag(Classify):
             self.labels = D.Vocab.from_json(meta["labels"])
         else:
             tags = {t for _, ts in train_s for t in ts}
+            if len(tags) < 2 and len({t for _, ts in sents for t in ts}) > 1:
+                raise UserError(f"{path}: the training split holds only one tag "
+                                f"({len(train_s)} of {len(sents)} sentences, with "
+                                f"--valid-fraction {config.valid_fraction}); lower "
+                                "--valid-fraction")
             if len(tags) < 2:
                 raise UserError(f"{path}: only one tag ({next(iter(tags))!r}); tagging needs "
                                   "two or more")

@@ -24,9 +24,9 @@ from . import checkpoint as C
 from .config import TrainConfig
 from .distributed import Distributed, StopSignals
 from .errors import UserError
-from .models import detach_state
+from .models import check_fits, detach_state
 from .registry import build_model, build_task
-from .runs import prepare_run_dir
+from .runs import check_data, has_checkpoint, prepare_run_dir
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -98,10 +98,17 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, allow_changed_data: bool = False) -> None:
         self.config = config = config.resolved()
+        # the bounds a saved config.json is held to, so that what is saved can be read back
+        TrainConfig.from_json(config.to_json(), source="the settings")
         self.echo = echo
+        self.allow_changed_data = allow_changed_data
         if config.threads:
+            cpus = os.cpu_count() or 1
+            if config.threads > cpus:
+                echo(f"note: --threads {config.threads} is more than the {cpus} CPU(s) here; "
+                     "threads beyond them only wait on each other (much slower)")
             torch.set_num_threads(config.threads)
         self.dist = Distributed(config.device)
         try:
@@ -116,22 +123,29 @@ class Trainer:
         self.lead = dist.rank == 0
         meta = C.read_json(os.path.join(config.out, C.VOCAB)) if resume else None
         self.task = build_task(config, dist.rank, dist.world, meta)
+        if resume:
+            check_data(config.out, self.allow_changed_data,
+                       self.echo if dist.rank == 0 else (lambda s: None))
         total = config.steps
         if total is None:
             total = (max(1, round(config.epochs * self.task.steps_per_epoch)) if config.epochs
                      else 500)
         self.total = total
+        check_fits(self.task.spec, config, self.device, training=True)
         torch.manual_seed(config.seed)
         self.model = build_model(self.task.spec, config).to(self.device)
         self.optimizer = _optimizer(self.model, config)
         self.step_done, self.carry, self.best = 0, None, {}
         self.horizon = total  # where the cosine decay ends: the run's first length, kept on resume
-        if resume:
+        if resume and os.path.exists(os.path.join(config.out, C.LAST)):
             self.resume()
         else:
             if dist.rank:
                 torch.manual_seed(config.seed + 7 * dist.rank)
-            if self.lead:
+            if self.lead and resume:  # stopped before its first checkpoint: start it over
+                self.echo(f"{config.out} holds no checkpoint yet: starting it from step 0")
+                C.atomic_write(os.path.join(config.out, C.METRICS), b"")
+            elif self.lead:
                 prepare_run_dir(config, self.task)
         self.net = (DistributedDataParallel(self.model, device_ids=[self.device]
                                             if self.device.type == "cuda" else None)
@@ -142,6 +156,7 @@ class Trainer:
         and carried state from the run folder's last checkpoint."""
         config, dist, device, total = self.config, self.dist, self.device, self.total
         state = C.load_last(config.out)
+        C.check_finite(state["model"], os.path.join(config.out, C.LAST))
         try:
             self.model.load_state_dict(state["model"], strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -193,10 +208,8 @@ class Trainer:
         loss, new_carry = self.task.loss(self.net, batch, self.carry)
         loss_value = loss.item()
         if not math.isfinite(loss_value):  # before the update: the weights stay good
-            raise UserError(
-                f"training diverged at step {self.step_done + 1} (loss {loss_value}); nothing "
-                f"of this step was applied or saved, and the last checkpoint in "
-                f"{config.out} is intact; lower --lr, or raise --warmup-steps")
+            self._diverged(f"at step {self.step_done + 1} (loss {loss_value})",
+                           "nothing of this step was applied or saved")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -206,9 +219,27 @@ class Trainer:
         self.step_done += 1
         return loss_value, lr, batch.tokens * self.dist.world
 
+    def _diverged(self, what: str, kept: str) -> None:
+        """UserError: training diverged (``what``: where and how; ``kept``: what became of the
+        step), saying truthfully whether an earlier checkpoint exists."""
+        out = self.config.out
+        earlier = (f"the last checkpoint in {out} is intact" if has_checkpoint(out) else
+                   f"no checkpoint had been saved yet (train again with the same --out, or "
+                   f"--resume {out} to start over)")
+        raise UserError(f"training diverged {what}; {kept}, and "
+                        f"{earlier}; lower --lr, or raise --warmup-steps")
+
+    def _check_weights(self) -> None:
+        """Before a save: an update can turn the weights infinite while the loss that led to it
+        was finite; such weights are never written."""
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            self._diverged(f"by step {self.step_done} (an update made weights NaN or infinite)",
+                           "nothing was saved")
+
     def validate(self) -> dict:
         """Rank 0 evaluates the whole validation split (and keeps the best checkpoint); the
         others wait for it. Returns the metrics (empty on other ranks)."""
+        self._check_weights()
         metrics = {}
         if self.lead:
             self.model.eval()
@@ -226,6 +257,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """Every rank hands its RNG and carried state to rank 0, which writes the file."""
+        self._check_weights()
         ranks = self.dist.gather(_own_state(self.device, self.carry))
         if self.lead:
             step = self.step_done
@@ -292,13 +324,14 @@ class Trainer:
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           should_stop: Optional[Callable[[int], bool]] = None,
-          echo: Callable[[str], None] = print) -> TrainResult:
+          echo: Callable[[str], None] = print, allow_changed_data: bool = False) -> TrainResult:
     """Train per ``config`` (resuming from ``config.out`` if ``resume``) and return a TrainResult.
 
     ``should_stop(step)`` is asked after every step; True stops the run as Ctrl-C would (a
     checkpoint is saved). ``echo`` receives the one-line summaries (validation, final).
+    ``allow_changed_data``: resume although the data files differ from the run's (a note).
     """
-    trainer = Trainer(config, resume, echo)
+    trainer = Trainer(config, resume, echo, allow_changed_data)
     try:
         return trainer.run(progress, should_stop)
     finally:

@@ -215,7 +215,8 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="f.json: cannot write .disk full.; the previous file is "
+                                        "intact"):
         C.write_json(str(path), {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
     assert os.listdir(tmp_path) == ["f.json"]  # no temporary file left behind
