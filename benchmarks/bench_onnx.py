@@ -41,6 +41,9 @@ def _session(path: str, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle onnxruntime threads would otherwise spin and take the cores from the implementations
+    # timed between its calls in this process.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
