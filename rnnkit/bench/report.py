@@ -147,8 +147,9 @@ def markdown_report(title: str, results: Sequence[Result], meta: dict[str, Any],
 
 
 def results_dir() -> str:
-    """benchmarks/results/ of the source tree this module is in (created if missing)."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "benchmarks", "results")
+    """benchmarks/results/ of the source tree this module is in (created if missing): this file
+    is rnnkit/bench/report.py, three levels below the tree's root."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "benchmarks", "results")
     os.makedirs(path, exist_ok=True)
     return path

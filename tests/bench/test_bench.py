@@ -270,3 +270,14 @@ def test_cuda_path_is_shown_in_the_table(monkeypatch):
     assert lines[3].endswith("ok")
     monkeypatch.delattr(_C, "persistent_last")
     assert bench_run.cuda_path("training") == ""  # a build without CUDA kernels
+
+
+def test_results_dir_is_the_trees_benchmarks_results():
+    """Benchmark scripts write beside themselves, in <tree>/benchmarks/results, wherever the
+    bench package sits inside rnnkit/."""
+    from pathlib import Path
+
+    from rnnkit.bench.report import results_dir
+
+    root = Path(__file__).resolve().parents[2]
+    assert Path(results_dir()) == root / "benchmarks" / "results"
