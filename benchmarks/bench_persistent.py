@@ -2,7 +2,7 @@
 kernels (RNNKIT_CUDA_PERSISTENT_VARIANT=wide, the default, and basic), against rnnkit's general
 loop (RNNKIT_CUDA_PERSISTENT=0) and torch.nn (cuDNN), with CUDA events: issue 17's cases.
 
-    PYTHONPATH=. python benchmarks/bench_persistent.py --out-dir RESULTS_DIR
+    python -m benchmarks.bench_persistent --out-dir RESULTS_DIR   (from the source folder)
 
 Cases:
   1. LSTM and GRU, T=1024 N=16 I=H=768, float16 and bfloat16: persistent, general, cuDNN;
@@ -25,35 +25,17 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import rnnkit  # noqa: E402
-from rnnkit import _C  # noqa: E402
+import rnnkit
+from benchmarks.bench_gpu import time_ms
+from rnnkit import _C
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def time_ms(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 # name -> (RNNKIT_CUDA_PERSISTENT, RNNKIT_CUDA_PERSISTENT_VARIANT)

@@ -82,7 +82,7 @@ if step build 150 build.log "$PY" setup.py build_ext --inplace; then
     echo "persistent-tests FAILED: CUDA cases skipped (see pytest-persistent.log)" | tee -a "$SUMMARY"
     failed=1
   fi
-  step bench 90 bench.log "$PY" benchmarks/bench_persistent.py --out-dir "$OUT"
+  step bench 90 bench.log "$PY" -m benchmarks.bench_persistent --out-dir "$OUT"
   step cuda-tests 100 pytest-cuda.log "$PY" -m pytest "${pytest_args[@]}" -k "cuda and not compile" \
     tests --junitxml="$OUT/pytest-cuda.xml"
   step bench-gpu 70 bench-gpu.log "$PY" -m benchmarks.bench_gpu --json "$OUT/bench-gpu.json"
