@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 

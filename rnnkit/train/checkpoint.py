@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import save

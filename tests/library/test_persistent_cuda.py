@@ -12,7 +12,6 @@ import torch
 
 import rnnkit._library  # noqa: F401  (loads rnnkit._C)
 from rnnkit import _C
-from rnnkit import functional as F
 
 from ..conftest import device_param
 from .test_cuda import _assert_dtype_bound, _cast, _layer_problem, _run
