@@ -160,7 +160,7 @@ def test_opcheck_reduced(op, dtype):
     torch.library.opcheck(getattr(torch.ops.rnnkit, op).default, args)
 
 
-@pytest.mark.parametrize("path", ["float32", "mkl"])
+@pytest.mark.parametrize("path", ["float32", "mkl", "onednn"])
 def test_both_product_paths(path):
     """RNNKIT_CPU_BF16_PATH chooses the product path (read once per process: a child)."""
     code = ("import torch, rnnkit, tests.library.test_bf16 as t;"
@@ -172,12 +172,12 @@ def test_both_product_paths(path):
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     first = done.stdout.splitlines()[0]
-    assert first.startswith("mkl" if path == "mkl" else "f32"), first
+    assert first.split()[0] == {"float32": "f32"}.get(path, path), first
 
 
 def test_build_info_names_the_bf16_path():
     path = rnnkit.build_info()["cpu_bf16_path"]
-    assert isinstance(path, str) and path.split()[0] in ("mkl", "f32")
+    assert isinstance(path, str) and path.split()[0] in ("mkl", "onednn", "f32")
 
 
 def test_other_dtypes_keep_a_clear_error():
