@@ -25,7 +25,7 @@ N, I, H = 8, 32, 64
 
 
 def _run(module, dtype, x, h0, c0, seed_out):
-    xs = x.to(dtype).requires_grad_()
+    xs = x.detach().clone().to(dtype).requires_grad_()
     hx = (h0.to(dtype), c0.to(dtype)) if c0 is not None else h0.to(dtype)
     out, hn = module(xs, hx)
     hn = hn[0] if isinstance(hn, tuple) else hn
