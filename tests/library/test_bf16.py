@@ -116,6 +116,32 @@ def test_float16_error_at_most_twice_torch(kind, kwargs):
     _check(_errors(kind, torch.float16, T=60, N=3, I=5, H=7, **kwargs))
 
 
+@pytest.mark.parametrize("kind,N,kwargs", [("LSTM", 3, dict(proj_size=4)), ("GRU", 3, {}),
+                                            ("RNN", 20, {}), ("LSTM", 1, {}), ("GRU", 20, {})])
+def test_inference_equals_training_forward(kind, N, kwargs):
+    """Inference (no workspace, chunked projection) computes what training's forward does."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, kind)(6, 9, bidirectional=True, **kwargs).to(torch.bfloat16)
+    x = torch.randn(40, N, 6).bfloat16()
+    with torch.no_grad():
+        inf = tensors_of(m(x))
+    train = tensors_of(m(x.clone().requires_grad_()))
+    for a, b in zip(inf, train, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_double_backward_in_bf16():
+    """Gradients of gradients in bfloat16: computed, finite, or a clear error."""
+    torch.manual_seed(0)
+    m = rnnkit.GRU(4, 5).to(torch.bfloat16)
+    x = torch.randn(6, 2, 4).bfloat16().requires_grad_()
+    out, _ = m(x)
+    (g,) = torch.autograd.grad(out.float().pow(2).sum(), x, create_graph=True)
+    g.float().sum().backward()
+    assert g.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
 def test_inference_chunks_match_training_forward():
     """Inference projects the input in chunks; its output equals the training pass's."""
     torch.manual_seed(0)
