@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../common/plan.h"
+#include "bf16_dot.h"
 #include "blas.h"
 #include "loops.h"
 #include "weights.h"
@@ -98,6 +99,18 @@ class RecurrentStep {
         blas_(/*trans_b=*/true, max_batch, K * H, R, w_hh, R,
               /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
     if (max_batch > kSmallBatch || K > 4) return;
+    small_ = true;
+    if constexpr (kBf16Dot) {
+      if (cpu_has_avx512_bf16()) {
+        const int64_t block = bf16_dot::pairs(R) * K * V * 2;
+        packed16_.reset(new uint16_t[blocks_ * block]);
+        in_region([&](int64_t b0, int64_t b1, const auto&) {
+          for (int64_t b = b0; b < b1; ++b)
+            bf16_dot::pack_block(w_hh, K, H, R, b, packed16_.get() + b * block);
+        });
+        return;
+      }
+    }
     packed_.reset(new compute_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
     // Split over threads as every step splits the blocks (in_region), so each thread packs (and
     // first touches) the weights it will read every step.
@@ -116,7 +129,7 @@ class RecurrentStep {
   void run_steps(int64_t s0, int64_t s1, const At& state_at, const AccOf& acc_of, int64_t ld_acc,
                  bool accumulate, const BodyOf& body_of, const Finish& finish) const {
     constexpr bool kFinish = !std::is_same_v<Finish, std::nullptr_t>;
-    if (packed_ && !kFinish) {
+    if (small_ && !kFinish) {
       in_region([&](int64_t b0, int64_t b1, const auto& barrier) {
         for (int64_t s = s0; s < s1; ++s) {
           const StepState<scalar_t, compute_t> st = state_at(s);
@@ -160,7 +173,7 @@ class RecurrentStep {
   void run(int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc, bool accumulate,
            const Body& pointwise) const {
     if (rows <= 0) return;
-    if (!packed_ || rows > kSmallBatch) {
+    if (!small_ || rows > kSmallBatch) {
       blas_.multiply(rows, h, R_, accumulate ? 1 : 0, acc, ld_acc);
       for_each_unit<compute_t>(rows, H_, pointwise);
       return;
@@ -222,6 +235,21 @@ class RecurrentStep {
   template <int K>
   void product_block_k(int64_t b, int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc,
                        bool accumulate) const {
+    if constexpr (kBf16Dot) {
+      if (packed16_) {
+        const uint16_t* block = packed16_.get() + b * bf16_dot::pairs(R_) * K * V * 2;
+        const int64_t j = b * V, width = std::min<int64_t>(V, H_ - j);
+        const auto run = [&]<int ROWS>() {
+          bf16_dot::product_rows<K, ROWS>(block, R_, h, acc, ld_acc, H_, j, width, accumulate);
+        };
+        switch (rows) {
+          case 1: return run.template operator()<1>();
+          case 2: return run.template operator()<2>();
+          case 3: return run.template operator()<3>();
+          default: return run.template operator()<4>();
+        }
+      }
+    }
     switch (rows) {
       case 1: return product_rows<K, 1>(b, h, acc, ld_acc, accumulate);
       case 2: return product_rows<K, 2>(b, h, acc, ld_acc, accumulate);
@@ -278,8 +306,14 @@ class RecurrentStep {
   }
 
   int64_t K_, H_, R_, blocks_;
+  // bfloat16 weights read by AVX512-BF16 dot products (bf16_dot.h), where the CPU has them and
+  // the build's SIMD registers are 16 floats wide.
+  static constexpr bool kBf16Dot =
+      bf16_dot::kAvailable && std::is_same_v<scalar_t, c10::BFloat16> && V == bf16_dot::V;
   WeightB<scalar_t, compute_t> blas_;    // the BLAS path's product
-  std::unique_ptr<compute_t[]> packed_;  // the small-batch path's weights; null: the BLAS path
+  bool small_ = false;                   // the small-batch path (else the BLAS path)
+  std::unique_ptr<uint16_t[]> packed16_;  // the small-batch path's weights with kBf16Dot
+  std::unique_ptr<compute_t[]> packed_;  // the small-batch path's weights otherwise
 };
 
 }  // namespace cpu
