@@ -101,7 +101,7 @@ class RecurrentStep {
     if (max_batch > kSmallBatch || K > 4) return;
     small_ = true;
     if constexpr (kBf16Dot) {
-      if (cpu_has_avx512_bf16()) {
+      if (use_bf16_dot()) {
         const int64_t block = bf16_dot::pairs(R) * K * V * 2;
         packed16_.reset(new uint16_t[blocks_ * block]);
         in_region([&](int64_t b0, int64_t b1, const auto&) {

@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -37,6 +38,7 @@
 #include <cpuid.h>
 #endif
 
+#include "bf16_dot.h"
 #include "blas.h"
 #include "loops.h"
 
@@ -69,6 +71,17 @@ inline bool cpuid_bit(unsigned subleaf, int reg, int bit) {
 inline bool cpu_has_amx_bf16() { return cpuid_bit(0, 3, 22); }
 inline bool cpu_has_avx512_bf16() { return cpuid_bit(1, 0, 5); }
 
+// Whether the small-batch path multiplies bfloat16 weights with AVX512-BF16 (bf16_dot.h): the
+// CPU has it, the build's float registers are 16 wide, and RNNKIT_CPU_BF16_DOT is not 0.
+inline bool use_bf16_dot() {
+  static const bool use = [] {
+    const char* env = std::getenv("RNNKIT_CPU_BF16_DOT");
+    return bf16_dot::kAvailable && at::vec::Vectorized<float>::size() == bf16_dot::V &&
+           cpu_has_avx512_bf16() && !(env != nullptr && std::strcmp(env, "0") == 0);
+  }();
+  return use;
+}
+
 template <typename scalar_t>
 ReducedPath reduced_path() {
   static const ReducedPath path = [] {
@@ -85,16 +98,19 @@ ReducedPath reduced_path() {
   return path;
 }
 
-// For rnnkit.build_info()["cpu_bf16_path"].
+// For rnnkit.build_info()["cpu_bf16_path"]: the products with a weight, then the small-batch path.
 inline const char* reduced_path_name() {
-  switch (reduced_path<c10::BFloat16>()) {
-    case ReducedPath::Mkl:
-      return "mkl bf16->f32 (cblas_gemm_bf16bf16f32); small batches: own SIMD, f32 weights";
-    case ReducedPath::OneDnn:
-      return "onednn bf16 (at::mm), widened; small batches: own SIMD, f32 weights";
-    default:
-      return "f32 sgemm on widened bf16; small batches: own SIMD, f32 weights";
-  }
+  static const std::string name = [] {
+    std::string s;
+    switch (reduced_path<c10::BFloat16>()) {
+      case ReducedPath::Mkl: s = "mkl bf16->f32 (cblas_gemm_bf16bf16f32)"; break;
+      case ReducedPath::OneDnn: s = "onednn bf16 (at::mm), widened"; break;
+      default: s = "f32 sgemm on widened bf16"; break;
+    }
+    return s + (use_bf16_dot() ? "; small batches: avx512_bf16 dot, bf16 weights"
+                               : "; small batches: own SIMD, f32 weights");
+  }();
+  return name.c_str();
 }
 
 // dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted.

@@ -186,19 +186,24 @@ def test_opcheck_reduced(op, dtype):
     torch.library.opcheck(getattr(torch.ops.rnnkit, op).default, args)
 
 
-@pytest.mark.parametrize("path", ["float32", "mkl", "onednn"])
-def test_both_product_paths(path):
-    """RNNKIT_CPU_BF16_PATH chooses the product path (read once per process: a child)."""
+@pytest.mark.parametrize("path,dot", [("float32", "1"), ("mkl", "1"), ("onednn", "1"),
+                                      ("onednn", "0")])
+def test_every_product_path(path, dot):
+    """RNNKIT_CPU_BF16_PATH chooses the product path, RNNKIT_CPU_BF16_DOT=0 turns the small-batch
+    dot products off (both read once per process: a child)."""
     code = ("import torch, rnnkit, tests.library.test_bf16 as t;"
             "print(rnnkit.build_info()['cpu_bf16_path']);"
             "t._check(t._errors('LSTM', torch.bfloat16, 40, 20, 5, 24, proj_size=7));"
-            "t._check(t._errors('GRU', torch.bfloat16, 40, 20, 5, 24, packed=True))")
-    env = {**os.environ, "RNNKIT_CPU_BF16_PATH": path}
+            "t._check(t._errors('GRU', torch.bfloat16, 40, 20, 5, 24, packed=True));"
+            "t._check(t._errors('LSTM', torch.bfloat16, 40, 2, 5, 33, bidirectional=True))")
+    env = {**os.environ, "RNNKIT_CPU_BF16_PATH": path, "RNNKIT_CPU_BF16_DOT": dot}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     first = done.stdout.splitlines()[0]
     assert first.split()[0] == {"float32": "f32"}.get(path, path), first
+    if dot == "0":
+        assert first.endswith("small batches: own SIMD, f32 weights"), first
 
 
 def test_build_info_names_the_bf16_path():
