@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -102,6 +101,19 @@ def check(ext):
     return errors
 
 
+def _candidates(ext, a32, b32, a16, b16, ah, bh, c, reps):
+    """name -> a function timing one candidate (seconds per product)."""
+    return {
+        "mm_bf16": lambda: timed(lambda: torch.mm(a16, b16.t()), reps),
+        "sgemm_f32": lambda: timed(lambda: torch.mm(a32, b32.t(), out=c), reps),
+        "mkl_bf16f32": lambda: ext.mkl(a16, b16, c, reps),
+        "mkl_f16f32": lambda: ext.mkl(ah, bh, c, reps),
+        "widen_sgemm": lambda: timed(lambda: c.addmm_(a16.float(), b32.t()), reps),
+        "mm_bf16_add": lambda: timed(lambda: c.add_(torch.mm(a16, b16.t())), reps),
+        "onednn_bf16f32": lambda: ext.onednn(a16, b16, c, reps),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=50)
@@ -120,15 +132,7 @@ def main() -> None:
         c = torch.zeros(M, N)
         flop = 2.0 * M * N * K
         res = {}
-        runs = {
-            "mm_bf16": lambda: timed(lambda: torch.mm(a16, b16.t()), reps),
-            "sgemm_f32": lambda: timed(lambda: torch.mm(a32, b32.t(), out=c), reps),
-            "mkl_bf16f32": lambda: ext.mkl(a16, b16, c, reps),
-            "mkl_f16f32": lambda: ext.mkl(ah, bh, c, reps),
-            "widen_sgemm": lambda: timed(lambda: c.addmm_(a16.float(), b32.t()), reps),
-            "mm_bf16_add": lambda: timed(lambda: c.add_(torch.mm(a16, b16.t())), reps),
-            "onednn_bf16f32": lambda: ext.onednn(a16, b16, c, reps),
-        }
+        runs = _candidates(ext, a32, b32, a16, b16, ah, bh, c, reps)
         for name, run in runs.items():
             samples = []
             for _ in range(3):

@@ -66,8 +66,8 @@ def main() -> None:
             print(kind, T, "  ".join(f"{k}: {v['rnnkit']:.3g} vs {v['torch']:.3g}"
                                      for k, v in e.items()), flush=True)
     keys = list(rows[0]["errors"])
-    lines = [f"Largest absolute error against float64, {args.dtype}, N={N} I={I} H={H}: "
-             "rnnkit / torch.nn (scale: largest |float64 value|).", "",
+    lines = [(f"Largest absolute error against float64, {args.dtype}, N={N} I={I} H={H}: "
+              "rnnkit / torch.nn (scale: largest |float64 value|)."), "",
              "| cell | T | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for r in rows:
         cells = [f"{v['rnnkit']:.2g} / {v['torch']:.2g} (scale {v['scale']:.2g})"
