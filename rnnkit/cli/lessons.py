@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..train.config import TrainConfig
+from ..train.config import TRAIN_CELLS, TrainConfig
 from .common import (IMPLS, RUN, FiniteFloatRange, bounded, cell_list, default, png_note,
                      user_errors, write_json, write_text)
 
@@ -90,13 +90,26 @@ def _length_list(ctx: click.Context, param: click.Parameter, value: str) -> list
     return list(dict.fromkeys(lengths))
 
 
+def _train_cell_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    """--cells of longrange: any cell rnnkit train takes (the LayerNorm ones too)."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names or any(n not in TRAIN_CELLS for n in names):
+        raise click.BadParameter(f"expected a comma-separated list of {', '.join(TRAIN_CELLS)}, "
+                                 f"got {value!r}")
+    return list(dict.fromkeys(names))
+
+
 #: The budget of `rnnkit longrange` per task (found to show the classic result in minutes on two
-#: CPU cores; see docs/lessons.md): hidden size, steps, learning rate, batch size.
-LONGRANGE_BUDGET = {"adding": (64, 2000, 0.03, 64), "copy": (128, 600, 0.01, 64)}
+#: CPU cores; see docs/lessons.md): hidden size, steps, learning rate, batch size, chrono
+#: initialisation of the gated cells.
+LONGRANGE_BUDGET = {"adding": (64, 2000, 0.03, 64, False), "copy": (128, 600, 0.01, 64, True)}
 
 
 def _budget_help(field: int) -> str:
-    return ", ".join(f"{task} {b[field]}" for task, b in LONGRANGE_BUDGET.items())
+    def shown(value) -> str:
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+    return ", ".join(f"{task} {shown(b[field])}" for task, b in LONGRANGE_BUDGET.items())
 
 
 @click.command()
@@ -105,8 +118,14 @@ def _budget_help(field: int) -> str:
                    "ten symbols after a delay.")
 @click.option("--lengths", default="50,100,200", callback=_length_list,
               help="Sequence lengths (copy: delays), comma-separated.")
-@click.option("--cells", default="rnn,lstm,gru", callback=cell_list,
-              help="Cells, comma-separated.")
+@click.option("--cells", default="rnn,lstm,gru", callback=_train_cell_list,
+              help="Cells, comma-separated (any of rnnkit train's --cell).")
+@click.option("--chrono/--no-chrono", default=None,
+              help="Start the gated cells from chrono initialisation, T_max = the sequence "
+                   f"length [default: {_budget_help(4)}].")
+@click.option("--eval-every", type=click.IntRange(1), default=None,
+              help="Validate every this many steps, to record the step at which each model "
+                   "solves the task [default: only at the end].")
 @click.option("--hidden-size", type=click.IntRange(1), default=None,
               help=f"Hidden units [default: {_budget_help(0)}].")
 @click.option("--steps", type=click.IntRange(1), default=None,
@@ -122,8 +141,8 @@ def _budget_help(field: int) -> str:
               help="Markdown file for the table [default: longrange-TASK.md].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="JSON file for every row [default: longrange-TASK.json].")
-def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, impl, threads,
-              keep_runs, table_path, json_path) -> None:
+def longrange(task, lengths, cells, chrono, eval_every, hidden_size, steps, lr, batch_size, seed,
+              impl, threads, keep_runs, table_path, json_path) -> None:
     """Lesson: which cells carry information over long sequences, as a paper's table.
 
     Trains every cell at every length with the same budget (rnnkit train's loop and schedule)
@@ -137,12 +156,14 @@ def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, im
         from ..lessons import longrange as LR
 
         torch.set_num_threads(threads)
-        h, n, rate, batch = LONGRANGE_BUDGET[task]
-        base = TrainConfig(task=task, hidden_size=hidden_size or h, steps=steps or n,
+        h, n, rate, batch, use_chrono = LONGRANGE_BUDGET[task]
+        steps = steps or n
+        base = TrainConfig(task=task, hidden_size=hidden_size or h, steps=steps,
                            lr=lr or rate, batch_size=batch_size or batch, seed=seed, impl=impl,
-                           threads=threads, eval_every=steps or n)
+                           threads=threads, eval_every=min(eval_every or steps, steps))
         rows = LR.longrange(base, lengths, cells, keep_runs,
-                            echo=lambda s: click.echo(s, err=True))
+                            echo=lambda s: click.echo(s, err=True),
+                            chrono=use_chrono if chrono is None else chrono)
         table = LR.markdown(rows, base)
         click.echo(table, nl=False)
         write_text(table_path or f"longrange-{task}.md", table)
