@@ -92,7 +92,7 @@ def test_lesson_help_does_not_import_torch():
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"adding\s+2000,\s+copy\s+600", r.stdout) and "--keep-runs" in r.stdout
+    assert re.search(r"adding\s+2000,\s+copy\s+1000", r.stdout) and "--keep-runs" in r.stdout
 
 
 def test_flush_denormals_is_undone():
