@@ -84,7 +84,7 @@ def test_a_run_keeps_the_checkpoint_its_metric_chooses(tmp_path, monkeypatch, se
     result = train(_tiny(tmp_path, out, select_by=select_by), progress=False, echo=lambda s: None)
     metric = select_by or "accuracy"
     assert result.best["step"] == step and result.best["select_by"] == metric
-    weights, meta = C.load_weights(str(out), "best")
+    _, meta = C.load_weights(str(out), "best")
     assert meta["step"] == step and meta["select_by"] == metric
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["select_by"] == metric
