@@ -1,4 +1,5 @@
-"""Autograd and fake (meta) implementations of the operators declared in csrc/rnnkit.cpp.
+"""Autograd, fake (meta) and autocast implementations of the operators declared in
+csrc/rnnkit.cpp.
 
 The kernels themselves are registered in C++ (torch.ops.rnnkit.*). Here each forward operator
 gets a backward that calls its C++ backward operator (under create_graph=True, the exact
