@@ -37,7 +37,8 @@ def _autocasting(input: Tensor) -> bool:
     """Whether autocast is on for the input's device: then the operators cast input, states and
     weights to the autocast dtype (rnnkit/ops.py), so mixed dtypes are expected, not a fault (as
     torch.nn.RNNBase.check_input skips its dtype check under autocast)."""
-    return torch.is_autocast_enabled(input.device.type)
+    kind = input.device.type
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
 def _check_input_against_weights(name: str, input: Tensor, weight: Tensor, layer: bool) -> None:

@@ -289,14 +289,15 @@ def test_integer_input_under_autocast_is_still_refused():
 
 # ---- torch.compile and torch.export -----------------------------------------------------------
 def test_torch_compile_under_autocast_matches_eager():
-    """torch.compile(fullgraph=True) of a model that enters autocast itself: no graph break, the
-    eager results and gradients (float32, on float32 parameters)."""
+    """torch.compile(fullgraph=True) of a model that enters autocast itself, the LSTM fed by an
+    autocast Linear (a bfloat16 input into float32 weights): no graph break, the eager results
+    and gradients (float32, on float32 parameters)."""
     torch.manual_seed(7)
-    lstm, gru = rnnkit.LSTM(4, 6), rnnkit.GRUCell(6, 6)
+    linear, lstm, gru = torch.nn.Linear(4, 4), rnnkit.LSTM(4, 6), rnnkit.GRUCell(6, 6)
 
     def run(x):
         with torch.autocast("cpu", torch.bfloat16):
-            y, (h, c) = lstm(x)
+            y, (h, c) = lstm(linear(x))
             return gru(y[-1], h[0]), c
 
     x = torch.randn(5, 3, 4, requires_grad=True)
@@ -305,7 +306,7 @@ def test_torch_compile_under_autocast_matches_eager():
     assert [t.dtype for t in compiled] == [torch.bfloat16] * 2
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
-    params = [x, *lstm.parameters(), *gru.parameters()]
+    params = [x, *linear.parameters(), *lstm.parameters(), *gru.parameters()]
     ga = torch.autograd.grad(sum(t.float().sum() for t in compiled), params)
     gb = torch.autograd.grad(sum(t.float().sum() for t in eager), params)
     for a, b in zip(ga, gb):
