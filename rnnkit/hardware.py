@@ -7,8 +7,6 @@ probes answer for the features they know (AVX512-BF16, AMX tiles) and the rest a
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 #: The CPU features that matter to bfloat16 and float16 products, by their /proc/cpuinfo names.
@@ -18,7 +16,7 @@ CPU_BF16_FEATURES = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_fp16")
 FAST_BF16 = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset[str]]:
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
     """The CPU's feature flags (the first "flags" line of ``path``), or None where unreadable."""
     try:
         with open(path) as f:
@@ -30,7 +28,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset[str]]:
     return None
 
 
-def _torch_probe(name: str) -> Optional[bool]:
+def _torch_probe(name: str) -> bool | None:
     """torch's own probe of one feature (private helpers of torch.cpu; None where absent)."""
     probe = {"avx512_bf16": "_is_avx512_bf16_supported",
              "amx_bf16": "_is_amx_tile_supported"}.get(name)  # AMX tiles come with AMX-BF16
@@ -41,7 +39,7 @@ def _torch_probe(name: str) -> Optional[bool]:
         return None
 
 
-def cpu_bf16_features(path: str = "/proc/cpuinfo") -> dict[str, Optional[bool]]:
+def cpu_bf16_features(path: str = "/proc/cpuinfo") -> dict[str, bool | None]:
     """Each of CPU_BF16_FEATURES: True (present), False (absent) or None (unknown here)."""
     flags = cpu_flags(path)
     if flags is not None:

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from .. import _library
 from ..cells import CELLS
-from .case import AUTOCAST_DTYPES, AUTOCAST_IMPLS, GPU_ONLY, MATMUL, BenchError, Case, Result, Settings
+from .case import (AUTOCAST_DTYPES, AUTOCAST_IMPLS, GPU_ONLY, MATMUL, BenchError, Case, Result,
+                   Settings)
 from .flops import layer_flops, matmul_runner
 from .impls import build_impl, torch_module
 from .machine import DTYPES, check_device, check_fits, validate_impls

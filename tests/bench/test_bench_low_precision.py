@@ -14,13 +14,13 @@ from rnnkit.bench.run import run_case
 from rnnkit.cells import CELLS
 from rnnkit.cli import main
 
-TINY = dict(seq_len=4, batch=3, input_size=5, hidden_size=6)
+TINY = {"seq_len": 4, "batch": 3, "input_size": 5, "hidden_size": 6}
 QUICK = Settings(warmup=1, repeats=2, min_sample_s=0.0, memory=False)
 LOW = ["rnnkit", "torch", *AUTOCAST_IMPLS]
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("shape", [dict(), dict(num_layers=2, bidirectional=True, min_len=2)],
+@pytest.mark.parametrize("shape", [{}, {"num_layers": 2, "bidirectional": True, "min_len": 2}],
                          ids=["plain", "2-layer-bidir-packed"])
 def test_bfloat16_impls_pass_the_check(cell, shape):
     results = run_case(Case(cell, **TINY, **shape, dtype="bfloat16"), QUICK, LOW)
