@@ -30,7 +30,7 @@ def _shape(t: Union[Tensor, tuple[int, ...]]) -> str:
 
 # Messages start with torch.nn's words for the same fault (its exception type too), so that code
 # written against torch.nn catches and recognises them; rnnkit's detail follows.
-_FLOATING = "float32 or float64; also float16 or bfloat16 on CUDA"
+_FLOATING = "float32, float64, float16 or bfloat16"
 
 
 def _autocasting(input: Tensor) -> bool:
