@@ -11,6 +11,7 @@ import contextlib
 import torch
 
 from ..hardware import fast_bf16
+from .errors import UserError
 
 #: Whether --precision auto may choose bf16 (where the device multiplies bfloat16 in hardware).
 #: The rule: only if the default run's final loss in bf16 is within 0.02 of fp32's, measured on
@@ -23,7 +24,11 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp32 or bf16: ``precision`` itself, or what auto chooses on ``device``."""
+    """fp32 or bf16: ``precision`` itself, or what auto chooses on ``device``. UserError for bf16
+    on a GPU without bfloat16 (torch.autocast refuses it there)."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
+                        "support bfloat16; use --precision fp32")
     if precision != "auto":
         return precision
     return "bf16" if AUTO_CHOOSES_BF16 and fast_bf16(device) else "fp32"

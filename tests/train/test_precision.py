@@ -25,6 +25,14 @@ def test_explicit_precisions_are_kept():
         assert P.resolve_precision(name, torch.device("cpu")) == name
 
 
+def test_bf16_on_a_gpu_without_bfloat16_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    with pytest.raises(UserError, match=r"^--precision bf16: Old GPU does not support bfloat16"):
+        P.resolve_precision("bf16", torch.device("cuda"))
+    assert P.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+
+
 @pytest.mark.parametrize("allowed,fast,want", [(False, True, "fp32"), (True, True, "bf16"),
                                                (True, False, "fp32")])
 def test_auto_needs_the_measurement_and_the_hardware(monkeypatch, allowed, fast, want):
