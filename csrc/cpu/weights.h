@@ -3,20 +3,26 @@
 // take reduced inputs and give float32 results (the gate pre-activations, the gradients), with
 // float32 accumulation.
 //
-// Two paths for the reduced types, chosen once per process (reduced_path()):
+// Three paths for the reduced types, chosen once per process (reduced_path()):
+//   OneDnn   ATen's product in the reduced type (oneDNN on an x86 CPU with AVX-512), which
+//            accumulates in float32 and rounds its result to the reduced type; the time loop
+//            widens that onto its float32 buffer (A, when it comes in float32, is narrowed first).
 //   Float32  B is widened to float32 once per call (and packed for MKL's packed sgemm where the
 //            float32 path would pack it), A is widened per product; then the float32 product.
 //            Portable: it needs only what the float32 kernels need.
 //   Mkl      MKL's cblas_gemm_bf16bf16f32 / cblas_gemm_f16f16f32 on the reduced operands, C in
 //            float32 with beta. torch's CPU library exports them on x86 (declared weak: absent,
 //            this path is never chosen).
-// The default is Mkl on a CPU with AMX-BF16, where MKL multiplies bfloat16 in its tiles, and
-// Float32 elsewhere: on an AVX512-BF16 CPU without AMX (AMD EPYC), MKL's bf16 product measured
-// slower than sgemm on widened operands (docs/kernels.md, benchmarks/bench_bf16_products.py).
-// RNNKIT_CPU_BF16_PATH=float32|mkl overrides the choice. oneDNN's bf16 product is faster still
-// on such a CPU, but torch exports no entry point to it with a float32 result.
+// The default for bfloat16: Mkl on a CPU with AMX-BF16, where MKL multiplies bfloat16 in its
+// tiles into float32; OneDnn on one with AVX512-BF16 and no AMX (AMD EPYC), where oneDNN's bf16
+// product measured 2.3x sgemm's rate and MKL's bf16 one below sgemm (docs/kernels.md,
+// benchmarks/bench_bf16_products.py; torch exports no oneDNN entry point with a float32 result,
+// hence the rounding); Float32 elsewhere. float16: Mkl with AMX, else Float32 (oneDNN's float16
+// product needs AVX512-FP16). RNNKIT_CPU_BF16_PATH=float32|mkl|onednn overrides the choice for
+// both types.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -48,35 +54,47 @@ void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int 
 namespace rnnkit {
 namespace cpu {
 
-enum class ReducedPath { Float32, Mkl };
+enum class ReducedPath { Float32, Mkl, OneDnn };
 
-// Whether the CPU has AMX-BF16 (CPUID leaf 7, EDX bit 22).
-inline bool cpu_has_amx_bf16() {
+// CPUID leaf 7: AMX-BF16 (subleaf 0, EDX bit 22), AVX512-BF16 (subleaf 1, EAX bit 5).
+inline bool cpuid_bit(unsigned subleaf, int reg, int bit) {
 #if defined(__x86_64__) || defined(__i386__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  return (d >> 22) & 1u;
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(7, subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+  return (r[reg] >> bit) & 1u;
 #else
   return false;
 #endif
 }
+inline bool cpu_has_amx_bf16() { return cpuid_bit(0, 3, 22); }
+inline bool cpu_has_avx512_bf16() { return cpuid_bit(1, 0, 5); }
 
-inline ReducedPath reduced_path() {
+template <typename scalar_t>
+ReducedPath reduced_path() {
   static const ReducedPath path = [] {
     const bool mkl = cblas_gemm_bf16bf16f32 != nullptr && cblas_gemm_f16f16f32 != nullptr;
     const char* env = std::getenv("RNNKIT_CPU_BF16_PATH");
     if (env != nullptr && std::strcmp(env, "float32") == 0) return ReducedPath::Float32;
+    if (env != nullptr && std::strcmp(env, "onednn") == 0) return ReducedPath::OneDnn;
     if (env != nullptr && std::strcmp(env, "mkl") == 0 && mkl) return ReducedPath::Mkl;
-    return mkl && cpu_has_amx_bf16() ? ReducedPath::Mkl : ReducedPath::Float32;
+    if (mkl && cpu_has_amx_bf16()) return ReducedPath::Mkl;
+    if (std::is_same_v<scalar_t, c10::BFloat16> && cpu_has_avx512_bf16())
+      return ReducedPath::OneDnn;
+    return ReducedPath::Float32;
   }();
   return path;
 }
 
 // For rnnkit.build_info()["cpu_bf16_path"].
 inline const char* reduced_path_name() {
-  return reduced_path() == ReducedPath::Mkl
-             ? "mkl bf16->f32 (cblas_gemm_bf16bf16f32); small batches: own SIMD, f32 weights"
-             : "f32 sgemm on widened bf16; small batches: own SIMD, f32 weights";
+  switch (reduced_path<c10::BFloat16>()) {
+    case ReducedPath::Mkl:
+      return "mkl bf16->f32 (cblas_gemm_bf16bf16f32); small batches: own SIMD, f32 weights";
+    case ReducedPath::OneDnn:
+      return "onednn bf16 (at::mm), widened; small batches: own SIMD, f32 weights";
+    default:
+      return "f32 sgemm on widened bf16; small batches: own SIMD, f32 weights";
+  }
 }
 
 // dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted.
@@ -114,7 +132,7 @@ class WeightB<scalar_t, float> {
  public:
   WeightB(bool trans_b, int64_t max_m, int64_t Nc, int64_t K, const scalar_t* B, int64_t ldb,
           bool pack)
-      : trans_b_(trans_b), Nc_(Nc), K_(K), B_(B), ldb_(ldb), path_(reduced_path()) {
+      : trans_b_(trans_b), Nc_(Nc), K_(K), B_(B), ldb_(ldb), path_(reduced_path<scalar_t>()) {
     if (B == nullptr) return;  // an absent weight (no projection): never multiplied
     if (path_ == ReducedPath::Float32) {
       const int64_t rows = trans_b ? Nc : K, cols = trans_b ? K : Nc;
@@ -147,10 +165,36 @@ class WeightB<scalar_t, float> {
     } else {
       a = A;
     }
-    mkl_gemm(M, a, lda, beta, C, ldc);
+    if (path_ == ReducedPath::Mkl) {
+      mkl_gemm(M, a, lda, beta, C, ldc);
+    } else {
+      onednn_gemm(M, a, lda, beta, C, ldc);
+    }
   }
 
  private:
+  // C = widen(round(A op(B))) + beta C, the product by ATen in the reduced type.
+  void onednn_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
+                   int64_t ldc) const {
+    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+    const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, 1}, options);
+    const at::Tensor b =
+        trans_b_ ? at::from_blob(const_cast<scalar_t*>(B_), {Nc_, K_}, {ldb_, 1}, options).t()
+                 : at::from_blob(const_cast<scalar_t*>(B_), {K_, Nc_}, {ldb_, 1}, options);
+    c16_.resize(size_t(M * Nc_));
+    at::Tensor c = at::from_blob(c16_.data(), {M, Nc_}, options);
+    at::mm_out(c, a, b);
+    for (int64_t m = 0; m < M; ++m) {
+      const scalar_t* src = c16_.data() + m * Nc_;
+      float* dst = C + m * ldc;
+      if (beta == 0.0f) {
+        at::vec::convert(src, dst, Nc_);
+      } else {
+        for (int64_t n = 0; n < Nc_; ++n) dst[n] = beta * dst[n] + static_cast<float>(src[n]);
+      }
+    }
+  }
+
   void mkl_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
                 int64_t ldc) const {
     constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
@@ -175,7 +219,8 @@ class WeightB<scalar_t, float> {
   std::vector<float> b32_;               // Float32: B widened
   std::optional<PackedB<float>> packed_;  // Float32: its product
   mutable std::vector<float> a32_;       // Float32: A widened
-  mutable std::vector<scalar_t> a16_;    // Mkl: A narrowed (when it comes in float32)
+  mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed (when it comes in float32)
+  mutable std::vector<scalar_t> c16_;    // OneDnn: the rounded product
 };
 
 }  // namespace cpu

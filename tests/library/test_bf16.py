@@ -116,6 +116,32 @@ def test_float16_error_at_most_twice_torch(kind, kwargs):
     _check(_errors(kind, torch.float16, T=60, N=3, I=5, H=7, **kwargs))
 
 
+@pytest.mark.parametrize("kind,N,kwargs", [("LSTM", 3, dict(proj_size=4)), ("GRU", 3, {}),
+                                            ("RNN", 20, {}), ("LSTM", 1, {}), ("GRU", 20, {})])
+def test_inference_equals_training_forward(kind, N, kwargs):
+    """Inference (no workspace, chunked projection) computes what training's forward does."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, kind)(6, 9, bidirectional=True, **kwargs).to(torch.bfloat16)
+    x = torch.randn(40, N, 6).bfloat16()
+    with torch.no_grad():
+        inf = tensors_of(m(x))
+    train = tensors_of(m(x.clone().requires_grad_()))
+    for a, b in zip(inf, train, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_double_backward_in_bf16():
+    """Gradients of gradients in bfloat16: computed, finite, or a clear error."""
+    torch.manual_seed(0)
+    m = rnnkit.GRU(4, 5).to(torch.bfloat16)
+    x = torch.randn(6, 2, 4).bfloat16().requires_grad_()
+    out, _ = m(x)
+    (g,) = torch.autograd.grad(out.float().pow(2).sum(), x, create_graph=True)
+    g.float().sum().backward()
+    assert g.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
 def test_inference_chunks_match_training_forward():
     """Inference projects the input in chunks; its output equals the training pass's."""
     torch.manual_seed(0)
@@ -160,7 +186,7 @@ def test_opcheck_reduced(op, dtype):
     torch.library.opcheck(getattr(torch.ops.rnnkit, op).default, args)
 
 
-@pytest.mark.parametrize("path", ["float32", "mkl"])
+@pytest.mark.parametrize("path", ["float32", "mkl", "onednn"])
 def test_both_product_paths(path):
     """RNNKIT_CPU_BF16_PATH chooses the product path (read once per process: a child)."""
     code = ("import torch, rnnkit, tests.library.test_bf16 as t;"
@@ -172,12 +198,12 @@ def test_both_product_paths(path):
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     first = done.stdout.splitlines()[0]
-    assert first.startswith("mkl" if path == "mkl" else "f32"), first
+    assert first.split()[0] == {"float32": "f32"}.get(path, path), first
 
 
 def test_build_info_names_the_bf16_path():
     path = rnnkit.build_info()["cpu_bf16_path"]
-    assert isinstance(path, str) and path.split()[0] in ("mkl", "f32")
+    assert isinstance(path, str) and path.split()[0] in ("mkl", "onednn", "f32")
 
 
 def test_other_dtypes_keep_a_clear_error():

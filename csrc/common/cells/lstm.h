@@ -47,7 +47,8 @@ struct Lstm {
   }
 
   template <typename L, typename scalar_t, typename compute_t>
-  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n, int64_t j) {
+  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                 int64_t j) {
     const int64_t H = io.H;
     const compute_t* g = io.ws + n * io.W;
     const auto r = gates::lstm_backward(

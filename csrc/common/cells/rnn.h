@@ -31,7 +31,8 @@ struct Rnn {
   }
 
   template <typename L, typename scalar_t, typename compute_t>
-  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n, int64_t j) {
+  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                 int64_t j) {
     const int64_t k = n * io.H + j;
     L::store(io.da + k, gates::rnn_backward(io.template grad_h<L>(n, j), L::load(io.out + k),
                                             io.act));
