@@ -85,6 +85,7 @@ CHOICES = {
     "cell": tuple(TRAIN_CELLS),
     "impl": IMPLS,
     "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16"),
 }
 
 #: Bounds of numeric fields: (low, high, low_open, high_open), None for no bound. The command line
@@ -161,6 +162,8 @@ class TrainConfig:
     seed: int = 1337  # seeds weights, dropout and data order
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    precision: str = "auto"  # fp32 | bf16 (autocast forward; float32 weights) | auto: chosen at
+    #                          the start (train/precision.py), and the choice saved
     out: Optional[str] = None  # run folder; None: runs/<task>-<date>-<time>
 
     def resolved(self) -> "TrainConfig":
@@ -209,6 +212,8 @@ class TrainConfig:
                             "newer rnnkit?)")
         if isinstance(d.get("impl"), str):  # run folders written before "fused" became "rnnkit"
             d = {**d, "impl": canonical_impl(d["impl"])}
+        if "precision" not in d:  # run folders written before --precision trained in float32
+            d = {**d, "precision": "fp32"}
         hints = typing.get_type_hints(cls)
         for name, value in d.items():
             expected = _problem(name, hints[name], value, d)
