@@ -100,12 +100,12 @@ BOUNDS = {
     "weight_drop": (0, 1, False, True),
     "variational_dropout": (0, 1, False, True),
     "zoneout": (0, 1, False, True),
-    "forget_bias": (None, None, False, False),
+    "forget_bias": (-1e3, 1e3, False, False),  # written into float32 biases; sigmoid is flat far sooner
     "chrono": (3, None, False, False),
     "batch_size": (1, None, False, False),
     "steps": (1, None, False, False),
     "epochs": (0, None, True, False),
-    "lr": (0, None, True, False),
+    "lr": (0, 1e3, True, False),  # AdamW keeps lr in float32; beyond 1e3 nothing trains anyway
     "min_lr_ratio": (0, 1, False, False),
     "warmup_steps": (0, None, False, False),
     "weight_decay": (0, None, False, False),
