@@ -105,7 +105,7 @@ BOUNDS = {
     "batch_size": (1, None, False, False),
     "steps": (1, None, False, False),
     "epochs": (0, None, True, False),
-    "lr": (0, 1e3, True, False),  # AdamW keeps lr in float32; beyond 1e3 nothing trains anyway
+    "lr": (0, 1e30, True, False),  # AdamW computes in float32 (max 3.4e38); 1e30 still diverges cleanly
     "min_lr_ratio": (0, 1, False, False),
     "warmup_steps": (0, None, False, False),
     "weight_decay": (0, None, False, False),

@@ -224,7 +224,7 @@ def trained(tmp_path_factory):
      "\"layernorm-gru\", got \"transformer\" (a string)"),
     ("task", None, "field 'task': expected one of \"charlm\", "),
     ("dropout", 1.5, "field 'dropout': expected a number in [0, 1), got 1.5 (a number)"),
-    ("lr", True, "field 'lr': expected a number > 0, got true (true/false)"),
+    ("lr", True, "field 'lr': expected a number in (0, 1e+30], got true (true/false)"),
     ("bidirectional", "no", "field 'bidirectional': expected true, false or null, got \"no\""),
     ("betas", [0.9], "field 'betas': expected a list of two numbers in [0, 1), got [0.9] (a list)"),
     ("impl", "cudnn", "field 'impl': expected one of \"rnnkit\", \"torch\", \"reference\""),
