@@ -53,6 +53,33 @@ void for_each_unit(int64_t rows, int64_t H, const Body& body) {
   });
 }
 
+// The row operations of a row-norm cell's pointwise code (common/row_norm.h) on the CPU: one
+// thread runs a whole row, units in SIMD registers, sums one value at a time.
+template <typename scalar_t>
+struct HostRow {
+  using One = Lanes<scalar_t, scalar_t>;
+  template <typename F>
+  void units(int64_t count, const F& f) const {
+    unit_loop<scalar_t>(0, 0, count, [&](int64_t, int64_t j, auto lanes) { f(j, lanes); });
+  }
+  template <typename F>
+  scalar_t sum(int64_t count, const F& f) const {
+    scalar_t total(0);
+    for (int64_t j = 0; j < count; ++j) total += f(j);
+    return total;
+  }
+  bool leader() const { return true; }
+};
+
+// body(n) for every batch row n < rows, rows shared out between threads as for_each_unit does.
+template <typename Body>
+void for_each_row(int64_t rows, int64_t H, const Body& body) {
+  const int64_t grain = std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) body(n);
+  });
+}
+
 // a + b, G values (either may be null: it counts as zeros): the biases of a layer, which the
 // pointwise passes add to the pre-activations.
 template <typename scalar_t>
