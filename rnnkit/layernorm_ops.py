@@ -45,7 +45,8 @@ def _setup(op: str):
     def setup(ctx, inputs, output):
         a = _ops._named(getattr(ops, op).default, inputs)
         ctx.train = a.get("train", True)
-        _ops._unused_grads_none(ctx, output[3])
+        # The GRU's c_n is an empty placeholder: no gradient can reach it.
+        _ops._unused_grads_none(ctx, output[3], *(() if a["c0"] is not None else (output[2],)))
         _ops._setup_biases(ctx, a)
         ctx.reverse = a["reverse"]
         ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"],
@@ -58,6 +59,8 @@ def _backward(op: str):
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
         _ops._require_train(op, ctx)
         input, batch_sizes, h0, c0, w_ih, w_hh, norm, output, workspace = ctx.saved_tensors
+        if c0 is None:
+            grad_c_n = None
         grads = (grad_output, grad_h_n, grad_c_n)
         if _exact.wanted(grads, (input, h0, c0, w_ih, w_hh, norm)):
             raise NotImplementedError(
