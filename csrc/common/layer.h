@@ -207,15 +207,16 @@ struct LayerGrads {
 };
 
 // A row-norm cell's biases and norm parameters, from dp [P, Wn] (the gradients of its normalised
-// values after their gains and shifts) and the normalised values the workspace saved: each gain's
-// gradient is sum(dp ⊙ value), each shift's sum(dp). The first two blocks' shifts are b_ih and
+// values after their gains and shifts; overwritten) and the normalised values the workspace
+// saved: each gain's gradient is sum(dp ⊙ value), each shift's sum(dp). The first two blocks' shifts are b_ih and
 // b_hh; the norm parameters are [every gain | the shifts of the blocks after those two].
 template <typename Layout>
-void norm_grads(const Tensor& dp, const Tensor& ws, const Layout& layout, int64_t G,
+void norm_grads(Tensor& dp, const Tensor& ws, const Layout& layout, int64_t G,
                 LayerGrads& r) {
   const int64_t Wn = layout.norm_width();
-  const Tensor gains = (dp * ws.narrow(1, layout.norm_values(), Wn)).sum(0);
   const Tensor shifts = dp.sum(0);
+  // In place: dp is scratch, and a product the size of the workspace would be a fresh buffer.
+  const Tensor gains = dp.mul_(ws.narrow(1, layout.norm_values(), Wn)).sum(0);
   r.g.b_ih = shifts.narrow(0, 0, G);
   r.g.b_hh = shifts.narrow(0, G, G);
   r.norm = at::cat({gains, shifts.narrow(0, 2 * G, Wn - 2 * G)});

@@ -26,6 +26,13 @@ namespace norm {
 // torch.nn.functional.layer_norm's default epsilon (and haste's).
 constexpr double kEps = 1e-5;
 
+// Workspace widths of row-norm cells round up to a multiple of this many values, so that every
+// row starts as aligned as the first (the input projection is written into the rows).
+constexpr int64_t kRowAlign = 16;
+RNNKIT_HD constexpr int64_t aligned_width(int64_t width) {
+  return (width + kRowAlign - 1) / kRowAlign * kRowAlign;
+}
+
 RNNKIT_HD float rk_rsqrt(float x) { return 1.0f / ::sqrtf(x); }
 RNNKIT_HD double rk_rsqrt(double x) { return 1.0 / ::sqrt(x); }
 

@@ -19,7 +19,7 @@ struct LayerNormGru {
                         kGatesInOutput = false, kDirectGrad = true, kRowNorm = true;
 
   // Workspace row: [r, z, n | h_n | x_hat (3H) | h_hat (3H) | rstd_x, rstd_h], h_n = the
-  // recurrent side of n (after its gain and b_hn).
+  // recurrent side of n (after its gain and b_hn); padded to norm::kRowAlign values.
   struct Layout {
     int64_t H;
     bool proj;
@@ -28,7 +28,7 @@ struct LayerNormGru {
     RNNKIT_HD constexpr int64_t x_hat() const { return h_n() + H; }
     RNNKIT_HD constexpr int64_t h_hat() const { return x_hat() + kGates * H; }
     RNNKIT_HD constexpr int64_t rstd() const { return h_hat() + kGates * H; }
-    RNNKIT_HD constexpr int64_t width() const { return rstd() + 2; }
+    RNNKIT_HD constexpr int64_t width() const { return norm::aligned_width(rstd() + 2); }
     // The normalised values x_hat | h_hat, which the gains scale.
     RNNKIT_HD constexpr int64_t norm_values() const { return x_hat(); }
     RNNKIT_HD constexpr int64_t norm_width() const { return rstd() - x_hat(); }

@@ -23,7 +23,7 @@ struct LayerNormLstm {
 
   // Workspace row: [i, f, g, o | c | x_hat (4H) | h_hat (4H) | c_hat (H) | rstd_x, rstd_h,
   // rstd_c]: the gates, the cell state, the normalised input projection, recurrent product and
-  // cell state, and the three 1/std of the row.
+  // cell state, and the three 1/std of the row; padded to norm::kRowAlign values.
   struct Layout {
     int64_t H;
     bool proj;
@@ -33,7 +33,7 @@ struct LayerNormLstm {
     RNNKIT_HD constexpr int64_t h_hat() const { return x_hat() + kGates * H; }
     RNNKIT_HD constexpr int64_t c_hat() const { return h_hat() + kGates * H; }
     RNNKIT_HD constexpr int64_t rstd() const { return c_hat() + H; }
-    RNNKIT_HD constexpr int64_t width() const { return rstd() + 3; }
+    RNNKIT_HD constexpr int64_t width() const { return norm::aligned_width(rstd() + 3); }
     // The normalised values x_hat | h_hat | c_hat, which the gains scale.
     RNNKIT_HD constexpr int64_t norm_values() const { return x_hat(); }
     RNNKIT_HD constexpr int64_t norm_width() const { return rstd() - x_hat(); }
