@@ -76,6 +76,7 @@ struct LayerNormGru {
       using One = typename Ops::One;
       One::store(g + at.rstd(), mx.rstd);
       One::store(g + at.rstd() + 1, mh.rstd);
+      for (int64_t k = at.rstd() + 2; k < at.width(); ++k) One::store(g + k, 0);  // padding
     }
   }
 

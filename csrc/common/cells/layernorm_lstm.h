@@ -92,6 +92,7 @@ struct LayerNormLstm {
       One::store(g + at.rstd(), mx.rstd);
       One::store(g + at.rstd() + 1, mh.rstd);
       One::store(g + at.rstd() + 2, mc.rstd);
+      for (int64_t k = at.rstd() + 3; k < at.width(); ++k) One::store(g + k, 0);  // padding
     }
   }
 
