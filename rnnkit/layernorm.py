@@ -20,8 +20,6 @@ function (normalising changes what the layer computes).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -81,10 +79,12 @@ class _LayerNormRNNBase(_RNNBase):
         out = []
         for layer in range(self.num_layers):
             for suffix in ("", "_reverse")[:directions]:
-                get = lambda base: getattr(self, f"{base}_l{layer}{suffix}", None)  # noqa: E731
-                norm = tuple(get(base) for base, _ in _NORMS[self.mode])
-                out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
-                            norm))
+                names = [f"{base}_l{layer}{suffix}" for base in
+                         ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                w_ih, w_hh, b_ih, b_hh = (getattr(self, n, None) for n in names)
+                norm = tuple(getattr(self, f"{base}_l{layer}{suffix}")
+                             for base, _ in _NORMS[self.mode])
+                out.append((w_ih, w_hh, b_ih, b_hh, norm))
         return out
 
     @property
@@ -144,7 +144,7 @@ class LayerNormLSTM(_LayerNormRNNBase):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype)
 
-    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
+    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         states = (None, None) if hx is None else tuple(hx)
         if len(states) != 2:
             raise RuntimeError(f"LayerNormLSTM: expects two hidden states, got {len(states)} (hx "
@@ -174,7 +174,7 @@ class LayerNormGRU(_LayerNormRNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype)
 
-    def forward(self, input, hx: Optional[Tensor] = None):
+    def forward(self, input, hx: Tensor | None = None):
         out, (h,) = self._run(input, (hx,))
         return out, h
 
@@ -227,7 +227,7 @@ class LayerNormLSTMCell(_LayerNormCellBase):
                  dtype=None) -> None:
         super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
 
-    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None):
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
         states = (None, None) if hx is None else tuple(hx)
         x, (h, c), batched = self._prepare(input, states)
         h, c = LF.layernorm_lstm_cell(x, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
@@ -245,7 +245,7 @@ class LayerNormGRUCell(_LayerNormCellBase):
                  dtype=None) -> None:
         super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         x, (h,), batched = self._prepare(input, (hx,))
         y = LF.layernorm_gru_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih,
                                   self.bias_hh, self._norm())

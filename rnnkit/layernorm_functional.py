@@ -11,7 +11,7 @@ The equations are rnnkit.reference's (layernorm_lstm_cell, layernorm_gru_cell).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from .functional import stack_layers
 rnnkit_ops = torch.ops.rnnkit
 
 #: One layer-direction's parameters: (w_ih, w_hh, b_ih, b_hh, norm).
-NormLayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], tuple[Tensor, ...]]
+NormLayerParams = tuple[Tensor, Tensor, Tensor | None, Tensor | None, tuple[Tensor, ...]]
 
 
 def _needs_workspace(*tensors: Tensor | None) -> bool:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from . import ops as _ops  # the fake helpers and the plain operators' registrations
 from . import double_backward as _exact
+from . import ops as _ops  # the fake helpers and the plain operators' registrations
 
 ops = torch.ops.rnnkit
 

@@ -208,8 +208,9 @@ struct LayerGrads {
 
 // A row-norm cell's biases and norm parameters, from dp [P, Wn] (the gradients of its normalised
 // values after their gains and shifts; overwritten) and the normalised values the workspace
-// saved: each gain's gradient is sum(dp ⊙ value), each shift's sum(dp). The first two blocks' shifts are b_ih and
-// b_hh; the norm parameters are [every gain | the shifts of the blocks after those two].
+// saved: each gain's gradient is sum(dp ⊙ value), each shift's sum(dp). The first two blocks'
+// shifts are b_ih and b_hh; the norm parameters are [every gain | the shifts of the blocks after
+// those two].
 template <typename Layout>
 void norm_grads(Tensor& dp, const Tensor& ws, const Layout& layout, int64_t G,
                 LayerGrads& r) {

@@ -8,10 +8,10 @@
 //   ops.units(count, f)   f(j, lanes) for every j < count: a SIMD register at a time then one by
 //                         one on the CPU, the block's threads striding over j on CUDA; on CUDA
 //                         the block waits for all of them before it returns
-//   ops.sum(count, f)     the sum of f(j) over j < count (f on one value, in the opmath type);
-//                         on CUDA a block reduction whose result every thread gets
+//   ops.sum(count, f)     the sum over j < count of f(j, lanes) (lanes as for units), one
+//                         opmath value; on CUDA a block reduction whose result every thread gets
 //   ops.leader()          true for one thread of the row (the one that writes per-row values)
-//   Ops::One              lanes of one value (load, store, V), for f of ops.sum
+//   Ops::One              lanes of one value (load, store, V): the per-row values
 // The normalisation arithmetic below is written once on these, for both backends.
 #pragma once
 
@@ -46,9 +46,14 @@ template <typename Ops, typename scalar_t>
 RNNKIT_HD Moments<typename Ops::One::V> moments(const Ops& ops, const scalar_t* x, int64_t count) {
   using One = typename Ops::One;
   using A = typename One::V;
-  const A mean = ops.sum(count, [&](int64_t j) { return One::load(x + j); }) / A(count);
-  const A var = ops.sum(count, [&](int64_t j) {
-                  const A d = One::load(x + j) - mean;
+  const A mean = ops.sum(count, [&](int64_t j, auto lanes) {
+                   using L = decltype(lanes);
+                   return L::load(x + j);
+                 }) / A(count);
+  const A var = ops.sum(count, [&](int64_t j, auto lanes) {
+                  using L = decltype(lanes);
+                  using V = typename L::V;
+                  const V d = L::load(x + j) - V(mean);
                   return d * d;
                 }) / A(count);
   return {mean, rk_rsqrt(var + A(kEps))};
@@ -68,10 +73,13 @@ RNNKIT_HD GradMeans<typename Ops::One::V> grad_means(const Ops& ops, const scala
                                                      const scalar_t* x_hat, int64_t count) {
   using One = typename Ops::One;
   using A = typename One::V;
-  const A first =
-      ops.sum(count, [&](int64_t j) { return One::load(dy + j) * One::load(gamma + j); });
-  const A second = ops.sum(count, [&](int64_t j) {
-    return One::load(dy + j) * One::load(gamma + j) * One::load(x_hat + j);
+  const A first = ops.sum(count, [&](int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    return L::load(dy + j) * L::load(gamma + j);
+  });
+  const A second = ops.sum(count, [&](int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    return L::load(dy + j) * L::load(gamma + j) * L::load(x_hat + j);
   });
   return {first / A(count), second / A(count)};
 }

@@ -54,7 +54,7 @@ void for_each_unit(int64_t rows, int64_t H, const Body& body) {
 }
 
 // The row operations of a row-norm cell's pointwise code (common/row_norm.h) on the CPU: one
-// thread runs a whole row, units in SIMD registers, sums one value at a time.
+// thread runs a whole row, units and sums a SIMD register at a time.
 template <typename scalar_t>
 struct HostRow {
   using One = Lanes<scalar_t, scalar_t>;
@@ -64,8 +64,16 @@ struct HostRow {
   }
   template <typename F>
   scalar_t sum(int64_t count, const F& f) const {
+    using Vec = at::vec::Vectorized<scalar_t>;
+    Vec lanes(scalar_t(0));
+    int64_t j = 0;
+    for (; j + Vec::size() <= count; j += Vec::size())
+      lanes = lanes + f(j, Lanes<Vec, scalar_t>{});
     scalar_t total(0);
-    for (int64_t j = 0; j < count; ++j) total += f(j);
+    for (; j < count; ++j) total += f(j, One{});
+    scalar_t parts[Vec::size()];
+    lanes.store(parts);
+    for (int64_t k = 0; k < Vec::size(); ++k) total += parts[k];
     return total;
   }
   bool leader() const { return true; }

@@ -26,7 +26,7 @@ def _params(cell: str, I: int, H: int, bias: bool, gen: torch.Generator):
     """(w_ih, w_hh, b_ih, b_hh, norm) with gains away from one and shifts away from zero, so that
     a kernel that drops a norm parameter fails."""
     G = GATES[cell] * H
-    rand = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=F64)
     b = (rand(G) * 0.5, rand(G) * 0.5) if bias else (None, None)
     norm = (1 + 0.3 * rand(G), 1 + 0.3 * rand(G))
     if cell == "lstm":
