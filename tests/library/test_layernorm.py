@@ -15,6 +15,8 @@ import rnnkit
 from rnnkit import layernorm_functional as LF
 from rnnkit import reference as R
 
+from ..conftest import ALL_DEVICES
+
 ops = torch.ops.rnnkit
 F64 = torch.float64
 GATES = {"lstm": 4, "gru": 3}
@@ -298,3 +300,60 @@ def test_double_backward_is_refused():
     x = torch.randn(2, 1, 2, dtype=F64, requires_grad=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
+
+
+def _run_layer(fn, cell, x, batch_sizes, leaves, reverse):
+    """fn's output, final states and the gradients of a loss wrt leaves ([*states, *weights])."""
+    k = 2 if cell == "lstm" else 1
+    copies = [t.detach().clone().requires_grad_() for t in leaves]
+    xs = x.detach().clone().requires_grad_()
+    st, rest = tuple(copies[:k]), copies[k:]
+    params = (*rest[:4], tuple(rest[4:]))
+    out, finals = fn(xs, batch_sizes, st, params, reverse)
+    loss = (out * torch.cos(out.double()).to(out.dtype)).sum() + sum(f.sum() for f in finals)
+    grads = torch.autograd.grad(loss, [xs, *copies])
+    return [out, *finals, *grads]
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_device_and_dtype_against_float64_reference(device, cell, dtype, packed):
+    """Each backend in each dtype it takes: values, states and every gradient, within twice the
+    reference's own error in that dtype (plus a floor), against the float64 reference."""
+    if device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the CPU kernels take float32 and float64")
+    gen = torch.Generator().manual_seed(11)
+    T, N, I, H = 6, 19, 5, 33
+    params = _params(cell, I, H, True, gen)
+    states = _states(cell, N, H, gen)
+    x, batch_sizes = _packed(T, N, I, gen) if packed else (
+        torch.randn(T, N, I, generator=gen, dtype=F64), None)
+    leaves = [*states, *params[:4], *params[4]]
+    ours_fn, ref_fn = LAYERS[cell]
+    exact = _run_layer(ref_fn, cell, x, batch_sizes, leaves, False)
+    to = lambda t: t.to(device=device, dtype=dtype)
+    ref_low = _run_layer(ref_fn, cell, to(x), batch_sizes, [to(t) for t in leaves], False)
+    ours = _run_layer(ours_fn, cell, to(x), batch_sizes, [to(t) for t in leaves], False)
+    floor = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for k, (a, r, e) in enumerate(zip(ours, ref_low, exact)):
+        assert a.device.type == torch.device(device).type and a.dtype == dtype
+        ours_err = (a.double().cpu() - e).abs().max().item()
+        ref_err = (r.double().cpu() - e).abs().max().item()
+        scale = 1 + e.abs().max().item()
+        assert ours_err <= 2 * ref_err + floor * scale, (k, ours_err, ref_err)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_opcheck_on_device(device, cell):
+    gen = torch.Generator().manual_seed(13)
+    T, N, I, H = 3, 3, 2, 5
+    params = _params(cell, I, H, True, gen)
+    states = _states(cell, N, H, gen)
+    to = lambda t: t.to(device).requires_grad_()
+    c0 = to(states[1]) if cell == "lstm" else None
+    args = (to(torch.randn(T, N, I, generator=gen, dtype=F64)), None, to(states[0]), c0,
+            *(to(t) for t in params[:4]), to(torch.cat(params[4])), True)
+    torch.library.opcheck(getattr(ops, f"layernorm_{cell}"), args)
