@@ -23,10 +23,10 @@ _LAZY = {
     "LayerNormLSTM": "layernorm", "LayerNormGRU": "layernorm", "LayerNormLSTMCell": "layernorm",
     "LayerNormGRUCell": "layernorm",
 }
-_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx", "layernorm",
+_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx", "init", "layernorm",
                "layernorm_functional"}
 
-__all__ = [*_LAZY, "functional", "reference", "ops", "__version__"]
+__all__ = [*_LAZY, "functional", "reference", "ops", "init", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

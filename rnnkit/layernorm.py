@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import layernorm_functional as LF
-from .nn import _CellBase, _RNNBase
+from .nn import _VARIANTS_DOC, _CellBase, _RNNBase
 
 #: The layer-norm parameters of each mode, (name, width in units of H), in the order of the
 #: kernels' norm vector (csrc/common/cells/layernorm_*.h).
@@ -55,10 +55,15 @@ def _copy_from(target: nn.Module, source: nn.Module) -> nn.Module:
 
 # ---- layers -------------------------------------------------------------------------------------
 class _LayerNormRNNBase(_RNNBase):
+    # The options of _VARIANTS_DOC come through **variants to _RNNBase, which applies them as it
+    # does for rnnkit.LSTM/GRU: forget_bias and chrono_init on the bias_ih/bias_hh slices (added
+    # after the normalisations, so they act as on the plain cells); weight_drop through
+    # _run_params, which masks w_hh and passes a layer's fifth item (here the norms) through.
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
-                 batch_first: bool, dropout: float, bidirectional: bool, device, dtype) -> None:
+                 batch_first: bool, dropout: float, bidirectional: bool, device, dtype,
+                 **variants) -> None:
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+                         bidirectional, 0, device, dtype, **variants)
         factory = {"device": device, "dtype": dtype}
         self._norm_names: list[str] = []
         for layer in range(num_layers):
@@ -139,10 +144,14 @@ class LayerNormLSTM(_LayerNormRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0,
+                 variational_dropout: float = 0.0, forget_bias: float | None = None,
+                 chrono_init: int | None = None) -> None:
         _refuse_proj_size("LayerNormLSTM", proj_size)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype)
+                         bidirectional, device, dtype, weight_drop=weight_drop,
+                         variational_dropout=variational_dropout, forget_bias=forget_bias,
+                         chrono_init=chrono_init)
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         states = (None, None) if hx is None else tuple(hx)
@@ -164,7 +173,9 @@ class LayerNormGRU(_LayerNormRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, **unexpected) -> None:
+                 device=None, dtype=None, *, weight_drop: float = 0.0,
+                 variational_dropout: float = 0.0, forget_bias: float | None = None,
+                 chrono_init: int | None = None, **unexpected) -> None:
         if "proj_size" in unexpected:  # refused even when 0, as torch.nn.GRU does
             raise ValueError(f"LayerNormGRU: proj_size is not supported (got "
                              f"proj_size={unexpected['proj_size']!r}); only rnnkit.LSTM has it")
@@ -172,11 +183,17 @@ class LayerNormGRU(_LayerNormRNNBase):
             raise TypeError(f"LayerNormGRU.__init__() got an unexpected keyword argument "
                             f"{next(iter(unexpected))!r}")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype)
+                         bidirectional, device, dtype, weight_drop=weight_drop,
+                         variational_dropout=variational_dropout, forget_bias=forget_bias,
+                         chrono_init=chrono_init)
 
     def forward(self, input, hx: Tensor | None = None):
         out, (h,) = self._run(input, (hx,))
         return out, h
+
+
+for _layer_class in (LayerNormLSTM, LayerNormGRU):
+    _layer_class.__doc__ += _VARIANTS_DOC
 
 
 # ---- cells --------------------------------------------------------------------------------------

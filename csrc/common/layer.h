@@ -4,6 +4,8 @@
 // their views, and hand a ForwardCall or BackwardCall (named fields) to the backend's time loop;
 // layer_backward ends with the weight gradients (weight_grads.h). A backend is a struct with
 //   kHalfTypes                 whether it computes in float16 and bfloat16
+//   compute_dtype(dtype)       the dtype of the workspace and of the gradients through time for
+//                              input of that dtype (CPU: float32 for float16 and bfloat16)
 //   Guard                      constructed from the input's device for the whole call
 //   check_device(input, op)    the input is on this backend's device
 //   buffer(sizes, options)     a large buffer the kernel fills at once (outputs, workspaces)
@@ -97,13 +99,16 @@ gates::Activation first_checks(const Tensor& input, const std::string* nonlinear
   return nonlinearity ? parse_activation(*nonlinearity, op) : gates::Activation::Tanh;
 }
 
-// The norm parameters of a row-norm cell, checked: [Layout::norm_params()], like the input.
+// The norm parameters of a row-norm cell, checked: [Layout::norm_params()], like the input;
+// returned in the backend's compute dtype (float32 for bfloat16 and float16 on the CPU), which
+// the row passes read them in.
 template <typename Cell>
-Tensor norm_argument(const Tensor& norm, const Tensor& input, int64_t H, const char* op) {
+Tensor norm_argument(const Tensor& norm, const Tensor& input, int64_t H, at::ScalarType compute,
+                     const char* op) {
   checks::shape(norm, {typename Cell::Layout{H, false}.norm_params()}, op,
                 "norm (the norm parameters)");
   checks::like(norm, input, op, "norm");
-  return norm.contiguous();
+  return norm.contiguous().to(compute);
 }
 
 template <typename Cell, typename Backend>
@@ -123,7 +128,10 @@ LayerResult layer_forward(const LayerArgs& a) {
   call.proj = a.w_hr.has_value();
   call.train = a.train;
   call.W = typename Cell::Layout{H, call.proj}.width();
-  if constexpr (row_norm<Cell>()) call.norm = norm_argument<Cell>(a.norm, a.input, H, op);
+  if constexpr (row_norm<Cell>()) {
+    call.norm = norm_argument<Cell>(a.norm, a.input, H,
+                                    Backend::compute_dtype(a.input.scalar_type()), op);
+  }
   const auto contiguous = [](const optional<Tensor>& t) {
     return t.has_value() ? t->contiguous() : Tensor();
   };
@@ -142,7 +150,9 @@ LayerResult layer_forward(const LayerArgs& a) {
   call.h = r.h_n = call.h0.clone();
   if constexpr (Cell::kCellState) call.c = r.c_n = a.c0.contiguous().clone();
   const Tensor ws = Backend::template forward<Cell>(call);
-  r.workspace = a.train ? ws : at::empty({0}, a.input.options());
+  r.workspace = a.train ? ws
+                        : at::empty({0}, a.input.options().dtype(
+                                             Backend::compute_dtype(a.input.scalar_type())));
   return r;
 }
 
@@ -189,13 +199,13 @@ struct BackwardCall {
 
 // The buffers of a backward call as a step's pointwise code reads them, at packed row 0
 // (StepBackward::at_row moves it to a step).
-template <typename scalar_t>
-StepBackward<scalar_t> step_backward(const BackwardCall& call) {
-  return {ptr<scalar_t>(call.ws),          ptr<scalar_t>(call.output), ptr<scalar_t>(call.h_prev),
-          ptr<scalar_t>(call.c_prev),      ptr<scalar_t>(call.grad_output),
-          ptr<scalar_t>(call.dh),          ptr<scalar_t>(call.dc),     ptr<scalar_t>(call.da),
-          ptr<scalar_t>(call.da_rec),      call.d.H,                   call.W,
-          call.act,                        ptr<scalar_t>(call.norm),   ptr<scalar_t>(call.dp),
+template <typename scalar_t, typename compute_t = scalar_t>
+StepBackward<scalar_t, compute_t> step_backward(const BackwardCall& call) {
+  return {ptr<compute_t>(call.ws),     ptr<scalar_t>(call.output), ptr<scalar_t>(call.h_prev),
+          ptr<compute_t>(call.c_prev), ptr<compute_t>(call.grad_output),
+          ptr<compute_t>(call.dh),     ptr<compute_t>(call.dc),    ptr<compute_t>(call.da),
+          ptr<compute_t>(call.da_rec), call.d.H,                   call.W,
+          call.act,                    ptr<compute_t>(call.norm),  ptr<compute_t>(call.dp),
           call.dp.defined() ? call.dp.size(1) : 0};
 }
 
@@ -210,17 +220,17 @@ struct LayerGrads {
 // values after their gains and shifts; overwritten) and the normalised values the workspace
 // saved: each gain's gradient is sum(dp ⊙ value), each shift's sum(dp). The first two blocks'
 // shifts are b_ih and b_hh; the norm parameters are [every gain | the shifts of the blocks after
-// those two].
+// those two]. dp and ws are in the compute dtype; the sums are rounded to dtype (the input's) once.
 template <typename Layout>
 void norm_grads(Tensor& dp, const Tensor& ws, const Layout& layout, int64_t G,
-                LayerGrads& r) {
+                at::ScalarType dtype, LayerGrads& r) {
   const int64_t Wn = layout.norm_width();
   const Tensor shifts = dp.sum(0);
   // In place: dp is scratch, and a product the size of the workspace would be a fresh buffer.
   const Tensor gains = dp.mul_(ws.narrow(1, layout.norm_values(), Wn)).sum(0);
-  r.g.b_ih = shifts.narrow(0, 0, G);
-  r.g.b_hh = shifts.narrow(0, G, G);
-  r.norm = at::cat({gains, shifts.narrow(0, 2 * G, Wn - 2 * G)});
+  r.g.b_ih = shifts.narrow(0, 0, G).to(dtype);
+  r.g.b_hh = shifts.narrow(0, G, G).to(dtype);
+  r.norm = at::cat({gains, shifts.narrow(0, 2 * G, Wn - 2 * G)}).to(dtype);
 }
 
 template <typename Cell, typename Backend>
@@ -239,8 +249,15 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
     checks::shape(a.c0, {plan.N, d.H}, op, "c0 (N, H)");
     checks::like(a.c0, a.input, op, "c0");
   }
+  // The workspace, the gradients through time and the cell state within the call are in the
+  // backend's compute dtype (float32 for a bfloat16 input on the CPU); the results are rounded
+  // to the input's dtype at the end.
+  const at::ScalarType dtype = a.input.scalar_type(), compute = Backend::compute_dtype(dtype);
+  const auto widened = [compute](const Tensor& t) {
+    return t.scalar_type() == compute ? t.clone() : t.to(compute);
+  };
   saved_shapes(op, a.input, a.output, d.R, Cell::kGatesInOutput ? nullptr : &a.workspace, plan.P,
-               call.W);
+               call.W, compute);
   grad_shapes(op, a.grad_output, a.output, a.grad_h_n, a.h0);
   if constexpr (Cell::kCellState) {
     if (a.grad_c_n.has_value()) {
@@ -250,40 +267,46 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   }
 
   const auto options = a.input.options();
+  const auto coptions = options.dtype(compute);
   const Tensor x = a.input.contiguous().view({plan.P, d.I});
   call.output = a.output.contiguous().view({plan.P, d.R});
   if constexpr (!Cell::kGatesInOutput) call.ws = a.workspace.contiguous();
   call.h_prev = previous_states(call.output, a.h0.contiguous(), plan);
   if constexpr (Cell::kCellState) {
     call.c_prev =
-        previous_states(call.ws.narrow(1, layout.c(), d.H), a.c0.contiguous(), plan).contiguous();
-    call.dc = a.grad_c_n.has_value() ? a.grad_c_n->contiguous().clone() : at::zeros_like(a.c0);
+        previous_states(call.ws.narrow(1, layout.c(), d.H), a.c0.contiguous().to(compute), plan)
+            .contiguous();
+    call.dc = a.grad_c_n.has_value() ? widened(a.grad_c_n->contiguous())
+                                     : at::zeros(a.c0.sizes(), coptions);
   }
-  if (a.grad_output.has_value()) call.grad_output = a.grad_output->contiguous().view({plan.P, d.R});
-  call.dh = a.grad_h_n.has_value() ? a.grad_h_n->contiguous().clone() : at::zeros_like(a.h0);
-  call.da = Backend::buffer({plan.P, d.G}, options);
-  call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, options) : call.da;
+  if (a.grad_output.has_value())
+    call.grad_output = a.grad_output->contiguous().view({plan.P, d.R}).to(compute);
+  call.dh = a.grad_h_n.has_value() ? widened(a.grad_h_n->contiguous())
+                                   : at::zeros(a.h0.sizes(), coptions);
+  call.da = Backend::buffer({plan.P, d.G}, coptions);
+  call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, coptions) : call.da;
   if (call.proj) {
-    call.dr = Backend::buffer({plan.P, d.R}, options);
-    call.dh_pre = at::empty({plan.N, d.H}, options);
+    call.dr = Backend::buffer({plan.P, d.R}, coptions);
+    call.dh_pre = at::empty({plan.N, d.H}, coptions);
   }
   call.w_hh = a.w_hh.contiguous();
   if (call.proj) call.w_hr = a.w_hr->contiguous();
   if constexpr (row_norm<Cell>()) {
-    call.norm = norm_argument<Cell>(a.norm, a.input, d.H, op);
-    call.dp = Backend::buffer({plan.P, layout.norm_width()}, options);
+    call.norm = norm_argument<Cell>(a.norm, a.input, d.H, compute, op);
+    call.dp = Backend::buffer({plan.P, layout.norm_width()}, coptions);
   }
   Backend::template backward<Cell>(call);
 
   LayerGrads r;
   r.g = weight_grads(call.da, call.da_rec, x, call.h_prev, a.w_ih, a.input.sizes());
-  r.h0 = call.dh;
-  r.c0 = call.dc;
+  r.h0 = call.dh.to(dtype);
+  r.c0 = call.dc.defined() ? call.dc.to(dtype) : call.dc;
   r.w_hr = at::empty({0}, options);
   if constexpr (Cell::kProjection) {
-    if (call.proj) r.w_hr = at::mm(call.dr.t(), call.ws.narrow(1, layout.h_pre(), d.H));
+    if (call.proj)
+      r.w_hr = at::mm(call.dr.t(), call.ws.narrow(1, layout.h_pre(), d.H)).to(dtype);
   }
-  if constexpr (row_norm<Cell>()) norm_grads(call.dp, call.ws, layout, d.G, r);
+  if constexpr (row_norm<Cell>()) norm_grads(call.dp, call.ws, layout, d.G, dtype, r);
   return r;
 }
 

@@ -12,7 +12,9 @@
 //                         opmath value; on CUDA a block reduction whose result every thread gets
 //   ops.leader()          true for one thread of the row (the one that writes per-row values)
 //   Ops::One              lanes of one value (load, store, V): the per-row values
-// The normalisation arithmetic below is written once on these, for both backends.
+// The normalisation arithmetic below is written once on these, for both backends. Every row it
+// reads or writes is in the compute type (StepForward's compute_t: the workspace, the products,
+// the norm parameters, the gradients), so bfloat16 and float16 layers normalise in float32.
 #pragma once
 
 #include <cmath>

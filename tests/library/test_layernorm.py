@@ -317,15 +317,15 @@ def _run_layer(fn, cell, x, batch_sizes, leaves, reverse):
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("packed", [False, True])
-def test_device_and_dtype_against_float64_reference(device, cell, dtype, packed):
+@pytest.mark.parametrize("N", [3, 19])  # the CPU's small-batch fused path (<= 16) and BLAS
+def test_device_and_dtype_against_float64_reference(device, cell, dtype, packed, N):
     """Each backend in each dtype it takes: values, states and every gradient, within twice the
-    reference's own error in that dtype (plus a floor), against the float64 reference."""
-    if device == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("the CPU kernels take float32 and float64")
+    reference's own error in that dtype (plus a floor), against the float64 reference. bfloat16
+    and float16 on the CPU are stored as they come and computed in float32, as the plain cells."""
     gen = torch.Generator().manual_seed(11)
-    T, N, I, H = 6, 19, 5, 33
+    T, I, H = 6, 5, 33
     params = _params(cell, I, H, True, gen)
     states = _states(cell, N, H, gen)
     x, batch_sizes = _packed(T, N, I, gen) if packed else (
@@ -336,7 +336,8 @@ def test_device_and_dtype_against_float64_reference(device, cell, dtype, packed)
     to = lambda t: t.to(device=device, dtype=dtype)
     ref_low = _run_layer(ref_fn, cell, to(x), batch_sizes, [to(t) for t in leaves], False)
     ours = _run_layer(ours_fn, cell, to(x), batch_sizes, [to(t) for t in leaves], False)
-    floor = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    floor = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2,
+             torch.float16: 3e-3}[dtype]
     for k, (a, r, e) in enumerate(zip(ours, ref_low, exact)):
         assert a.device.type == torch.device(device).type and a.dtype == dtype
         ours_err = (a.double().cpu() - e).abs().max().item()
@@ -357,3 +358,29 @@ def test_opcheck_on_device(device, cell):
     args = (to(torch.randn(T, N, I, generator=gen, dtype=F64)), None, to(states[0]), c0,
             *(to(t) for t in params[:4]), to(torch.cat(params[4])), True)
     torch.library.opcheck(getattr(ops, f"layernorm_{cell}"), args)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_dtypes_on_cpu_keep_a_float32_workspace(cell, dtype):
+    """bfloat16 and float16 on the CPU: outputs and gradients in the input's dtype, the workspace
+    in float32 (the kernels' compute dtype), which the fakes report too; opcheck passes."""
+    gen = torch.Generator().manual_seed(17)
+    T, N, I, H = 3, 2, 3, 5
+    params = _params(cell, I, H, True, gen)
+    states = _states(cell, N, H, gen)
+    to = lambda t: t.to(dtype).requires_grad_()
+    c0 = to(states[1]) if cell == "lstm" else None
+    args = (to(torch.randn(T, N, I, generator=gen, dtype=F64)), None, to(states[0]), c0,
+            *(to(t) for t in params[:4]), to(torch.cat(params[4])), False, True)
+    op = getattr(ops, f"layernorm_{cell}")
+    out, h, c, ws = op(*args)
+    assert (out.dtype, h.dtype, ws.dtype) == (dtype, dtype, torch.float32)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    assert [(f.dtype, f.shape) for f in fake] == [(t.dtype, t.shape) for t in (out, h, c, ws)]
+    grads = torch.autograd.grad(out.float().sum(), [a for a in args if isinstance(a, torch.Tensor)
+                                                    and a.requires_grad])
+    assert all(g.dtype == dtype for g in grads)
+    torch.library.opcheck(op.default, args)

@@ -35,13 +35,14 @@ struct LayerNormGru {
     RNNKIT_HD constexpr int64_t norm_params() const { return norm_width(); }
   };
 
-  template <typename Ops, typename scalar_t>
-  RNNKIT_HD static void forward_row(const StepForward<scalar_t>& io, int64_t n, const Ops& ops) {
+  template <typename Ops, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void forward_row(const StepForward<scalar_t, compute_t>& io, int64_t n,
+                                    const Ops& ops) {
     const int64_t H = io.H, G = kGates * H;
     const Layout at{H, false};
-    scalar_t* g = io.gates + n * io.ld_gates;  // [G] x W_ih^T in, the gates out (+ the saved row)
-    const scalar_t* rec = io.rec + n * G;      // [G] h_prev W_hh^T
-    const scalar_t *gamma_x = io.norm, *gamma_h = io.norm + G;
+    compute_t* g = io.gates + n * io.ld_gates;  // [G] x W_ih^T in, the gates out (+ the saved row)
+    const compute_t* rec = io.rec + n * G;      // [G] h_prev W_hh^T
+    const compute_t *gamma_x = io.norm, *gamma_h = io.norm + G;
     const auto mx = norm::moments(ops, g, G);
     const auto mh = norm::moments(ops, rec, G);
     ops.units(H, [&](int64_t j, auto lanes) {
@@ -81,13 +82,14 @@ struct LayerNormGru {
   }
 
   // dp row: [d of the input side after its gain (3H) | of the recurrent side (3H)].
-  template <typename Ops, typename scalar_t>
-  RNNKIT_HD static void backward_row(const StepBackward<scalar_t>& io, int64_t n, const Ops& ops) {
+  template <typename Ops, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void backward_row(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                     const Ops& ops) {
     using One = typename Ops::One;
     const int64_t H = io.H, G = kGates * H;
     const Layout at{H, false};
-    const scalar_t* w = io.ws + n * io.W;
-    scalar_t* dp = io.dp + n * io.Wn;
+    const compute_t* w = io.ws + n * io.W;
+    compute_t* dp = io.dp + n * io.Wn;
     ops.units(H, [&](int64_t j, auto lanes) {
       using L = decltype(lanes);
       const auto r = gates::gru_backward(io.template grad_h<L>(n, j), L::load(w + j),

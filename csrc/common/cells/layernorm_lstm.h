@@ -40,15 +40,16 @@ struct LayerNormLstm {
     RNNKIT_HD constexpr int64_t norm_params() const { return norm_width() + H; }
   };
 
-  template <typename Ops, typename scalar_t>
-  RNNKIT_HD static void forward_row(const StepForward<scalar_t>& io, int64_t n, const Ops& ops) {
+  template <typename Ops, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void forward_row(const StepForward<scalar_t, compute_t>& io, int64_t n,
+                                    const Ops& ops) {
     const int64_t H = io.H, G = kGates * H;
     const Layout at{H, false};
-    scalar_t* g = io.gates + n * io.ld_gates;  // [G] x W_ih^T in, the gates out (+ the saved row)
-    const scalar_t* rec = io.rec + n * G;      // [G] h_prev W_hh^T
-    scalar_t* c = io.c + n * H;                // [H] c_prev in, c out
-    const scalar_t *gamma_x = io.norm, *gamma_h = io.norm + G, *gamma_c = io.norm + 2 * G,
-                   *beta_c = io.norm + 2 * G + H;
+    compute_t* g = io.gates + n * io.ld_gates;  // [G] x W_ih^T in, the gates out (+ the saved row)
+    const compute_t* rec = io.rec + n * G;      // [G] h_prev W_hh^T
+    compute_t* c = io.c + n * H;                // [H] c_prev in, c out
+    const compute_t *gamma_x = io.norm, *gamma_h = io.norm + G, *gamma_c = io.norm + 2 * G,
+                    *beta_c = io.norm + 2 * G + H;
     const auto mx = norm::moments(ops, g, G);
     const auto mh = norm::moments(ops, rec, G);
     ops.units(H, [&](int64_t j, auto lanes) {
@@ -98,21 +99,22 @@ struct LayerNormLstm {
 
   // dp row: [d of the input side after its gain (4H) | of the recurrent side (4H) | of LN(c)
   // (H)]; the first two are the same here (both sides add into a), the GRU's differ.
-  template <typename Ops, typename scalar_t>
-  RNNKIT_HD static void backward_row(const StepBackward<scalar_t>& io, int64_t n, const Ops& ops) {
+  template <typename Ops, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void backward_row(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                     const Ops& ops) {
     using One = typename Ops::One;
     using A = typename One::V;
     const int64_t H = io.H, G = kGates * H;
     const Layout at{H, false};
-    const scalar_t* w = io.ws + n * io.W;
-    scalar_t* dp = io.dp + n * io.Wn;
-    scalar_t* dc_row = io.dc + n * H;
-    const scalar_t *gamma_x = io.norm, *gamma_h = io.norm + G, *gamma_c = io.norm + 2 * G,
-                   *beta_c = io.norm + 2 * G + H;
+    const compute_t* w = io.ws + n * io.W;
+    compute_t* dp = io.dp + n * io.Wn;
+    compute_t* dc_row = io.dc + n * H;
+    const compute_t *gamma_x = io.norm, *gamma_h = io.norm + G, *gamma_c = io.norm + 2 * G,
+                    *beta_c = io.norm + 2 * G + H;
     const A rstd_x = One::load(w + at.rstd()), rstd_h = One::load(w + at.rstd() + 1),
             rstd_c = One::load(w + at.rstd() + 2);
-    const scalar_t* c_hat = w + at.c_hat();
-    scalar_t* d_ln_c = dp + 2 * G;  // [H] the gradient of LN(c)
+    const compute_t* c_hat = w + at.c_hat();
+    compute_t* d_ln_c = dp + 2 * G;  // [H] the gradient of LN(c)
     // 1. h = o ⊙ tanh(LN(c)): the gradients of LN(c) and of o's pre-activation.
     ops.units(H, [&](int64_t j, auto lanes) {
       using L = decltype(lanes);
