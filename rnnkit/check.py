@@ -6,6 +6,11 @@ Used by ``rnnkit check`` and by the tests. Each case builds fresh random float64
   gradients  gradients of every input equal the reference's (float64, 1e-10)
   gradcheck  torch.autograd.gradcheck of the operator
   opcheck    torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch)
+
+In bfloat16 (the same cases, inputs rounded to it) values and gradients are held to the house rule
+for a low-precision dtype instead: against the reference in float64 on the same inputs,
+``max|rnnkit - ref64| <= 2 * max|reference in bfloat16 - ref64| + eps * (1 + max|ref64|)``
+(eps: the dtype's machine epsilon); gradcheck needs float64 and does not apply.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from . import reference as R
 from ._library import cuda_built
 
 TOL = 1e-10  # float64 tolerance, absolute and relative
+
+#: The dtypes rnnkit check verifies: float64 to TOL, bfloat16 by the low-precision rule.
+DTYPES = (torch.float64, torch.bfloat16)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -112,8 +121,11 @@ def _close(a: Tensor, b: Tensor, tol: float) -> float | None:
 
 def run_case(case: Case, tol: float = TOL, gradcheck: bool = True, opcheck: bool = True) -> Result:
     """Runs every check of one case; the first failure is reported in detail."""
-    device = str(next(a for a in case.args if isinstance(a, Tensor)).device)
+    first = next(a for a in case.args if isinstance(a, Tensor))
+    device = str(first.device)
     start = time.perf_counter()
+    if first.dtype in LOW_PRECISION:
+        return _run_low_precision(case, opcheck, device, start)
     tensors = [a for a in case.args if isinstance(a, Tensor) and a.requires_grad]
     try:
         ours, theirs = case.ours(*case.args), case.theirs(*case.args)
@@ -141,6 +153,54 @@ def run_case(case: Case, tol: float = TOL, gradcheck: bool = True, opcheck: bool
         return Result(case, device, False, f"{type(error).__name__}: {error}".splitlines()[0],
                       time.perf_counter() - start)
     return Result(case, device, True, "values, gradients" + (", gradcheck" if gradcheck else "")
+                  + (", opcheck" if opcheck else ""), time.perf_counter() - start)
+
+
+def _beyond_rule(ours: Tensor, peer: Tensor, ref64: Tensor, dtype: torch.dtype) -> str | None:
+    """None when ours keeps the low-precision rule (module docstring), else what went wrong."""
+    if ours.shape != ref64.shape:
+        return f"shape {tuple(ours.shape)}, expected {tuple(ref64.shape)}"
+    if not ref64.numel():
+        return None
+    floor = torch.finfo(dtype).eps * (1 + ref64.abs().max().item())
+    error = (ours.double() - ref64).abs().max().item()
+    allowed = 2 * (peer.double() - ref64).abs().max().item() + floor
+    return None if error <= allowed else (f"error {error:.3g} against float64, more than "
+                                          f"{allowed:.3g} (2 x the reference's + floor)")
+
+
+def _run_low_precision(case: Case, opcheck: bool, device: str, start: float) -> Result:
+    """run_case in bfloat16 or float16: values and gradients by the low-precision rule."""
+    wide = tuple(a.detach().double().requires_grad_(a.requires_grad)
+                 if isinstance(a, Tensor) and a.is_floating_point() else a for a in case.args)
+    dtype = next(a for a in case.args if isinstance(a, Tensor)).dtype
+    tensors = [a for a in case.args if isinstance(a, Tensor) and a.requires_grad]
+    wide_tensors = [a for a in wide if isinstance(a, Tensor) and a.requires_grad]
+    try:
+        ours, peer, ref64 = case.ours(*case.args), case.theirs(*case.args), case.theirs(*wide)
+        for k, (a, p, r) in enumerate(zip(ours, peer, ref64)):
+            bad = _beyond_rule(a, p, r, dtype)
+            if bad is not None:
+                return Result(case, device, False, f"output {k}: {bad}", time.perf_counter() - start)
+        seeds = [torch.randn_like(r) for r in ref64]
+        low = [s.to(dtype) for s in seeds]
+        g_ours = torch.autograd.grad(ours, tensors, low, allow_unused=True)
+        g_peer = torch.autograd.grad(peer, tensors, low, allow_unused=True)
+        g_ref = torch.autograd.grad(ref64, wide_tensors, seeds, allow_unused=True)
+        for k, (a, p, r) in enumerate(zip(g_ours, g_peer, g_ref)):
+            zero = torch.zeros_like(wide_tensors[k])
+            bad = _beyond_rule(zero if a is None else a, zero if p is None else p,
+                               zero if r is None else r, dtype)
+            if bad is not None:
+                return Result(case, device, False, f"gradient {k}: {bad}",
+                              time.perf_counter() - start)
+        if opcheck:
+            torch.library.opcheck(getattr(torch.ops.rnnkit, case.name).default, case.args)
+    except Exception as error:  # a check that raises is a failed check, reported with its message
+        return Result(case, device, False, f"{type(error).__name__}: {error}".splitlines()[0],
+                      time.perf_counter() - start)
+    rule = f"values, gradients ({str(dtype).removeprefix('torch.')} rule)"
+    return Result(case, device, True, rule
                   + (", opcheck" if opcheck else ""), time.perf_counter() - start)
 
 

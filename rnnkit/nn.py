@@ -35,10 +35,19 @@ def _shape(t: Union[Tensor, tuple[int, ...]]) -> str:
 _FLOATING = "float32, float64, float16 or bfloat16"
 
 
+def _autocasting(input: Tensor) -> bool:
+    """Whether autocast is on for the input's device: then the operators cast input, states and
+    weights to the autocast dtype (rnnkit/ops.py), so mixed dtypes are expected, not a fault (as
+    torch.nn.RNNBase.check_input skips its dtype check under autocast)."""
+    kind = input.device.type
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+
+
 def _check_input_against_weights(name: str, input: Tensor, weight: Tensor, layer: bool) -> None:
     """The input's dtype and device against the parameters'. torch.nn's layers raise ValueError
-    for the dtype (RNNBase.check_input), its cells RuntimeError (ATen's checks)."""
-    if input.dtype != weight.dtype:
+    for the dtype (RNNBase.check_input), its cells RuntimeError (ATen's checks). Under autocast
+    a floating-point input of any dtype is accepted."""
+    if input.dtype != weight.dtype and not (input.is_floating_point() and _autocasting(input)):
         detail = "" if input.is_floating_point() else (
             f"; expected a floating-point input ({_FLOATING}), got {input.dtype}")
         if layer:
@@ -57,8 +66,9 @@ def _check_input_against_weights(name: str, input: Tensor, weight: Tensor, layer
 
 
 def _check_state_against_input(name: str, label: str, state: Tensor, input: Tensor) -> None:
-    """A state's dtype and device against the input's (torch's words from ATen's RNN checks)."""
-    if state.dtype != input.dtype:
+    """A state's dtype and device against the input's (torch's words from ATen's RNN checks).
+    Under autocast a floating-point state of any dtype is accepted."""
+    if state.dtype != input.dtype and not (state.is_floating_point() and _autocasting(input)):
         raise RuntimeError(
             f"{name}: Input and hidden tensors are not the same dtype, found input tensor with "
             f"{input.dtype} and hidden tensor with {state.dtype} ({label} should have the "

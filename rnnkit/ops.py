@@ -1,4 +1,5 @@
-"""Autograd and fake (meta) implementations of the operators declared in csrc/rnnkit.cpp.
+"""Autograd, fake (meta) and autocast implementations of the operators declared in
+csrc/rnnkit.cpp.
 
 The kernels themselves are registered in C++ (torch.ops.rnnkit.*). Here each forward operator
 gets a backward that calls its C++ backward operator (under create_graph=True, the exact
@@ -368,3 +369,54 @@ def _rnn_cell_backward(ctx, grad_hy):
 
 
 torch.library.register_autograd("rnnkit::rnn_cell", _rnn_cell_backward, setup_context=_rnn_cell_setup)
+
+
+# ---- autocast ---------------------------------------------------------------------------------
+# Under torch.autocast(device, dtype) the forward operators run in the autocast dtype, as
+# torch.nn.LSTM does: every floating-point tensor argument on that device other than float64
+# (input, states, weights, biases) is cast to torch.get_autocast_dtype(device), and the operator
+# runs below the autocast key. The casts are ordinary differentiable ops, so gradients reach
+# float32 parameters in float32. Registered in Python, at the Autocast<Device> dispatch key (as
+# torch.library.register_autocast does, which takes one fixed dtype rather than the autocast
+# region's), and as the same operator's Python-dispatcher kernel, which torch.compile and
+# torch.export trace; one function serves every device, so the CPU tests cover the CUDA path.
+AUTOCAST_OPERATORS = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell")
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _autocast_eligible(t: object, device_type: str) -> bool:
+    """torch's autocast rule for casting an argument: a floating-point tensor on the autocast
+    device that is not float64."""
+    return (isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type == device_type
+            and t.dtype != torch.float64)
+
+
+def autocast_args(args: tuple, device_type: str) -> tuple:
+    """args with every eligible tensor cast to device_type's current autocast dtype."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(a.to(dtype) if _autocast_eligible(a, device_type) else a for a in args)
+
+
+def _register_autocast(lib: torch.library.Library, name: str, device_type: str) -> None:
+    op = getattr(ops, name).default
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+
+    def run(*args):
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*autocast_args(args, device_type))
+
+    def kernel(_keyset, *args, **kwargs):
+        if kwargs:  # the dispatcher passes every argument by position
+            raise RuntimeError(f"rnnkit::{name} under autocast: unexpected keyword arguments "
+                               f"{sorted(kwargs)}")
+        return run(*args)
+
+    lib.impl(name, kernel, key_name, with_keyset=True)
+    op.py_impl(key)(run)
+
+
+_autocast_library = torch.library.Library("rnnkit", "IMPL")
+for _name in AUTOCAST_OPERATORS:
+    for _device in AUTOCAST_DEVICES:
+        _register_autocast(_autocast_library, _name, _device)

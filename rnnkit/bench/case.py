@@ -15,11 +15,15 @@ MODES = ("inference", "training")
 DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
 #: Every implementation rnnkit bench knows, in the order they are timed.
 IMPLS = ("rnnkit", "torch", "torch-nocudnn", "cell-loop", "reference", "reference-jit",
-         "reference-compile")
+         "reference-compile", "torch-autocast", "rnnkit-autocast")
 #: Older spellings still accepted on the command line: training called rnnkit's kernels "fused".
 IMPL_ALIASES = {"fused": "rnnkit"}
 MATMUL = "matmul"
 GPU_ONLY = {"torch-nocudnn"}
+#: The dtypes that autocast computes in, and the implementations that run a float32 module under
+#: torch.autocast to the case's dtype (timed for those dtypes only).
+AUTOCAST_DTYPES = ("float16", "bfloat16")
+AUTOCAST_IMPLS = ("torch-autocast", "rnnkit-autocast")
 
 
 class BenchError(ValueError):

@@ -1,10 +1,12 @@
 """The implementations rnnkit bench times, each built on the weights of one seeded torch.nn module:
-rnnkit, torch (and torch without cuDNN), a loop over torch.nn cells, and rnnkit.reference (eager,
-TorchScript, torch.compile). Each is a call (x or PackedSequence, states) -> (output, finals).
+rnnkit, torch (and torch without cuDNN), a loop over torch.nn cells, rnnkit.reference (eager,
+TorchScript, torch.compile), and for float16/bfloat16 torch and rnnkit under torch.autocast. Each
+is a call (x or PackedSequence, states) -> (output, finals).
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Callable
 
@@ -231,6 +233,33 @@ def _no_cudnn(run: Callable) -> Callable:
     return wrapped
 
 
+def _hand_over(weight: Tensor, param: Tensor) -> None:
+    """An autocast peer's float32 weight gradient, moved to the benchmark module's parameter."""
+    param.grad = weight.grad.to(param.dtype)
+    weight.grad = None
+
+
+def _autocast_call(module: torch.nn.Module, case: Case, ours: bool) -> Callable:
+    """torch.nn (or rnnkit's) module in float32, called under torch.autocast to the dtype of
+    ``module`` (float16 or bfloat16): how mixed-precision training runs it. Its gradients reach
+    the float32 weights; a hook hands each on to ``module``'s parameter of the same name, in that
+    dtype, where the check reads every implementation's (the handing over is timed too)."""
+    dtype = next(module.parameters()).dtype
+    master = copy.deepcopy(module).float()
+    if ours:
+        master = from_torch(master)
+    own = dict(module.named_parameters())
+    for name, weight in master.named_parameters():
+        weight.register_post_accumulate_grad_hook(lambda w, p=own[name]: _hand_over(w, p))
+    call = _module_call(master, case.cell)
+
+    def run(x, states):
+        with torch.autocast(case.device, dtype=dtype):
+            return call(x, states)
+
+    return run
+
+
 def build_impl(name: str, module: torch.nn.Module, case: Case) -> Callable:
     """The implementation's call, (x, states) -> (output, [final states]), on module's weights."""
     if name == "torch":
@@ -251,4 +280,6 @@ def build_impl(name: str, module: torch.nn.Module, case: Case) -> Callable:
         return _scripted_reference_call(module, case)
     if name == "reference-compile":
         return _compiled_reference_call(module, case)
+    if name in ("torch-autocast", "rnnkit-autocast"):
+        return _autocast_call(module, case, ours=name == "rnnkit-autocast")
     raise BenchError(f"unknown implementation {name!r}; valid: {', '.join(IMPLS)}")

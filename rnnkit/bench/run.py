@@ -33,7 +33,8 @@ from torch import Tensor
 
 from .. import _library
 from ..cells import CELLS
-from .case import GPU_ONLY, MATMUL, BenchError, Case, Result, Settings
+from .case import (AUTOCAST_DTYPES, AUTOCAST_IMPLS, GPU_ONLY, MATMUL, BenchError, Case, Result,
+                   Settings)
 from .flops import layer_flops, matmul_runner
 from .impls import build_impl, torch_module
 from .machine import DTYPES, check_device, check_fits, validate_impls
@@ -41,10 +42,13 @@ from .timing import interleaved, peak_memory_mb, summarize
 from .verify import check_against_reference, make_inputs, oracle, repeatable_call
 
 
-def default_impls(device: str, impls: Optional[Sequence[str]] = None) -> list[str]:
+def default_impls(device: str, impls: Optional[Sequence[str]] = None,
+                  dtype: str = "float32") -> list[str]:
     names = list(impls) if impls is not None else list(Settings().impls)
     if impls is None and device == "cuda":
         names.insert(2, "torch-nocudnn")
+    if impls is None and dtype in AUTOCAST_DTYPES:
+        names += AUTOCAST_IMPLS
     return names
 
 
@@ -73,7 +77,7 @@ def _validated(case: Case, settings: Settings, impls: Optional[Sequence[str]]) -
         raise BenchError(f"unknown cell {case.cell!r}; valid: {', '.join(CELLS)}")
     if case.dtype not in DTYPES:
         raise BenchError(f"unknown dtype {case.dtype!r}; valid: {', '.join(DTYPES)}")
-    names = validate_impls(default_impls(case.device, impls))
+    names = validate_impls(default_impls(case.device, impls, case.dtype))
     check_fits(case, settings.modes, settings.check)
     return names
 
@@ -89,6 +93,9 @@ def _run_mode(case: Case, settings: Settings, mode: str, names: Sequence[str],
         r = results[name] = Result(case.label, case.cell, mode, name, "ok", shape=shape)
         if name in GPU_ONLY and case.device != "cuda":
             r.status, r.detail = "skipped", "GPU only"
+            continue
+        if name in AUTOCAST_IMPLS and case.dtype not in AUTOCAST_DTYPES:
+            r.status, r.detail = "skipped", f"autocast: {' or '.join(AUTOCAST_DTYPES)} only"
             continue
         try:
             candidates.append((name, build_impl(name, module, case)))

@@ -38,7 +38,7 @@ def lesson_training_options(command):
 @click.option("--hidden-size", type=click.IntRange(1), default=64)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Training batch.")
 @click.option("--steps", type=click.IntRange(1), default=1000, help="Training steps per cell.")
-@click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=0.03,
+@click.option("--lr", type=FiniteFloatRange(0, 1e3, min_open=True), default=0.03,
               help="Peak learning rate (AdamW, warm-up and cosine decay as rnnkit train).")
 @lesson_training_options
 @click.option("--sequences", type=click.IntRange(1), default=256,
@@ -138,7 +138,7 @@ def _budget_help(field: str, sep: str = ", ") -> str:
               help=f"Hidden units [default: {_budget_help('hidden_size')}].")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help=f"Training steps per model [default: {_budget_help('steps')}].")
-@click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloatRange(0, 1e3, min_open=True), default=None,
               help=f"Peak learning rate [default: {_budget_help('lr')}].")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help=f"Sequences per step [default: {_budget_help('batch_size')}].")

@@ -99,6 +99,11 @@ _SELECT_HELP = "; ".join(f"{task}: {', '.join(metrics)}" for task, metrics in SE
               help="Where to train (auto: a GPU if torch sees one).")
 @click.option("--threads", type=bounded("threads"), default=None,
               help="CPU threads for torch [default: torch's choice].")
+@click.option("--precision", type=choice("precision"), default=default("precision"),
+              help="Arithmetic of the training forward: fp32, or bf16 (torch.autocast to "
+                   "bfloat16; weights and optimiser stay float32). auto: bf16 where the device "
+                   "multiplies bfloat16 in hardware and bf16 was measured to train as well "
+                   "(docs/training.md: not yet, so fp32). The run records the one used.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create [default: runs/<task>-<date>-<time>].")
 @click.option("--resume", type=RUN, default=None,

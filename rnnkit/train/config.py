@@ -85,6 +85,7 @@ CHOICES = {
     "cell": tuple(TRAIN_CELLS),
     "impl": IMPLS,
     "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16"),
 }
 
 #: Bounds of numeric fields: (low, high, low_open, high_open), None for no bound. The command line
@@ -99,12 +100,12 @@ BOUNDS = {
     "weight_drop": (0, 1, False, True),
     "variational_dropout": (0, 1, False, True),
     "zoneout": (0, 1, False, True),
-    "forget_bias": (None, None, False, False),
+    "forget_bias": (-1e3, 1e3, False, False),  # written into float32 biases; sigmoid is flat far sooner
     "chrono": (3, None, False, False),
     "batch_size": (1, None, False, False),
     "steps": (1, None, False, False),
     "epochs": (0, None, True, False),
-    "lr": (0, None, True, False),
+    "lr": (0, 1e3, True, False),  # AdamW keeps lr in float32; beyond 1e3 nothing trains anyway
     "min_lr_ratio": (0, 1, False, False),
     "warmup_steps": (0, None, False, False),
     "weight_decay": (0, None, False, False),
@@ -161,6 +162,8 @@ class TrainConfig:
     seed: int = 1337  # seeds weights, dropout and data order
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    precision: str = "auto"  # fp32 | bf16 (autocast forward; float32 weights) | auto: chosen at
+    #                          the start (train/precision.py), and the choice saved
     out: Optional[str] = None  # run folder; None: runs/<task>-<date>-<time>
 
     def resolved(self) -> "TrainConfig":
@@ -209,6 +212,8 @@ class TrainConfig:
                             "newer rnnkit?)")
         if isinstance(d.get("impl"), str):  # run folders written before "fused" became "rnnkit"
             d = {**d, "impl": canonical_impl(d["impl"])}
+        if "precision" not in d:  # run folders written before --precision trained in float32
+            d = {**d, "precision": "fp32"}
         hints = typing.get_type_hints(cls)
         for name, value in d.items():
             expected = _problem(name, hints[name], value, d)

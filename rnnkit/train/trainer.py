@@ -25,6 +25,7 @@ from .config import TrainConfig, cell_family
 from .distributed import Distributed, StopSignals
 from .errors import UserError
 from .models import check_fits, detach_state
+from .precision import forward_context, resolve_precision
 from .registry import build_model, build_task
 from .runs import check_data, has_checkpoint, prepare_run_dir
 from .selection import Selection
@@ -123,6 +124,7 @@ class Trainer:
     def _build(self, resume: bool) -> None:
         config, dist = self.config, self.dist
         self.device = dist.device(config.device)
+        config.precision = resolve_precision(config.precision, self.device)  # saved as used
         self.lead = dist.rank == 0
         meta = C.read_json(os.path.join(config.out, C.VOCAB)) if resume else None
         self.task = build_task(config, dist.rank, dist.world, meta)
@@ -208,7 +210,8 @@ class Trainer:
             group["lr"] = lr
         batch = self.task.batch(self.step_done)
         batch.x, batch.y = batch.x.to(device), batch.y.to(device)
-        loss, new_carry = self.task.loss(self.net, batch, self.carry)
+        with forward_context(config.precision, device):
+            loss, new_carry = self.task.loss(self.net, batch, self.carry)
         loss_value = loss.item()
         if not math.isfinite(loss_value):  # before the update: the weights stay good
             self._diverged(f"at step {self.step_done + 1} (loss {loss_value})",

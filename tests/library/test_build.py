@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import rnnkit
 from rnnkit.cli import main
+from rnnkit.hardware import cpu_bf16_features
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -65,13 +66,24 @@ def test_info_table_and_json():
     assert table.exit_code == 0 and "cpu_capability" in table.output
     data = json.loads(runner.invoke(main, ["info", "--json"]).output)
     assert data["version"] == rnnkit.__version__
+    # the CPU's bfloat16 features, each present or not, and the CPU kernels' bfloat16 products
+    features = cpu_bf16_features()
+    assert data["cpu_bf16_features"] == features
+    assert set(features) == {"amx_bf16", "amx_int8", "avx512_bf16", "avx512_fp16"}
+    row = next(ln for ln in table.output.splitlines() if ln.startswith("cpu_bf16_features"))
+    for name, present in features.items():
+        assert f"{name} {({True: 'yes', False: 'no', None: 'unknown'})[present]}" in row
+    assert data["cpu_bf16_path"] == rnnkit.build_info().get("cpu_bf16_path", "not built")
+    assert "cpu_bf16_path" in table.output and data["cpu_bf16_path"] in table.output
 
 
 def test_check_passes_and_prints_one_line_per_case():
     result = CliRunner().invoke(main, ["check", "--device", "cpu", "--seed", "3", "--no-gradcheck"])
     assert result.exit_code == 0, result.output
     lines = [ln for ln in result.output.splitlines() if ln.startswith(("ok", "FAIL"))]
-    assert len(lines) == len(rnnkit.check.cases("cpu", seed=3))
+    assert len(lines) == sum(len(rnnkit.check.cases("cpu", dt, seed=3))
+                             for dt in rnnkit.check.DTYPES)
+    assert {ln.split()[3] for ln in lines} == {"float64", "bfloat16"}
     assert all(ln.startswith("ok") for ln in lines)
     assert "all checks passed" in result.output
 
