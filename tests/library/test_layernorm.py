@@ -384,3 +384,37 @@ def test_reduced_dtypes_on_cpu_keep_a_float32_workspace(cell, dtype):
                                                     and a.requires_grad])
     assert all(g.dtype == dtype for g in grads)
     torch.library.opcheck(op.default, args)
+
+
+@pytest.mark.parametrize("cls,cell", [(rnnkit.LayerNormLSTM, "lstm"), (rnnkit.LayerNormGRU, "gru")])
+def test_module_under_cpu_autocast(cls, cell):
+    """Under torch.autocast("cpu", bfloat16) a float32 module runs in bfloat16 (the operators'
+    autocast kernels, rnnkit/ops.py): output in bfloat16 within the bfloat16 rule against the
+    float64 reference, gradients in float32 on the float32 parameters."""
+    torch.manual_seed(5)
+    m = cls(4, 9)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("layer_norm_"):
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(5, 3, 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = m(x)[0]
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+    layer = LAYERS[cell][1]
+    norms = [base for base, _ in rnnkit.layernorm._NORMS[cell.upper()]]
+
+    def run(dtype):  # the reference loop on the module's parameters in dtype
+        get = lambda name: getattr(m, f"{name}_l0").detach().to(dtype)
+        params = (*(get(b) for b in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                  tuple(get(b) for b in norms))
+        states = tuple(torch.zeros(3, 9, dtype=dtype) for _ in range(2 if cell == "lstm" else 1))
+        return layer(x.to(dtype), None, states, params, False)[0]
+
+    ref64, peer = run(F64), run(torch.bfloat16)
+    ours_err = (out.double() - ref64).abs().max().item()
+    peer_err = (peer.double() - ref64).abs().max().item()
+    floor = torch.finfo(torch.bfloat16).eps * (1 + ref64.abs().max().item())
+    assert ours_err <= 2 * peer_err + floor, (ours_err, peer_err)
