@@ -16,6 +16,11 @@ LSTM/GRU (and cells'), without proj_size. Parameters: torch.nn's (``weight_ih_l0
 initialised as torch.nn's. ``from_torch(module)`` builds one from a torch.nn (or rnnkit) LSTM,
 GRU or cell: an initialisation with its weights and the norms at identity, not an equivalent
 function (normalising changes what the layer computes).
+
+Dtypes as rnnkit.LSTM's: float32 and float64, and bfloat16 and float16 (on the CPU stored as they
+come and computed in float32, the normalisations included); under torch.autocast the operators
+run in the autocast dtype. The layers also take rnnkit.LSTM's keyword-only options
+(``weight_drop``, ``variational_dropout``, ``forget_bias``, ``chrono_init``).
 """
 
 from __future__ import annotations
