@@ -132,7 +132,7 @@ static PyObject* py_workspace_width(PyObject*, PyObject* args) {
   const int64_t width = rnnkit::workspace_width(cell, H, proj != 0);
   if (width < 0 || H < 0) {
     PyErr_Format(PyExc_ValueError,
-                 "workspace_width: expected a cell of rnnkit (lstm, gru, rnn) and H >= 0, got "
+                 "workspace_width: expected a cell of rnnkit (lstm, gru, rnn, layernorm_lstm, layernorm_gru) and H >= 0, got "
                  "'%s' and H = %lld", cell, H);
     return nullptr;
   }

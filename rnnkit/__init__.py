@@ -20,8 +20,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "RNN": "nn", "LSTM": "nn", "GRU": "nn", "RNNCell": "nn", "LSTMCell": "nn", "GRUCell": "nn",
     "from_torch": "nn", "build_info": "_library",
+    "LayerNormLSTM": "layernorm", "LayerNormGRU": "layernorm", "LayerNormLSTMCell": "layernorm",
+    "LayerNormGRUCell": "layernorm",
 }
-_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx", "init"}
+_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx", "init", "layernorm",
+               "layernorm_functional"}
 
 __all__ = [*_LAZY, "functional", "reference", "ops", "init", "__version__"]
 

@@ -380,7 +380,8 @@ torch.library.register_autograd("rnnkit::rnn_cell", _rnn_cell_backward, setup_co
 # torch.library.register_autocast does, which takes one fixed dtype rather than the autocast
 # region's), and as the same operator's Python-dispatcher kernel, which torch.compile and
 # torch.export trace; one function serves every device, so the CPU tests cover the CUDA path.
-AUTOCAST_OPERATORS = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell")
+AUTOCAST_OPERATORS = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "layernorm_lstm",
+                      "layernorm_gru")
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
 

@@ -10,6 +10,11 @@ GRU (gate order r, z, n):
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))                   h' = (1 - z) ⊙ n + z ⊙ h
 Elman RNN:
     h' = act(W_ih x + b_ih + W_hh h + b_hh),  act = tanh or relu
+Layer-normalised LSTM and GRU (haste's LayerNormLSTM / LayerNormGRU, Ba et al. 2016), with
+LN(v; γ, β) = γ ⊙ (v - mean(v)) / sqrt(var(v) + 1e-5) + β over the whole row (all gates at once):
+    LSTM: a = LN(W_ih x; γ_x) + LN(W_hh h; γ_h) + b_ih + b_hh, gates as above,
+          c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(LN(c'; γ_c, β_c))
+    GRU:  x_ = LN(W_ih x; γ_x) + b_ih,  h_ = LN(W_hh h; γ_h) + b_hh, then the GRU on x_ and h_
 
 It imports torch only, and stacks its layers and handles its inputs (padded, packed, batch-first,
 unbatched) on its own, so that what it judges (rnnkit.functional, rnnkit.nn) shares none of its
@@ -69,6 +74,46 @@ def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
 
 
+def layer_norm(v: Tensor, gain: Tensor, shift: Optional[Tensor] = None,
+               eps: float = 1e-5) -> Tensor:
+    """γ ⊙ (v - mean) / sqrt(var + eps) + β over the last dimension (biased variance)."""
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)
+    y = (v - mean) / torch.sqrt(var + eps) * gain
+    return y if shift is None else y + shift
+
+
+def _plus(v: Tensor, *biases: Optional[Tensor]) -> Tensor:
+    for b in biases:
+        if b is not None:
+            v = v + b
+    return v
+
+
+def layernorm_lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                        b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                        norm: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """x: (N, I), h, c: (N, H); norm = (γ_x (4H), γ_h (4H), γ_c (H), β_c (H)) -> h', c'."""
+    gain_x, gain_h, gain_c, shift_c = norm
+    a = _plus(layer_norm(x @ w_ih.t(), gain_x) + layer_norm(h @ w_hh.t(), gain_h), b_ih, b_hh)
+    a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    c_next = f * c + i * g
+    return o * torch.tanh(layer_norm(c_next, gain_c, shift_c)), c_next
+
+
+def layernorm_gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                       b_hh: Optional[Tensor], norm: tuple[Tensor, Tensor]) -> Tensor:
+    """x: (N, I), h: (N, H); norm = (γ_x (3H), γ_h (3H)) -> h'."""
+    gain_x, gain_h = norm
+    x_r, x_z, x_n = _plus(layer_norm(x @ w_ih.t(), gain_x), b_ih).chunk(3, dim=1)
+    h_r, h_z, h_n = _plus(layer_norm(h @ w_hh.t(), gain_h), b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
 # ---- one layer in one direction, by a loop over time ------------------------------------------
 def run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tensor, ...],
                reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -116,6 +161,21 @@ def rnn_layer(nonlinearity: str):
             x, batch_sizes, states, reverse)
 
     return layer
+
+
+def layernorm_lstm_layer(x, batch_sizes, states, params, reverse: bool):
+    """params: (w_ih, w_hh, b_ih, b_hh, norm), norm as layernorm_lstm_cell's."""
+    w_ih, w_hh, b_ih, b_hh, norm = params
+    return run_layer(
+        lambda xt, s: layernorm_lstm_cell(xt, s[0], s[1], w_ih, w_hh, b_ih, b_hh, norm),
+        x, batch_sizes, states, reverse)
+
+
+def layernorm_gru_layer(x, batch_sizes, states, params, reverse: bool):
+    """params: (w_ih, w_hh, b_ih, b_hh, norm), norm as layernorm_gru_cell's."""
+    w_ih, w_hh, b_ih, b_hh, norm = params
+    return run_layer(lambda xt, s: (layernorm_gru_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh, norm),),
+                     x, batch_sizes, states, reverse)
 
 
 # ---- stacks of layers -------------------------------------------------------------------------
@@ -168,6 +228,22 @@ def rnn(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, train
     """Same arguments and results as rnnkit.functional.rnn."""
     out, (h,) = stack_layers(rnn_layer(nonlinearity), input, batch_sizes, (hx,), params,
                              num_layers, bidirectional, dropout, training)
+    return out, h
+
+
+def layernorm_lstm(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0,
+                   training=False, batch_sizes=None):
+    """Same arguments and results as rnnkit.layernorm_functional.layernorm_lstm."""
+    out, (h, c) = stack_layers(layernorm_lstm_layer, input, batch_sizes, hx, params, num_layers,
+                               bidirectional, dropout, training)
+    return out, (h, c)
+
+
+def layernorm_gru(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0,
+                  training=False, batch_sizes=None):
+    """Same arguments and results as rnnkit.layernorm_functional.layernorm_gru."""
+    out, (h,) = stack_layers(layernorm_gru_layer, input, batch_sizes, (hx,), params, num_layers,
+                             bidirectional, dropout, training)
     return out, h
 
 

@@ -12,6 +12,11 @@
 //                     output rows and backward reads h alone (Elman RNN)
 //   kDirectGrad       true: the backward pointwise writes a part of dh_prev that does not pass
 //                     through W_hh (GRU's z ⊙ dh), and the backward product adds onto it
+//   kRowNorm          (optional, false if absent) true: the cell layer-normalises whole rows; it
+//                     writes forward_row and backward_row (common/row_norm.h) instead of the
+//                     per-unit forward and backward, takes its norm parameters in io.norm, and
+//                     its Layout names the normalised values it saves: norm_values() (offset),
+//                     norm_width() (Wn) and norm_params() (the length of io.norm)
 //   Layout            the workspace row, its blocks by name: Layout{H, proj}.width() and one
 //                     offset per saved block (the Python fakes read width() through rnnkit._C)
 //   forward<L>(io, n, j), backward<L>(io, n, j)
@@ -50,6 +55,7 @@ struct StepForward {
   int64_t H, R;
   bool save;                // write the workspace row (training)
   gates::Activation act;    // the Elman RNN's nonlinearity
+  const compute_t* norm;    // [Layout::norm_params()]: the norm parameters (kRowNorm); else null
 
   // The input-side pre-activation of gate k of unit (n, j), with its bias.
   template <typename L>
@@ -82,6 +88,11 @@ struct StepBackward {
   compute_t* da_rec;        // [bs, G]: of the recurrent-side ones (kRecurrentApart); else da
   int64_t H, W;
   gates::Activation act;
+  const compute_t* norm;    // [Layout::norm_params()] (kRowNorm); else null
+  compute_t* dp;            // [bs, Wn] out (kRowNorm): the gradients of the normalised values
+                            // after their gains and shifts, from which layer.h sums the gradients
+                            // of the norm parameters and the biases; else null
+  int64_t Wn;               // Layout::norm_width() (kRowNorm); else 0
 
   // This view moved to the step whose first packed row is `row` (dh and dc, [N, ...], stay).
   StepBackward at_row(int64_t row, int64_t R, int64_t G) const {
@@ -94,6 +105,7 @@ struct StepBackward {
     s.dh_out = move(dh_out, R);
     s.da = move(da, G);
     s.da_rec = move(da_rec, G);
+    s.dp = move(dp, Wn);
     return s;
   }
 
@@ -107,5 +119,15 @@ struct StepBackward {
     return dh_out ? L::load(dh_out + k) : V(0);
   }
 };
+
+// Whether a cell normalises rows (its kRowNorm, false where it has none).
+template <typename Cell>
+constexpr bool row_norm() {
+  if constexpr (requires { Cell::kRowNorm; }) {
+    return Cell::kRowNorm;
+  } else {
+    return false;
+  }
+}
 
 }  // namespace rnnkit

@@ -66,6 +66,7 @@ struct LayerArgs {
   bool reverse = false;
   bool train = true;
   const std::string* nonlinearity = nullptr;  // the Elman RNN's
+  Tensor norm;                     // [Layout::norm_params()] (row-norm cells; else undefined)
 };
 
 // What the forward time loop reads and writes; tensors contiguous, undefined where absent.
@@ -82,6 +83,7 @@ struct ForwardCall {
   Tensor h0;                       // [N, R]: the initial state, read only
   Tensor h;                        // [N, R]: h0 in, h_n out
   Tensor c;                        // [N, H]: c0 in, c_n out (cell state)
+  Tensor norm;                     // [Layout::norm_params()] (row-norm cells)
 };
 
 struct LayerResult {
@@ -95,6 +97,18 @@ gates::Activation first_checks(const Tensor& input, const std::string* nonlinear
   Backend::check_device(input, op);
   checks::floating(input, Backend::kHalfTypes, op);
   return nonlinearity ? parse_activation(*nonlinearity, op) : gates::Activation::Tanh;
+}
+
+// The norm parameters of a row-norm cell, checked: [Layout::norm_params()], like the input;
+// returned in the backend's compute dtype (float32 for bfloat16 and float16 on the CPU), which
+// the row passes read them in.
+template <typename Cell>
+Tensor norm_argument(const Tensor& norm, const Tensor& input, int64_t H, at::ScalarType compute,
+                     const char* op) {
+  checks::shape(norm, {typename Cell::Layout{H, false}.norm_params()}, op,
+                "norm (the norm parameters)");
+  checks::like(norm, input, op, "norm");
+  return norm.contiguous().to(compute);
 }
 
 template <typename Cell, typename Backend>
@@ -114,6 +128,10 @@ LayerResult layer_forward(const LayerArgs& a) {
   call.proj = a.w_hr.has_value();
   call.train = a.train;
   call.W = typename Cell::Layout{H, call.proj}.width();
+  if constexpr (row_norm<Cell>()) {
+    call.norm = norm_argument<Cell>(a.norm, a.input, H,
+                                    Backend::compute_dtype(a.input.scalar_type()), op);
+  }
   const auto contiguous = [](const optional<Tensor>& t) {
     return t.has_value() ? t->contiguous() : Tensor();
   };
@@ -152,6 +170,7 @@ struct LayerGradArgs {
   Tensor workspace;               // the forward's workspace [P, W] (undefined: the cell saves none)
   bool reverse = false;
   const std::string* nonlinearity = nullptr;
+  Tensor norm;                    // as in LayerArgs
 };
 
 // What backward through time reads and writes; tensors contiguous, undefined where absent.
@@ -174,6 +193,8 @@ struct BackwardCall {
                         // Cell::kRecurrentApart)
   Tensor dr;            // [P, R] out with a projection: dL/d(output)
   Tensor dh_pre;        // [N, H] scratch with a projection
+  Tensor norm;          // [Layout::norm_params()] (row-norm cells)
+  Tensor dp;            // [P, Wn] out (row-norm cells): StepBackward::dp of every row
 };
 
 // The buffers of a backward call as a step's pointwise code reads them, at packed row 0
@@ -184,14 +205,33 @@ StepBackward<scalar_t, compute_t> step_backward(const BackwardCall& call) {
           ptr<compute_t>(call.c_prev), ptr<compute_t>(call.grad_output),
           ptr<compute_t>(call.dh),     ptr<compute_t>(call.dc),    ptr<compute_t>(call.da),
           ptr<compute_t>(call.da_rec), call.d.H,                   call.W,
-          call.act};
+          call.act,                    ptr<compute_t>(call.norm),  ptr<compute_t>(call.dp),
+          call.dp.defined() ? call.dp.size(1) : 0};
 }
 
 struct LayerGrads {
   WeightGrads g;     // input, w_ih, w_hh, b_ih, b_hh
   Tensor h0, c0;     // [N, R], [N, H] (cell state)
   Tensor w_hr;       // [R, H], or [0] without a projection
+  Tensor norm;       // [Layout::norm_params()] (row-norm cells)
 };
+
+// A row-norm cell's biases and norm parameters, from dp [P, Wn] (the gradients of its normalised
+// values after their gains and shifts; overwritten) and the normalised values the workspace
+// saved: each gain's gradient is sum(dp ⊙ value), each shift's sum(dp). The first two blocks'
+// shifts are b_ih and b_hh; the norm parameters are [every gain | the shifts of the blocks after
+// those two]. dp and ws are in the compute dtype; the sums are rounded to dtype (the input's) once.
+template <typename Layout>
+void norm_grads(Tensor& dp, const Tensor& ws, const Layout& layout, int64_t G,
+                at::ScalarType dtype, LayerGrads& r) {
+  const int64_t Wn = layout.norm_width();
+  const Tensor shifts = dp.sum(0);
+  // In place: dp is scratch, and a product the size of the workspace would be a fresh buffer.
+  const Tensor gains = dp.mul_(ws.narrow(1, layout.norm_values(), Wn)).sum(0);
+  r.g.b_ih = shifts.narrow(0, 0, G).to(dtype);
+  r.g.b_hh = shifts.narrow(0, G, G).to(dtype);
+  r.norm = at::cat({gains, shifts.narrow(0, 2 * G, Wn - 2 * G)}).to(dtype);
+}
 
 template <typename Cell, typename Backend>
 LayerGrads layer_backward(const LayerGradArgs& a) {
@@ -251,6 +291,10 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   }
   call.w_hh = a.w_hh.contiguous();
   if (call.proj) call.w_hr = a.w_hr->contiguous();
+  if constexpr (row_norm<Cell>()) {
+    call.norm = norm_argument<Cell>(a.norm, a.input, d.H, compute, op);
+    call.dp = Backend::buffer({plan.P, layout.norm_width()}, coptions);
+  }
   Backend::template backward<Cell>(call);
 
   LayerGrads r;
@@ -262,6 +306,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
     if (call.proj)
       r.w_hr = at::mm(call.dr.t(), call.ws.narrow(1, layout.h_pre(), d.H)).to(dtype);
   }
+  if constexpr (row_norm<Cell>()) norm_grads(call.dp, call.ws, layout, d.G, dtype, r);
   return r;
 }
 

@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "layer.h"
+#include "norm_operators.h"
 
 namespace rnnkit {
 
@@ -224,12 +225,13 @@ struct GatedOps {
   }
 };
 
-// The operator family of a cell, from its description.
+// The operator family of a cell, from its description (row-norm cells: norm_operators.h).
 template <typename Cell, typename Backend>
-using OpsOf = std::conditional_t<Cell::kCellState, StateCellOps<Cell, Backend>,
-                                 std::conditional_t<Cell::kGatesInOutput,
-                                                    OutputOnlyOps<Cell, Backend>,
-                                                    GatedOps<Cell, Backend>>>;
+using OpsOf = std::conditional_t<
+    row_norm<Cell>(), NormOps<Cell, Backend>,
+    std::conditional_t<Cell::kCellState, StateCellOps<Cell, Backend>,
+                       std::conditional_t<Cell::kGatesInOutput, OutputOnlyOps<Cell, Backend>,
+                                          GatedOps<Cell, Backend>>>>;
 
 // Defines the operators of a cell (rnnkit.cpp).
 template <typename Cell>
@@ -244,8 +246,10 @@ void register_kernels(torch::Library& m) {
   const std::string n = Cell::kName;
   m.impl(n.c_str(), &Ops::layer);
   m.impl((n + "_backward").c_str(), &Ops::layer_grad);
-  m.impl((n + "_cell").c_str(), &Ops::cell);
-  m.impl((n + "_cell_backward").c_str(), &Ops::cell_grad);
+  if constexpr (requires { &Ops::cell; }) {
+    m.impl((n + "_cell").c_str(), &Ops::cell);
+    m.impl((n + "_cell_backward").c_str(), &Ops::cell_grad);
+  }
 }
 
 }  // namespace rnnkit

@@ -7,6 +7,8 @@
 #include <string>
 
 #include "cells/gru.h"
+#include "cells/layernorm_gru.h"
+#include "cells/layernorm_lstm.h"
 #include "cells/lstm.h"
 #include "cells/rnn.h"
 #include "cells/testing_mgu.h"
@@ -23,7 +25,8 @@ struct CellList {
 };
 
 // Operators in torch.ops.rnnkit.
-using Cells = CellList<cells::Lstm, cells::Gru, cells::Rnn>;
+using Cells = CellList<cells::Lstm, cells::Gru, cells::Rnn, cells::LayerNormLstm,
+                       cells::LayerNormGru>;
 // TEST ONLY: operators in torch.ops.rnnkit_testing, which the tests use to check that a cell
 // needs nothing but its description (tests/library/test_testing_cell.py). Not part of rnnkit's API.
 using TestingCells = CellList<cells::TestingMgu>;

@@ -79,6 +79,42 @@ void for_each_unit(int64_t rows, int64_t H, const Body& body) {
   });
 }
 
+// The row operations of a row-norm cell's pointwise code (common/row_norm.h) on the CPU: one
+// thread runs a whole row, units and sums a SIMD register at a time. compute_t is the lanes' type
+// and that of the sums (float for float16 and bfloat16 storage: Lanes widens what it loads).
+template <typename compute_t>
+struct HostRow {
+  using One = Lanes<compute_t, compute_t>;
+  template <typename F>
+  void units(int64_t count, const F& f) const {
+    unit_loop<compute_t>(0, 0, count, [&](int64_t, int64_t j, auto lanes) { f(j, lanes); });
+  }
+  template <typename F>
+  compute_t sum(int64_t count, const F& f) const {
+    using Vec = at::vec::Vectorized<compute_t>;
+    Vec lanes(compute_t(0));
+    int64_t j = 0;
+    for (; j + Vec::size() <= count; j += Vec::size())
+      lanes = lanes + f(j, Lanes<Vec, compute_t>{});
+    compute_t total(0);
+    for (; j < count; ++j) total += f(j, One{});
+    compute_t parts[Vec::size()];
+    lanes.store(parts);
+    for (int64_t k = 0; k < Vec::size(); ++k) total += parts[k];
+    return total;
+  }
+  bool leader() const { return true; }
+};
+
+// body(n) for every batch row n < rows, rows shared out between threads as for_each_unit does.
+template <typename Body>
+void for_each_row(int64_t rows, int64_t H, const Body& body) {
+  const int64_t grain = std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) body(n);
+  });
+}
+
 // a + b, G values (either may be null: it counts as zeros): the biases of a layer, which the
 // pointwise passes add to the pre-activations.
 // The sum is in the compute type (float for bfloat16 biases).

@@ -86,15 +86,19 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<compute_t>& buf
   base.R = R;
   base.save = call.train;
   base.act = call.act;
-  const auto body_of = [&](const StepState<scalar_t, compute_t>& st) {
+  base.norm = ptr<compute_t>(call.norm);
+  const auto io_of = [&](const StepState<scalar_t, compute_t>& st) {
     StepForward<scalar_t, compute_t> io = base;
     io.gates = st.gates;
     io.h_prev = st.h_prev;
     io.h_next = st.h_next;
     io.out = out + st.row * R;
     if (project) io.h_pre = call.train ? st.gates + h_pre_at : buf.h_pre;
-    return [io](int64_t n, int64_t j, auto lanes) {
-      Cell::template forward<decltype(lanes)>(io, n, j);
+    return io;
+  };
+  const auto body_of = [&](const StepState<scalar_t, compute_t>& st) {
+    return [io = io_of(st)](int64_t n, int64_t j, auto lanes) {
+      if constexpr (!row_norm<Cell>()) Cell::template forward<decltype(lanes)>(io, n, j);
     };
   };
   const auto acc_of = [&](const StepState<scalar_t, compute_t>& st) {
@@ -133,13 +137,28 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<compute_t>& buf
                                             states.prev(s), states.next(s)};
     };
     const int64_t s0 = chunks.first_step(k), s1 = chunks.end_step(k);
-    if constexpr (Cell::kProjection) {
-      if (project) {
-        rec.run_steps(s0, s1, state_at, acc_of, ld_acc, !Cell::kRecurrentApart, body_of, finish);
-        continue;
+    if constexpr (row_norm<Cell>()) {
+      // A row-norm cell's pass runs per row once the step's whole product is in (as a finish):
+      // the per-unit body does nothing.
+      const auto no_body = [](const StepState<scalar_t, compute_t>&) {
+        return [](int64_t, int64_t, auto) {};
+      };
+      const auto rows = [&](const StepState<scalar_t, compute_t>& st) {
+        const StepForward<scalar_t, compute_t> io = io_of(st);
+        for_each_row(st.bs, H, [&](int64_t n) {
+          Cell::template forward_row<HostRow<compute_t>>(io, n, HostRow<compute_t>{});
+        });
+      };
+      rec.run_steps(s0, s1, state_at, acc_of, ld_acc, false, no_body, rows);
+    } else {
+      if constexpr (Cell::kProjection) {
+        if (project) {
+          rec.run_steps(s0, s1, state_at, acc_of, ld_acc, !Cell::kRecurrentApart, body_of, finish);
+          continue;
+        }
       }
+      rec.run_steps(s0, s1, state_at, acc_of, ld_acc, !Cell::kRecurrentApart, body_of, nullptr);
     }
-    rec.run_steps(s0, s1, state_at, acc_of, ld_acc, !Cell::kRecurrentApart, body_of, nullptr);
   }
   states.finish(plan);
 }
@@ -172,9 +191,15 @@ void backward_steps(const BackwardCall& call) {
       io.dh_out = dh_pre;
       io.dh = nullptr;
     }
-    for_each_unit<compute_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
-      Cell::template backward<decltype(lanes)>(io, n, j);
-    });
+    if constexpr (row_norm<Cell>()) {
+      for_each_row(bs, H, [&](int64_t n) {
+        Cell::template backward_row<HostRow<compute_t>>(io, n, HostRow<compute_t>{});
+      });
+    } else {
+      for_each_unit<compute_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
+        Cell::template backward<decltype(lanes)>(io, n, j);
+      });
+    }
     // dh_prev = da_rec w_hh (+ the direct part the pointwise pass stored)
     w_hh.multiply(bs, da_rec + row * G, G, Cell::kDirectGrad ? 1 : 0, dh, R);
   }

@@ -43,6 +43,22 @@ void for_each_unit(int64_t rows, int64_t H, const Step& step) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename Step>
+__global__ void __launch_bounds__(kThreads) row_kernel(Step step, int64_t rows) {
+  for (int64_t n = blockIdx.x; n < rows; n += gridDim.x) step(n);  // uniform per block
+}
+
+// Runs step(n) for every n < rows on the current stream, one block of kThreads threads per row:
+// the row passes of row-norm cells (common/row_norm.h), whose threads share the row's sums.
+template <typename Step>
+void for_each_row(int64_t rows, const Step& step) {
+  if (rows <= 0) return;
+  const int64_t blocks = rows < kMaxBlocks ? rows : kMaxBlocks;
+  row_kernel<Step><<<unsigned(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step,
+                                                                                        rows);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // The CUDA kernel runs when any argument is on a CUDA device; the input itself must be.
 inline void check_on_cuda(const at::Tensor& input, const char* op) {
   TORCH_CHECK(input.is_cuda(), op, ": expected input on a CUDA device (another argument is on ",
@@ -59,6 +75,54 @@ struct DeviceLanes {
   }
   __host__ __device__ __forceinline__ static void store(scalar_t* p, V v) {
     *p = static_cast<scalar_t>(v);
+  }
+};
+
+// The sum of v over the block's threads, which every thread gets back (blockDim.x a multiple of
+// 32, at most 1024). Two barriers: the partial sums are read by all, then free for the next call.
+template <typename A>
+__device__ __forceinline__ A block_sum(A v) {
+  __shared__ A partial[32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  A total(0);
+  for (int w = 0; w < int(blockDim.x) / 32; ++w) total += partial[w];
+  __syncthreads();
+  return total;
+}
+
+// The row operations of a row-norm cell's pointwise code (common/row_norm.h) on CUDA: the block
+// of one row, its threads striding over the units. Declared __host__ __device__ only so that the
+// cells' RNNKIT_HD code may call them; they run on the device alone (row_kernel).
+template <typename scalar_t>
+struct DeviceRow {
+  using One = DeviceLanes<scalar_t>;
+  using A = typename One::V;
+  template <typename F>
+  __host__ __device__ __forceinline__ void units(int64_t count, const F& f) const {
+#ifdef __CUDA_ARCH__
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) f(j, One{});
+    __syncthreads();
+#endif
+  }
+  template <typename F>
+  __host__ __device__ __forceinline__ A sum(int64_t count, const F& f) const {
+#ifdef __CUDA_ARCH__
+    A total(0);
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) total += f(j, One{});
+    return block_sum(total);
+#else
+    return A(0);
+#endif
+  }
+  __host__ __device__ __forceinline__ bool leader() const {
+#ifdef __CUDA_ARCH__
+    return threadIdx.x == 0;
+#else
+    return true;
+#endif
   }
 };
 

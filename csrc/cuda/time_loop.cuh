@@ -40,10 +40,32 @@ struct BackwardUnit {
   }
 };
 
+// The row passes of a row-norm cell (common/row_norm.h), one block per row.
+template <typename Cell, typename scalar_t>
+struct ForwardRow {
+  StepForward<scalar_t> io;
+  __device__ void operator()(int64_t n) const {
+    Cell::template forward_row<DeviceRow<scalar_t>>(io, n, DeviceRow<scalar_t>{});
+  }
+};
+
+template <typename Cell, typename scalar_t>
+struct BackwardRow {
+  StepBackward<scalar_t> io;
+  __device__ void operator()(int64_t n) const {
+    Cell::template backward_row<DeviceRow<scalar_t>>(io, n, DeviceRow<scalar_t>{});
+  }
+};
+
 // pre [P, G] (a column slice of the gate buffer) = x w_ih^T + the biases of the input side: both,
 // except b_hh of a cell that keeps the recurrent part apart (its pointwise code adds it there).
+// A row-norm cell normalises the bare projection and adds its biases after (its pointwise code).
 template <typename Cell>
 void project_input(at::Tensor pre, const ForwardCall& call) {
+  if constexpr (row_norm<Cell>()) {
+    at::mm_out(pre, call.x, call.w_ih.t());
+    return;
+  }
   const at::Tensor& b_ih = call.b_ih;
   const at::Tensor b_hh = Cell::kRecurrentApart ? at::Tensor() : call.b_hh;
   if (!b_ih.defined() && !b_hh.defined()) {
@@ -74,6 +96,8 @@ void forward_steps(const ForwardCall& call, scalar_t* gates, int64_t ld, scalar_
   io.ld_gates = ld;
   io.rec = rec;
   io.rec_bias = Cell::kRecurrentApart ? ptr<scalar_t>(call.b_hh) : nullptr;
+  if constexpr (row_norm<Cell>()) io.bias = ptr<scalar_t>(call.b_ih);  // see project_input
+  io.norm = ptr<scalar_t>(call.norm);
   io.h_prev = h;  // the state is updated in place: each step's product has read it already
   io.h_next = h;
   io.c = ptr<scalar_t>(call.c);
@@ -93,7 +117,11 @@ void forward_steps(const ForwardCall& call, scalar_t* gates, int64_t ld, scalar_
     io.gates = gates_t;
     io.out = out + row * R;
     io.h_pre = project ? gates_t + h_pre_at : nullptr;
-    for_each_unit(bs, H, ForwardUnit<Cell, scalar_t>{io});
+    if constexpr (row_norm<Cell>()) {
+      for_each_row(bs, ForwardRow<Cell, scalar_t>{io});
+    } else {
+      for_each_unit(bs, H, ForwardUnit<Cell, scalar_t>{io});
+    }
     if (project) {
       scalar_t* out_t = out + row * R;  // [bs, R]
       gemm<scalar_t>(false, true, bs, R, H, 1, gates_t + h_pre_at, ld, w_hr, H, 0, out_t, R);
@@ -129,7 +157,11 @@ void backward_steps(const BackwardCall& call) {
       io.dh_out = ptr<scalar_t>(call.dh_pre);
       io.dh = nullptr;
     }
-    for_each_unit(bs, H, BackwardUnit<Cell, scalar_t>{io});
+    if constexpr (row_norm<Cell>()) {
+      for_each_row(bs, BackwardRow<Cell, scalar_t>{io});
+    } else {
+      for_each_unit(bs, H, BackwardUnit<Cell, scalar_t>{io});
+    }
     // dh_prev = da_rec w_hh (+ the direct part the pointwise kernel stored)
     gemm<scalar_t>(false, false, bs, R, G, 1, da_rec + row * G, G, w_hh, R,
                    Cell::kDirectGrad ? 1 : 0, dh, R);
