@@ -234,7 +234,8 @@ class GRUCell(_CellBase):
 class _RNNBase(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None) -> None:
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
+                 zoneout: float = 0.0, zoneout_cell: Optional[float] = None) -> None:
         super().__init__()
         name = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
         # torch.nn.RNNBase's checks, in its order, with its types and words first.
@@ -268,6 +269,12 @@ class _RNNBase(nn.Module):
                              f"proj_size={proj_size}, hidden_size={hidden_size}")
         if proj_size and mode != "LSTM":
             _refuse_proj_size(name, proj_size)
+        # Zoneout (rnnkit's own, not torch.nn's): checked here so a bad value fails at once.
+        self._zoneout_probs = RF.zoneout_probs(name, zoneout, zoneout_cell,
+                                               cell_state=mode == "LSTM")
+        self.zoneout = float(zoneout)
+        if mode == "LSTM":
+            self.zoneout_cell = None if zoneout_cell is None else float(zoneout_cell)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -340,6 +347,10 @@ class _RNNBase(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
+        if getattr(self, "zoneout_cell", None) is not None:
+            s += f", zoneout_cell={self.zoneout_cell}"
         return s
 
     def to_torch(self) -> nn.Module:
@@ -417,7 +428,7 @@ class _RNNBase(nn.Module):
 
         out, finals = RF.stack_layers(self._layer(), x, batch_sizes, states, self._layer_params(),
                                       self.num_layers, self.bidirectional, self.dropout,
-                                      self.training)
+                                      self.training, self._zoneout_probs)
         if packed:
             if unsorted_indices is not None:
                 finals = [f.index_select(1, unsorted_indices) for f in finals]
@@ -438,14 +449,14 @@ class RNN(_RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
-                 **unexpected) -> None:
+                 zoneout: float = 0.0, **unexpected) -> None:
         _refuse_unexpected("RNN", unexpected)
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(modes[nonlinearity], input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, 0, device, dtype)
+                         batch_first, dropout, bidirectional, 0, device, dtype, zoneout)
 
     def forward(self, input, hx: Optional[Tensor] = None):
         out, (h,) = self._run(input, (hx,))
@@ -462,9 +473,10 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, zoneout: float = 0.0,
+                 zoneout_cell: Optional[float] = None) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype)
+                         bidirectional, proj_size, device, dtype, zoneout, zoneout_cell)
 
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
         states = (None, None) if hx is None else tuple(hx)
@@ -480,10 +492,10 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, **unexpected) -> None:
+                 device=None, dtype=None, zoneout: float = 0.0, **unexpected) -> None:
         _refuse_unexpected("GRU", unexpected)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+                         bidirectional, 0, device, dtype, zoneout)
 
     def forward(self, input, hx: Optional[Tensor] = None):
         out, (h,) = self._run(input, (hx,))
@@ -504,12 +516,28 @@ def _config(module: nn.Module) -> dict:
     config = {k: getattr(module, k) for k in keys}
     if isinstance(module, (nn.RNNCell, RNNCell, nn.RNN, RNN)):
         config["nonlinearity"] = module.nonlinearity
+    if isinstance(module, _RNNBase):  # rnnkit's own options
+        config["zoneout"] = module.zoneout
+        if isinstance(module, LSTM):
+            config["zoneout_cell"] = module.zoneout_cell
     return config
+
+
+_OWN_OPTIONS = ("zoneout", "zoneout_cell")
 
 
 def _convert(module: nn.Module, target: type) -> nn.Module:
     p = next(module.parameters())
-    out = target(**_config(module), device=p.device, dtype=p.dtype)
+    config = _config(module)
+    if not issubclass(target, (_CellBase, _RNNBase)):
+        # torch.nn has no zoneout: a module that zones out would run differently there.
+        own = {k: v for k, v in config.items() if k in _OWN_OPTIONS and v}
+        if own:
+            raise ValueError(f"to_torch: torch.nn.{target.__name__} has no zoneout, and this "
+                             f"{type(module).__name__} has {own}; build it with zoneout=0 (and "
+                             f"zoneout_cell=None) to convert it")
+        config = {k: v for k, v in config.items() if k not in _OWN_OPTIONS}
+    out = target(**config, device=p.device, dtype=p.dtype)
     out.load_state_dict(module.state_dict(), strict=True)
     return out.train(module.training)
 

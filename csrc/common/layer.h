@@ -21,6 +21,7 @@
 #include "plan.h"
 #include "shapes.h"
 #include "weight_grads.h"
+#include "zoneout.h"
 
 namespace rnnkit {
 
@@ -51,6 +52,83 @@ const char* op_name(bool backward) {
   return backward ? backward_name.c_str() : forward.c_str();
 }
 
+// ---- zoneout (zoneout.h) --------------------------------------------------------------------
+// The zoneout arguments of a layer operator and its backward, for h and (cell state) c: a mask
+// [T, N, F] of the dtype and device of input (training), or else a probability in [0, 1) to mix
+// with its expectation (evaluation); neither (no mask, p = 0): no zoneout.
+struct ZoneoutArgs {
+  optional<Tensor> mask_h, mask_c;
+  double p_h = 0, p_c = 0;
+};
+
+// The checked zoneout of a call; masks contiguous, undefined where absent.
+struct ZoneoutCall {
+  Tensor mask_h, mask_c;  // [T, N, R], [T, N, H]
+  double p_h = 0, p_c = 0;
+  bool h() const { return mask_h.defined() || p_h != 0; }
+  bool c() const { return mask_c.defined() || p_c != 0; }
+  bool on() const { return h() || c(); }
+};
+
+inline Tensor checked_mask(const optional<Tensor>& mask, double p, const Tensor& input,
+                           at::IntArrayRef shape, const char* op, const char* name,
+                           const char* p_name) {
+  TORCH_CHECK(p >= 0 && p < 1, op, ": expected ", p_name, " in [0, 1), got ", p);
+  if (!mask.has_value()) return Tensor();
+  TORCH_CHECK(p == 0, op, ": expected either ", name, " (training) or ", p_name,
+              " (evaluation), got both (", p_name, " = ", p, ")");
+  checks::shape(*mask, shape, op, name);
+  checks::like(*mask, input, op, name);
+  return mask->contiguous();
+}
+
+template <typename Cell>
+ZoneoutCall checked_zoneout(const ZoneoutArgs& z, const Tensor& input, const SequencePlan& plan,
+                            const LayerShape& d, const char* op) {
+  ZoneoutCall c;
+  c.mask_h = checked_mask(z.mask_h, z.p_h, input, {plan.T(), plan.N, d.R}, op,
+                          "zoneout_h (T, N, R)", "zoneout_h_p");
+  c.p_h = z.p_h;
+  if constexpr (Cell::kCellState) {
+    c.mask_c = checked_mask(z.mask_c, z.p_c, input, {plan.T(), plan.N, d.H}, op,
+                            "zoneout_c (T, N, H)", "zoneout_c_p");
+    c.p_c = z.p_c;
+  }
+  return c;
+}
+
+// One step's zoneout as the pointwise code reads it (zoneout::Step): the rows of time index t.
+// h_by_loop: the time loop mixes h itself (after a projection), so the unit code leaves it.
+template <typename scalar_t>
+zoneout::Step<scalar_t> step_zoneout(const ZoneoutCall& z, int64_t t, int64_t N, int64_t R,
+                                     int64_t H, bool h_by_loop) {
+  const auto state = [&](const Tensor& mask, double p, int64_t F, bool on) {
+    zoneout::State<scalar_t> s;
+    s.F = F;
+    if (!on) return s;
+    if (mask.defined()) s.mask = ptr<scalar_t>(mask) + t * N * F;
+    s.p = static_cast<scalar_t>(mask.defined() ? 0.0 : p);
+    return s;
+  };
+  return {state(z.mask_h, z.p_h, R, z.h() && !h_by_loop), state(z.mask_c, z.p_c, H, z.c()),
+          nullptr};
+}
+
+// The masks of a zoned-out state in the packed row order, [P, F] (row r: the mask of the unit
+// that row r's step mixed), or the probability as a 0-D tensor without a mask.
+inline Tensor packed_mask(const Tensor& mask, double p, const SequencePlan& plan,
+                          const Tensor& like) {
+  if (!mask.defined()) return at::scalar_tensor(p, like.options());
+  const int64_t F = mask.size(2);
+  if (plan.T() == 0 || plan.batch_sizes.front() == plan.batch_sizes.back())
+    return mask.view({plan.P, F});
+  Tensor rows = at::empty({plan.P, F}, mask.options());
+  for (int64_t t = 0; t < plan.T(); ++t)
+    rows.narrow(0, plan.offsets[t], plan.batch_sizes[t])
+        .copy_(mask[t].narrow(0, 0, plan.batch_sizes[t]));
+  return rows;
+}
+
 // ---- forward --------------------------------------------------------------------------------
 // A layer's arguments as the operators take them (the shapes of rnnkit.cpp's schemas).
 struct LayerArgs {
@@ -64,6 +142,7 @@ struct LayerArgs {
   bool reverse = false;
   bool train = true;
   const std::string* nonlinearity = nullptr;  // the Elman RNN's
+  ZoneoutArgs zoneout;
 };
 
 // What the forward time loop reads and writes; tensors contiguous, undefined where absent.
@@ -80,6 +159,7 @@ struct ForwardCall {
   Tensor h0;                       // [N, R]: the initial state, read only
   Tensor h;                        // [N, R]: h0 in, h_n out
   Tensor c;                        // [N, H]: c0 in, c_n out (cell state)
+  ZoneoutCall zoneout;
 };
 
 struct LayerResult {
@@ -111,6 +191,7 @@ LayerResult layer_forward(const LayerArgs& a) {
   }
   call.proj = a.w_hr.has_value();
   call.train = a.train;
+  call.zoneout = checked_zoneout<Cell>(a.zoneout, a.input, call.plan, call.d, op);
   call.W = typename Cell::Layout{H, call.proj}.width();
   const auto contiguous = [](const optional<Tensor>& t) {
     return t.has_value() ? t->contiguous() : Tensor();
@@ -148,6 +229,7 @@ struct LayerGradArgs {
   Tensor workspace;               // the forward's workspace [P, W] (undefined: the cell saves none)
   bool reverse = false;
   const std::string* nonlinearity = nullptr;
+  ZoneoutArgs zoneout;            // as the forward took it
 };
 
 // What backward through time reads and writes; tensors contiguous, undefined where absent.
@@ -170,6 +252,8 @@ struct BackwardCall {
                         // Cell::kRecurrentApart)
   Tensor dr;            // [P, R] out with a projection: dL/d(output)
   Tensor dh_pre;        // [N, H] scratch with a projection
+  ZoneoutCall zoneout;
+  Tensor carry_h;       // [N, R] scratch with zoneout on h: the part of dh carried past a step
 };
 
 // The buffers of a backward call as a step's pointwise code reads them, at packed row 0
@@ -181,6 +265,29 @@ StepBackward<scalar_t> step_backward(const BackwardCall& call) {
           ptr<scalar_t>(call.dh),          ptr<scalar_t>(call.dc),     ptr<scalar_t>(call.da),
           ptr<scalar_t>(call.da_rec),      call.d.H,                   call.W,
           call.act};
+}
+
+// The zoned-out states each step started from, [P, F], from the candidates the steps computed
+// (cand [P, F], a column slice of the workspace), the initial state [N, F] and the masks
+// [T, N, F] (or the probability): the forward's mixes again, in its step order, with ATen's ops
+// (m * prev + (1 - m) * cand, exact for masks of zeros and ones).
+inline Tensor zoned_previous_states(const Tensor& cand, const Tensor& init, const Tensor& mask,
+                                    double p, const SequencePlan& plan) {
+  Tensor prev = at::empty({plan.P, cand.size(1)}, cand.options());
+  Tensor state = init.clone();
+  for (int64_t s = 0; s < plan.T(); ++s) {
+    const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
+    Tensor st = state.narrow(0, 0, bs);
+    prev.narrow(0, row, bs).copy_(st);
+    const Tensor c = cand.narrow(0, row, bs);
+    if (mask.defined()) {
+      const Tensor m = mask[t].narrow(0, 0, bs);
+      st.copy_(m * st + (1 - m) * c);
+    } else {
+      st.copy_(p * st + (1 - p) * c);
+    }
+  }
+  return prev;
 }
 
 struct LayerGrads {
@@ -199,6 +306,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   const LayerShape& d = call.d = layer_shape(op, Cell::kGates, a.input, plan, a.h0, a.w_ih,
                                              a.w_hh, c10::nullopt, c10::nullopt, a.w_hr);
   call.proj = a.w_hr.has_value();
+  call.zoneout = checked_zoneout<Cell>(a.zoneout, a.input, plan, d, op);
   const typename Cell::Layout layout{d.H, call.proj};
   call.W = layout.width();
   if constexpr (Cell::kCellState) {
@@ -220,15 +328,27 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   call.output = a.output.contiguous().view({plan.P, d.R});
   if constexpr (!Cell::kGatesInOutput) call.ws = a.workspace.contiguous();
   call.h_prev = previous_states(call.output, a.h0.contiguous(), plan);
+  if constexpr (Cell::kGatesInOutput) {
+    // The cell's backward reads its new state, the candidate, from the output, which holds the
+    // mixed state; where m = 1 the candidate's gradient is zero and any finite value serves.
+    if (call.zoneout.h()) {
+      const Tensor m = packed_mask(call.zoneout.mask_h, call.zoneout.p_h, plan, call.output);
+      call.output = at::where(m == 1, call.output, (call.output - m * call.h_prev) / (1 - m));
+    }
+  }
   if constexpr (Cell::kCellState) {
-    call.c_prev =
-        previous_states(call.ws.narrow(1, layout.c(), d.H), a.c0.contiguous(), plan).contiguous();
+    const Tensor cand = call.ws.narrow(1, layout.c(), d.H);  // the workspace saves c~
+    call.c_prev = call.zoneout.c()
+                      ? zoned_previous_states(cand, a.c0.contiguous(), call.zoneout.mask_c,
+                                              call.zoneout.p_c, plan)
+                      : previous_states(cand, a.c0.contiguous(), plan).contiguous();
     call.dc = a.grad_c_n.has_value() ? a.grad_c_n->contiguous().clone() : at::zeros_like(a.c0);
   }
   if (a.grad_output.has_value()) call.grad_output = a.grad_output->contiguous().view({plan.P, d.R});
   call.dh = a.grad_h_n.has_value() ? a.grad_h_n->contiguous().clone() : at::zeros_like(a.h0);
   call.da = Backend::buffer({plan.P, d.G}, options);
   call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, options) : call.da;
+  if (call.zoneout.h()) call.carry_h = at::empty({plan.N, d.R}, options);
   if (call.proj) {
     call.dr = Backend::buffer({plan.P, d.R}, options);
     call.dh_pre = at::empty({plan.N, d.H}, options);

@@ -78,8 +78,10 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<scalar_t>& buf)
     io.h_next = st.h_next;
     io.out = out + st.row * R;
     if (project) io.h_pre = call.train ? st.gates + h_pre_at : buf.h_pre;
-    return [io](int64_t n, int64_t j, auto lanes) {
-      Cell::template forward<decltype(lanes)>(io, n, j);
+    const zoneout::Step<scalar_t> z =
+        step_zoneout<scalar_t>(call.zoneout, st.t, plan.N, R, H, project);
+    return [io, z](int64_t n, int64_t j, auto lanes) {
+      zoneout::forward<Cell, decltype(lanes)>(io, z, n, j);
     };
   };
   const auto acc_of = [&](const StepState<scalar_t>& st) {
@@ -91,6 +93,13 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<scalar_t>& buf)
     scalar_t* out_t = out + st.row * R;  // [bs, R]
     gemm<scalar_t>(false, true, st.bs, R, H, 1, call.train ? st.gates + h_pre_at : buf.h_pre,
                    base.ld_h_pre, w_hr, H, 0, out_t, R);
+    if (call.zoneout.h()) {  // zoneout mixes the projected h
+      const auto z = step_zoneout<scalar_t>(call.zoneout, st.t, plan.N, R, H, false).h;
+      for (int64_t n = 0; n < st.bs; ++n)
+        for (int64_t r = 0; r < R; ++r)
+          out_t[n * R + r] = zoneout::mix(z.template at<Lanes<scalar_t, scalar_t>>(n, r),
+                                          st.h_prev[n * R + r], out_t[n * R + r]);
+    }
     std::memcpy(st.h_next, out_t, sizeof(scalar_t) * st.bs * R);
   };
 
@@ -126,26 +135,42 @@ void backward_steps(const BackwardCall& call) {
   scalar_t* dh = ptr<scalar_t>(call.dh);
   scalar_t* da_rec = ptr<scalar_t>(call.da_rec);
   scalar_t* dh_pre = ptr<scalar_t>(call.dh_pre);
+  scalar_t* carry_h = ptr<scalar_t>(call.carry_h);
   const PackedB<scalar_t> w_hh(/*trans_b=*/false, plan.N, R, G, ptr<scalar_t>(call.w_hh), R,
                                plan.T() >= kPackFromSteps);
   const StepBackward<scalar_t> first = step_backward<scalar_t>(call);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     StepBackward<scalar_t> io = first.at_row(row, R, G);
-    if (Cell::kProjection && call.proj) {
+    const bool project = Cell::kProjection && call.proj;
+    zoneout::Step<scalar_t> z = step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, project);
+    z.carry_h = carry_h;
+    if (project) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       scalar_t* dr_t = ptr<scalar_t>(call.dr) + row * R;
       const scalar_t* gout_t = io.dh_out;
       for (int64_t k = 0; k < bs * R; ++k) dr_t[k] = dh[k] + (gout_t ? gout_t[k] : scalar_t(0));
+      if (call.zoneout.h()) {  // through the mix of the projected h (forward's finish)
+        const auto zh = step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, false).h;
+        for (int64_t n = 0; n < bs; ++n)
+          for (int64_t r = 0; r < R; ++r) {
+            const auto s = zoneout::split(zh.template at<Lanes<scalar_t, scalar_t>>(n, r),
+                                          dr_t[n * R + r]);
+            carry_h[n * R + r] = s.carry;
+            dr_t[n * R + r] = s.cand;
+          }
+      }
       gemm<scalar_t>(false, false, bs, H, R, 1, dr_t, R, w_hr, H, 0, dh_pre, H);
       io.dh_out = dh_pre;
       io.dh = nullptr;
     }
     for_each_unit<scalar_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
-      Cell::template backward<decltype(lanes)>(io, n, j);
+      zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
     });
-    // dh_prev = da_rec w_hh (+ the direct part the pointwise pass stored)
+    // dh_prev = da_rec w_hh (+ the direct part the pointwise pass stored) (+ zoneout's carry)
     w_hh.multiply(bs, da_rec + row * G, G, Cell::kDirectGrad ? 1 : 0, dh, R);
+    if (call.zoneout.h())
+      for (int64_t k = 0; k < bs * R; ++k) dh[k] += carry_h[k];
   }
 }
 
