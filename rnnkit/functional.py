@@ -65,11 +65,14 @@ Zoneout = Sequence[Optional[Union[Tensor, float]]]
 
 
 def _zoneout_args(zoneout: Zoneout, kinds: int) -> list:
-    """The operators' zoneout arguments (mask, p) per state kind from a layer's zoneout entries."""
+    """The operators' zoneout arguments (mask, p) per state kind from a layer's zoneout entries;
+    none at all without zoneout (the operators' defaults)."""
     entries = list(zoneout) + [None] * (kinds - len(zoneout))
     if len(entries) != kinds:
         raise ValueError(f"zoneout: expected at most {kinds} entries (one per state), got "
                          f"{len(zoneout)}")
+    if all(z is None or (not isinstance(z, Tensor) and z == 0) for z in entries):
+        return []
     args: list = []
     for z in entries:
         args += [z, 0.0] if isinstance(z, Tensor) else [None, float(z or 0.0)]
