@@ -308,3 +308,32 @@ def test_opcheck_with_the_probability(kind):
         if isinstance(a, torch.Tensor) and a.dim() == 3 and k > 0 and not a.requires_grad:
             args[k], args[k + 1] = None, 0.4
     torch.library.opcheck(op, tuple(args))
+
+
+# ---- any cell: the test-only cell gets zoneout from the time loop alone ------------------------
+def test_testing_cell_zones_out_through_the_general_step():
+    """rnnkit_testing::mgu (csrc/common/cells/testing_mgu.h) knows nothing of zoneout; its
+    operators zone out h as rnnkit's own do, forward and backward (checked against its equations
+    with the mix after each step)."""
+    from .test_testing_cell import mgu_step
+
+    testing = torch.ops.rnnkit_testing
+    T, N, I, H = 5, 3, 2, 7
+    g = torch.Generator().manual_seed(4)
+    rand = lambda *s: (torch.rand(*s, generator=g, dtype=DT) - 0.5).requires_grad_()  # noqa: E731
+    x, h0, w_ih, w_hh, b_ih, b_hh = rand(T, N, I), rand(N, H), rand(2 * H, I), rand(2 * H, H), \
+        rand(2 * H), rand(2 * H)
+    (mask,) = _masks(T, N, [H], [0.5])
+    out, h_n, ws = testing.mgu(x, None, h0, w_ih, w_hh, b_ih, b_hh, False, True, mask, 0.0)
+    h, outs = h0, []
+    for t in range(T):
+        h = mask[t] * h + (1 - mask[t]) * mgu_step(x[t], h, w_ih, w_hh, b_ih, b_hh)
+        outs.append(h)
+    ref_out = torch.stack(outs)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(h_n, h)
+    g_out, g_h = torch.rand_like(out), torch.rand_like(h_n)
+    got = testing.mgu_backward(g_out, g_h, x, None, h0, w_ih, w_hh, out, ws, False, mask, 0.0)
+    want = torch.autograd.grad((ref_out, h), (x, h0, w_ih, w_hh, b_ih, b_hh), (g_out, g_h))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
