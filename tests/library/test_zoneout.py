@@ -337,3 +337,16 @@ def test_testing_cell_zones_out_through_the_general_step():
     want = torch.autograd.grad((ref_out, h), (x, h0, w_ih, w_hh, b_ih, b_hh), (g_out, g_h))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_onnx_export_refuses_zoneout_in_one_line(cls):
+    """ONNX's recurrent operators have no zoneout: an eval-mode export (which would mix with the
+    expectation) is refused rather than exported without it."""
+    pytest.importorskip("onnxscript")
+    from rnnkit import onnx as rko
+
+    model = getattr(rnnkit, cls)(3, 5, zoneout=0.2).eval()
+    with pytest.raises(rko.UnsupportedForONNX, match="zoneout") as error:
+        rko.export(model, (torch.randn(4, 2, 3),))
+    assert "\n" not in str(error.value)
