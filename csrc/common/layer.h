@@ -10,6 +10,9 @@
 //   forward<Cell>(call)        the forward time loop; returns the workspace [P, W] (training),
 //                              or anything (inference, or a cell that saves none)
 //   backward<Cell>(call)       backward through time: fills call.da, da_rec, dh, dc, dr
+//   replay_zoneout(prev, cand, init, mask, p, plan)
+//                              zoneout::replay over every unit: the mixed states [P, F] each
+//                              step read, from the candidates cand [P, F] (a column slice)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -267,29 +270,6 @@ StepBackward<scalar_t> step_backward(const BackwardCall& call) {
           call.act};
 }
 
-// The zoned-out states each step started from, [P, F], from the candidates the steps computed
-// (cand [P, F], a column slice of the workspace), the initial state [N, F] and the masks
-// [T, N, F] (or the probability): the forward's mixes again, in its step order, with ATen's ops
-// (m * prev + (1 - m) * cand, exact for masks of zeros and ones).
-inline Tensor zoned_previous_states(const Tensor& cand, const Tensor& init, const Tensor& mask,
-                                    double p, const SequencePlan& plan) {
-  Tensor prev = at::empty({plan.P, cand.size(1)}, cand.options());
-  Tensor state = init.clone();
-  for (int64_t s = 0; s < plan.T(); ++s) {
-    const int64_t t = plan.forward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-    Tensor st = state.narrow(0, 0, bs);
-    prev.narrow(0, row, bs).copy_(st);
-    const Tensor c = cand.narrow(0, row, bs);
-    if (mask.defined()) {
-      const Tensor m = mask[t].narrow(0, 0, bs);
-      st.copy_(m * st + (1 - m) * c);
-    } else {
-      st.copy_(p * st + (1 - p) * c);
-    }
-  }
-  return prev;
-}
-
 struct LayerGrads {
   WeightGrads g;     // input, w_ih, w_hh, b_ih, b_hh
   Tensor h0, c0;     // [N, R], [N, H] (cell state)
@@ -338,10 +318,14 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   }
   if constexpr (Cell::kCellState) {
     const Tensor cand = call.ws.narrow(1, layout.c(), d.H);  // the workspace saves c~
-    call.c_prev = call.zoneout.c()
-                      ? zoned_previous_states(cand, a.c0.contiguous(), call.zoneout.mask_c,
-                                              call.zoneout.p_c, plan)
-                      : previous_states(cand, a.c0.contiguous(), plan).contiguous();
+    if (call.zoneout.c()) {
+      // The mixed c each step read, replayed from the candidates (zoneout::replay).
+      call.c_prev = Backend::buffer({plan.P, d.H}, options);
+      Backend::replay_zoneout(call.c_prev, cand, a.c0.contiguous(), call.zoneout.mask_c,
+                              call.zoneout.p_c, plan);
+    } else {
+      call.c_prev = previous_states(cand, a.c0.contiguous(), plan).contiguous();
+    }
     call.dc = a.grad_c_n.has_value() ? a.grad_c_n->contiguous().clone() : at::zeros_like(a.c0);
   }
   if (a.grad_output.has_value()) call.grad_output = a.grad_output->contiguous().view({plan.P, d.R});

@@ -109,5 +109,37 @@ RNNKIT_HD void backward(const StepBackward<scalar_t>& io, const Step<scalar_t>& 
   L::store(io.dc + k, L::load(io.dc + k) + s.carry);
 }
 
+// The mixed states every step started from, replayed for backward from the candidates the
+// forward saved: for unit (n, j), over the steps in the forward's order, prev[row] = s, then
+// s = mix(m, s, cand[row]) (row: the step's packed row of n, while n is active). The same
+// arithmetic as forward's mix, so the values are the forward's.
+template <typename scalar_t>
+struct Replay {
+  const scalar_t* cand;         // [P, ld_cand]: the candidates (a column block of the workspace)
+  int64_t ld_cand;
+  const scalar_t* init;         // [N, F]: the initial state
+  const scalar_t* mask;         // [T, N, F], or null: p
+  scalar_t p;
+  scalar_t* prev;               // [P, F] out
+  const int64_t* batch_sizes;   // [T], on the device that runs the replay
+  const int64_t* offsets;       // [T]
+  int64_t T, N, F;
+  bool reverse;
+};
+
+template <typename L, typename scalar_t>
+RNNKIT_HD void replay(const Replay<scalar_t>& r, int64_t n, int64_t j) {
+  using V = typename L::V;
+  V s = L::load(r.init + n * r.F + j);
+  for (int64_t k = 0; k < r.T; ++k) {
+    const int64_t t = r.reverse ? r.T - 1 - k : k;
+    if (n >= r.batch_sizes[t]) continue;
+    const int64_t row = r.offsets[t] + n;
+    L::store(r.prev + row * r.F + j, s);
+    const V m = r.mask ? L::load(r.mask + (t * r.N + n) * r.F + j) : V(r.p);
+    s = mix(m, s, L::load(r.cand + row * r.ld_cand + j));
+  }
+}
+
 }  // namespace zoneout
 }  // namespace rnnkit

@@ -15,6 +15,7 @@
 
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "../common/layer.h"
 #include "blas.cuh"
@@ -39,6 +40,14 @@ struct BackwardUnit {
   zoneout::Step<scalar_t> z;
   __device__ void operator()(int64_t n, int64_t j) const {
     zoneout::backward<Cell, DeviceLanes<scalar_t>>(io, z, n, j);
+  }
+};
+
+template <typename scalar_t>
+struct ReplayUnit {
+  zoneout::Replay<scalar_t> r;
+  __device__ void operator()(int64_t n, int64_t j) const {
+    zoneout::replay<DeviceLanes<scalar_t>>(r, n, j);
   }
 };
 
@@ -246,6 +255,23 @@ struct Backend {
     if (!call.zoneout.on() && persistent_backward<Cell>(call)) return;
     RNNKIT_DISPATCH_CUDA(call.output.scalar_type(), "rnnkit_cuda_backward",
                          [&] { backward_steps<Cell, scalar_t>(call); });
+  }
+
+  static void replay_zoneout(const at::Tensor& prev, const at::Tensor& cand,
+                             const at::Tensor& init, const at::Tensor& mask, double p,
+                             const SequencePlan& plan) {
+    // The plan's batch sizes and offsets on the device: one copy, [2, T].
+    std::vector<int64_t> host(plan.batch_sizes);
+    host.insert(host.end(), plan.offsets.begin(), plan.offsets.end());
+    const at::Tensor steps =
+        at::tensor(host, at::TensorOptions().dtype(at::kLong)).to(prev.device());
+    RNNKIT_DISPATCH_CUDA(prev.scalar_type(), "rnnkit_cuda_replay_zoneout", [&] {
+      const zoneout::Replay<scalar_t> r{
+          ptr<scalar_t>(cand), cand.stride(0), ptr<scalar_t>(init), ptr<scalar_t>(mask),
+          static_cast<scalar_t>(p), ptr<scalar_t>(prev), steps.data_ptr<int64_t>(),
+          steps.data_ptr<int64_t>() + plan.T(), plan.T(), plan.N, prev.size(1), plan.reverse};
+      for_each_unit(plan.N, prev.size(1), ReplayUnit<scalar_t>{r});
+    });
   }
 };
 
