@@ -161,7 +161,8 @@ void backward_steps(const BackwardCall& call) {
         const at::Tensor m = call.zoneout.mask_h.defined()
                                  ? call.zoneout.mask_h[t].narrow(0, 0, bs)
                                  : at::scalar_tensor(call.zoneout.p_h, dr_t.options());
-        at::mul_out(call.carry_h.narrow(0, 0, bs), dr_t, m);
+        at::Tensor carry_t = call.carry_h.narrow(0, 0, bs);
+        at::mul_out(carry_t, dr_t, m);
         dr_t.mul_(1 - m);
       }
       gemm<scalar_t>(false, false, bs, H, R, 1, ptr<scalar_t>(call.dr) + row * R, R, w_hr, H, 0,
