@@ -11,6 +11,8 @@ import rnnkit
 from rnnkit import functional as RF
 from rnnkit import reference as ref
 
+from ..conftest import ALL_DEVICES
+
 DT = torch.float64
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -25,10 +27,13 @@ def _layers(kind: str):
     return RF.rnn_layer(act), ref.rnn_layer(act)
 
 
-def _problem(kind, T, N, I, H, packed, proj=0, seed=0):
+def _problem(kind, T, N, I, H, packed, proj=0, seed=0, device="cpu"):
     """Input (padded or packed), batch_sizes, states, params, all float64 requiring grad."""
     g = torch.Generator().manual_seed(seed)
-    rand = lambda *s: (torch.rand(*s, generator=g, dtype=DT) - 0.5).requires_grad_()  # noqa: E731
+
+    def rand(*s):
+        return (torch.rand(*s, generator=g, dtype=DT) - 0.5).to(device).requires_grad_()
+
     G = GATES[kind] * H
     R = proj or H
     if packed:
@@ -36,7 +41,7 @@ def _problem(kind, T, N, I, H, packed, proj=0, seed=0):
         lengths[0] = T
         x = torch.rand(T, N, I, generator=g, dtype=DT) - 0.5
         p = pack_padded_sequence(x, lengths, enforce_sorted=True)
-        x, batch_sizes = p.data.clone().requires_grad_(), p.batch_sizes
+        x, batch_sizes = p.data.to(device).requires_grad_(), p.batch_sizes
     else:
         x, batch_sizes = rand(T, N, I), None
     states = (rand(N, R),) + ((rand(N, H),) if kind == "lstm" else ())
@@ -44,22 +49,23 @@ def _problem(kind, T, N, I, H, packed, proj=0, seed=0):
     return x, batch_sizes, states, params
 
 
-def _masks(T, N, widths, probs, seed=1):
+def _masks(T, N, widths, probs, seed=1, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.bernoulli(torch.full((T, N, F), p, dtype=DT), generator=g) if p else None
-                 for F, p in zip(widths, probs))
+    return tuple(torch.bernoulli(torch.full((T, N, F), p, dtype=DT), generator=g).to(device)
+                 if p else None for F, p in zip(widths, probs))
 
 
 def _leaves(x, states, params):
     return [t for t in (x, *states, *params) if t is not None]
 
 
-def _compare(kind, T, N, I, H, packed, reverse, proj=0, probs=(0.4, 0.3), eval_p=False):
-    x, bs, states, params = _problem(kind, T, N, I, H, packed, proj)
+def _compare(kind, T, N, I, H, packed, reverse, proj=0, probs=(0.4, 0.3), eval_p=False,
+             device="cpu"):
+    x, bs, states, params = _problem(kind, T, N, I, H, packed, proj, device=device)
     ours, theirs = _layers(kind)
     widths = [proj or H, H][: len(states)]
     probs = probs[: len(states)]
-    zone = probs if eval_p else _masks(T, N, widths, probs)
+    zone = probs if eval_p else _masks(T, N, widths, probs, device=device)
     out, final = ours(x, bs, states, params, reverse, zone)
     out_r, final_r = theirs(x, bs, states, params, reverse, zone)
     torch.testing.assert_close(out, out_r)
@@ -92,15 +98,17 @@ CASES = [  # kind, T, N, I, H, packed, reverse, proj
 ]
 
 
+@pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-def test_layer_matches_reference_with_the_same_masks(case):
-    _compare(*case)
+def test_layer_matches_reference_with_the_same_masks(case, device):
+    _compare(*case, device=device)
 
 
+@pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("case", CASES[:8], ids=[str(c) for c in CASES[:8]])
-def test_layer_with_the_expectation_matches_reference(case):
+def test_layer_with_the_expectation_matches_reference(case, device):
     """Evaluation's mix with p, values and gradients (a model in eval mode can be differentiated)."""
-    _compare(*case, eval_p=True)
+    _compare(*case, eval_p=True, device=device)
 
 
 def test_lstm_h_only_and_c_only():
