@@ -110,7 +110,7 @@ zoneout::Step<scalar_t> step_zoneout(const ZoneoutCall& z, int64_t t, int64_t N,
     s.F = F;
     if (!on) return s;
     if (mask.defined()) s.mask = ptr<scalar_t>(mask) + t * N * F;
-    s.p = static_cast<scalar_t>(mask.defined() ? 0.0 : p);
+    s.p = static_cast<at::opmath_type<scalar_t>>(mask.defined() ? 0.0 : p);
     return s;
   };
   return {state(z.mask_h, z.p_h, R, z.h() && !h_by_loop), state(z.mask_c, z.p_c, H, z.c()),

@@ -118,7 +118,8 @@ struct OutputOnlyOps {
   static void define(torch::Library& m) {
     const std::string n = Cell::kName;
     m.def((n + "(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
-               "Tensor? b_ih, Tensor? b_hh, str nonlinearity, bool reverse" + zoneout_schema<Cell>() +
+               "Tensor? b_ih, Tensor? b_hh, str nonlinearity, bool reverse" +
+               zoneout_schema<Cell>() +
                ") -> (Tensor output, Tensor h_n)")
               .c_str());
     m.def((n + "_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, "
@@ -188,7 +189,8 @@ struct GatedOps {
   static void define(torch::Library& m) {
     const std::string n = Cell::kName;
     m.def((n + "(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
-               "Tensor? b_ih, Tensor? b_hh, bool reverse, bool train=True" + zoneout_schema<Cell>() +
+               "Tensor? b_ih, Tensor? b_hh, bool reverse, bool train=True" +
+               zoneout_schema<Cell>() +
                ") -> (Tensor output, Tensor h_n, Tensor workspace)")
               .c_str());
     m.def((n + "_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, "

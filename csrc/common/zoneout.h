@@ -11,6 +11,8 @@
 // time loop (mix, split), since the cell writes h before the projection only.
 #pragma once
 
+#include <ATen/OpMathType.h>
+
 #include <cstdint>
 
 #include "cell.h"
@@ -42,15 +44,17 @@ RNNKIT_HD Split<V> split(V m, V ds) {
 template <typename scalar_t>
 struct State {
   const scalar_t* mask = nullptr;  // [N, F]: the step's rows of the [T, N, F] mask, or null
-  scalar_t p = 0;                  // without a mask: the probability, 0 = no zoneout
+  // Without a mask: the probability, 0 = no zoneout; in the compute type, so that a float16 or
+  // bfloat16 layer mixes with p itself and not p rounded to its storage type.
+  at::opmath_type<scalar_t> p = 0;
   int64_t F = 0;                   // the state's width (R for h, H for c)
 
-  RNNKIT_HD bool on() const { return mask != nullptr || p != scalar_t(0); }
+  RNNKIT_HD bool on() const { return mask != nullptr || p != 0; }
   // m of unit (n, j).
   template <typename L>
   RNNKIT_HD typename L::V at(int64_t n, int64_t j) const {
     using V = typename L::V;
-    return mask ? L::load(mask + n * F + j) : V(p);
+    return mask ? L::load(mask + n * F + j) : V(static_cast<V>(p));
   }
 };
 
@@ -119,7 +123,7 @@ struct Replay {
   int64_t ld_cand;
   const scalar_t* init;         // [N, F]: the initial state
   const scalar_t* mask;         // [T, N, F], or null: p
-  scalar_t p;
+  at::opmath_type<scalar_t> p;
   scalar_t* prev;               // [P, F] out
   const int64_t* batch_sizes;   // [T], on the device that runs the replay
   const int64_t* offsets;       // [T]
@@ -136,7 +140,7 @@ RNNKIT_HD void replay(const Replay<scalar_t>& r, int64_t n, int64_t j) {
     if (n >= r.batch_sizes[t]) continue;
     const int64_t row = r.offsets[t] + n;
     L::store(r.prev + row * r.F + j, s);
-    const V m = r.mask ? L::load(r.mask + (t * r.N + n) * r.F + j) : V(r.p);
+    const V m = r.mask ? L::load(r.mask + (t * r.N + n) * r.F + j) : V(static_cast<V>(r.p));
     s = mix(m, s, L::load(r.cand + row * r.ld_cand + j));
   }
 }

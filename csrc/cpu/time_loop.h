@@ -225,7 +225,7 @@ struct Backend {
     AT_DISPATCH_FLOATING_TYPES(prev.scalar_type(), "rnnkit_cpu_replay_zoneout", [&] {
       const zoneout::Replay<scalar_t> r{
           ptr<scalar_t>(cand), cand.stride(0),      ptr<scalar_t>(init),
-          ptr<scalar_t>(mask), scalar_t(p),         ptr<scalar_t>(prev),
+          ptr<scalar_t>(mask), at::opmath_type<scalar_t>(p), ptr<scalar_t>(prev),
           plan.batch_sizes.data(), plan.offsets.data(), plan.T(), plan.N, prev.size(1),
           plan.reverse};
       for_each_unit<scalar_t>(plan.N, prev.size(1), [&](int64_t n, int64_t j, auto lanes) {

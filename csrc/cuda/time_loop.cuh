@@ -267,10 +267,19 @@ struct Backend {
     const at::Tensor steps =
         at::tensor(host, at::TensorOptions().dtype(at::kLong)).to(prev.device());
     RNNKIT_DISPATCH_CUDA(prev.scalar_type(), "rnnkit_cuda_replay_zoneout", [&] {
-      const zoneout::Replay<scalar_t> r{
-          ptr<scalar_t>(cand), cand.stride(0), ptr<scalar_t>(init), ptr<scalar_t>(mask),
-          static_cast<scalar_t>(p), ptr<scalar_t>(prev), steps.data_ptr<int64_t>(),
-          steps.data_ptr<int64_t>() + plan.T(), plan.T(), plan.N, prev.size(1), plan.reverse};
+      const int64_t* sizes = steps.data_ptr<int64_t>();
+      const zoneout::Replay<scalar_t> r{ptr<scalar_t>(cand),
+                                        cand.stride(0),
+                                        ptr<scalar_t>(init),
+                                        ptr<scalar_t>(mask),
+                                        static_cast<at::opmath_type<scalar_t>>(p),
+                                        ptr<scalar_t>(prev),
+                                        sizes,
+                                        sizes + plan.T(),
+                                        plan.T(),
+                                        plan.N,
+                                        prev.size(1),
+                                        plan.reverse};
       for_each_unit(plan.N, prev.size(1), ReplayUnit<scalar_t>{r});
     });
   }

@@ -107,7 +107,8 @@ def test_layer_matches_reference_with_the_same_masks(case, device):
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("case", CASES[:8], ids=[str(c) for c in CASES[:8]])
 def test_layer_with_the_expectation_matches_reference(case, device):
-    """Evaluation's mix with p, values and gradients (a model in eval mode can be differentiated)."""
+    """Evaluation's mix with p, values and gradients (a model in eval mode can be
+    differentiated)."""
     _compare(*case, eval_p=True, device=device)
 
 
