@@ -1,7 +1,8 @@
-"""Whole layers, rnnkit against torch.nn, on the cases of issue 3 (float32, CPU). Not run by
-pytest.
+"""Whole layers, rnnkit against torch.nn, on the cases of issue 3 (float32, CPU; with --dtype
+bfloat16 or float16, the same cases in that dtype against torch.nn in it, with issue 15's targets
+for bfloat16). Not run by pytest.
 
-    PYTHONPATH=. python benchmarks/bench_layers.py [--repeats 5] [--only 1,4]
+    PYTHONPATH=. python benchmarks/bench_layers.py [--repeats 5] [--only 1,4] [--dtype bfloat16]
 
 Per case: both implementations checked against the float64 reference on the same weights, then
 interleaved repeats in one process (with the layer's matrix products alone as a third entry, the
@@ -13,6 +14,7 @@ benchmarks/results/layers-<machine>-<date>.json and .md unless --no-save.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -51,12 +53,17 @@ CASES = [
 ]
 
 
+# Issue 15's targets for bfloat16 (case number -> speed-up over torch.nn in bfloat16).
+BF16_TARGETS = {1: 1.3, 2: 2.5, 3: 1.2, 4: 1.5, 5: 8.0, 6: 4.0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", default=None, help="comma-separated case numbers (1-based)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,6 +74,10 @@ def main() -> int:
     rows, results = [], []
     for k in chosen:
         label, case, mode, today, target, stretch = CASES[k - 1]
+        if args.dtype != "float32":
+            case = dataclasses.replace(case, dtype=args.dtype)
+            label, today, stretch = f"{label} ({args.dtype})", None, None
+            target = BF16_TARGETS.get(k) if args.dtype == "bfloat16" else None
         settings = Settings(modes=(mode,), warmup=2, repeats=args.repeats, memory=False)
         print(f"[{k}] {label} ...", file=sys.stderr, flush=True)
         got = {r.impl: r for r in run_case(case, settings, ["rnnkit", "torch"])}
@@ -93,7 +104,8 @@ def main() -> int:
     print()
     print(text)
     if not args.no_save:
-        stem = f"layers-{machine_slug('cpu')}-{datetime.date.today().isoformat()}"
+        kind = "layers" if args.dtype == "float32" else f"layers-{args.dtype}"
+        stem = f"{kind}-{machine_slug('cpu')}-{datetime.date.today().isoformat()}"
         path = os.path.join(results_dir(), stem)
         meta["loadavg_end"] = list(os.getloadavg())
         with open(path + ".json", "w") as f:

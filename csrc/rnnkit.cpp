@@ -24,6 +24,7 @@
 namespace rnnkit {
 // Which matrix products the CPU kernels call; defined by the CPU backend (cpu/register.cpp).
 const char* cpu_blas_path();
+const char* cpu_bf16_path();
 }  // namespace rnnkit
 
 TORCH_LIBRARY(rnnkit, m) {
@@ -169,6 +170,7 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddStringConstant(m, "cuda_archs", RNNKIT_CUDA_ARCHS);
   PyModule_AddStringConstant(m, "cpu_capability", RNNKIT_CPU_CAPABILITY);
   PyModule_AddStringConstant(m, "cpu_blas", rnnkit::cpu_blas_path());
+  PyModule_AddStringConstant(m, "cpu_bf16_path", rnnkit::cpu_bf16_path());
 #ifdef RNNKIT_WITH_CUDA
   PyModule_AddIntConstant(m, "with_cuda", 1);
 #else

@@ -21,9 +21,9 @@ _LAZY = {
     "RNN": "nn", "LSTM": "nn", "GRU": "nn", "RNNCell": "nn", "LSTMCell": "nn", "GRUCell": "nn",
     "from_torch": "nn", "build_info": "_library",
 }
-_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx"}
+_SUBMODULES = {"functional", "reference", "ops", "nn", "check", "onnx", "init"}
 
-__all__ = [*_LAZY, "functional", "reference", "ops", "__version__"]
+__all__ = [*_LAZY, "functional", "reference", "ops", "init", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -51,6 +51,7 @@ def build_info() -> dict[str, Any]:
         "backends": ["cpu"] + (["cuda"] if cuda_built() else []),
         "cpu_capability": _C.cpu_capability,
         "cpu_blas": _C.cpu_blas,
+        "cpu_bf16_path": _C.cpu_bf16_path,
         "cxx_flags": _C.cxx_flags,
         "debug": bool(_C.debug),
         "openmp": bool(_C.openmp),

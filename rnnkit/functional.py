@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import double_backward as _exact
+from . import dropout as _dropout
 from . import ops as _ops  # noqa: F401  (registers autograd and fake implementations)
 
 rnnkit_ops = torch.ops.rnnkit
@@ -148,19 +149,26 @@ def zoneout_probs(name: str, zoneout: float, zoneout_cell: Optional[float] = Non
 def stack_layers(layer: Callable, input: Tensor, batch_sizes: Tensor | None,
                  states: Sequence[Tensor], params: Sequence[LayerParams], num_layers: int,
                  bidirectional: bool, dropout: float, training: bool,
-                 zoneout: Sequence[float] = ()) -> tuple[Tensor, list[Tensor]]:
+                 zoneout: Sequence[float] = (), *,
+                 variational_dropout: float = 0.0) -> tuple[Tensor, list[Tensor]]:
     """Runs num_layers layers, each in one or two directions, time-major.
 
     input: (T, N, I) or packed (P, I); states: one (L*D, N, *) tensor per state kind (h, and c
     for LSTM), rows ordered layer by layer, forward before reverse; params: L*D tuples.
     Returns the last layer's output, (T, N, D*R) or (P, D*R), and the final states, one
-    (L*D, N, *) tensor per kind. Dropout acts on every layer's output but the last. zoneout: a
-    probability per state kind (h, then c), none: no zoneout (zoneout_masks draws the masks).
+    (L*D, N, *) tensor per kind. In training: ``dropout`` (per element, torch.nn's) acts on every
+    layer's output but the last; ``variational_dropout`` multiplies every layer's input (the
+    stack's input and, after ``dropout``, each layer's output but the last) by a mask of one row
+    per sequence, drawn once per layer and shared by all time steps and both directions.
+    zoneout: a probability per state kind (h, then c), none: no zoneout (zoneout_masks draws the
+    masks, in training; in evaluation the layers mix with the probabilities).
     """
     directions = 2 if bidirectional else 1
     finals: list[list[Tensor]] = [[] for _ in states]
     x = input
     for layer_index in range(num_layers):
+        if variational_dropout > 0 and training:
+            x = _dropout.variational(x, batch_sizes, variational_dropout)
         outs = []
         for d in range(directions):
             k = layer_index * directions + d

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import dropout as _dropout
 from . import functional as RF
+from . import init as _init
 from .cells import GATES, MODES
 
 _GATES = {mode: GATES[cell] for mode, cell in MODES.items()}
@@ -30,7 +32,7 @@ def _shape(t: Union[Tensor, tuple[int, ...]]) -> str:
 
 # Messages start with torch.nn's words for the same fault (its exception type too), so that code
 # written against torch.nn catches and recognises them; rnnkit's detail follows.
-_FLOATING = "float32 or float64; also float16 or bfloat16 on CUDA"
+_FLOATING = "float32, float64, float16 or bfloat16"
 
 
 def _check_input_against_weights(name: str, input: Tensor, weight: Tensor, layer: bool) -> None:
@@ -231,13 +233,67 @@ class GRUCell(_CellBase):
 
 
 # ---- layers -----------------------------------------------------------------------------------
+_VARIANTS_DOC = """
+    Options beyond torch.nn (keyword only; the defaults change nothing):
+
+    - ``weight_drop`` (p in [0, 1)): DropConnect on every ``weight_hh_l{k}{_reverse}`` in
+      training, as AWD-LSTM: each forward multiplies the weight by a fresh Bernoulli(1 - p)
+      mask scaled by 1/(1 - p) and runs the fused kernels with it; the gradient reaches the
+      parameter through that product. The state dict is unchanged.
+    - ``variational_dropout`` (p in [0, 1)): in training, each layer's input (the module's
+      input, and the input of every layer after the first) is multiplied by a mask of shape
+      (N, features), drawn once per forward and shared by every time step (per sequence for a
+      PackedSequence). It adds to torch.nn's ``dropout``, which stays a per-element dropout of
+      each layer's output but the last: between layers both apply, ``dropout`` first, and a
+      feature is kept with probability (1 - dropout) * (1 - variational_dropout).
+      Masks are drawn from torch's global generator in this order: every weight_hh's (layer by
+      layer, forward before reverse), then, per layer, the variational mask and (between layers)
+      the dropout mask.
+    - ``forget_bias`` (a number; gated cells only): the forget gate's bias after initialisation
+      (LSTM f; GRU z, the fraction of the old state kept), see ``rnnkit.init.forget_bias_``.
+    - ``chrono_init`` (T_max, an integer >= 3; gated cells only): chrono initialisation of the
+      gate biases, see ``rnnkit.init.chrono_init_``.
+
+    - ``zoneout`` (p in [0, 1)), and ``zoneout_cell`` for the LSTM's c (None: ``zoneout``'s):
+      zoneout of the states inside the fused time loops, see ``rnnkit.functional``. Its masks
+      are drawn after the weight_hh masks, per layer and direction, after that layer's
+      variational mask.
+
+    Both init options are applied by ``reset_parameters``; they cannot be combined. A module
+    with ``weight_drop``, ``variational_dropout`` or zoneout has no torch.nn equivalent
+    (``to_torch`` refuses it).
+"""
+
+
 class _RNNBase(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None, *,
+                 weight_drop: float = 0.0, variational_dropout: float = 0.0,
+                 forget_bias: Optional[float] = None, chrono_init: Optional[int] = None,
                  zoneout: float = 0.0, zoneout_cell: Optional[float] = None) -> None:
         super().__init__()
         name = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+        self.weight_drop = _dropout.check_probability(weight_drop, f"{name}: weight_drop")
+        self.variational_dropout = _dropout.check_probability(
+            variational_dropout, f"{name}: variational_dropout")
+        if forget_bias is not None and chrono_init is not None:
+            raise ValueError(f"{name}: forget_bias and chrono_init both set the forget gate's "
+                             f"bias; expected one of them, got forget_bias={forget_bias!r} and "
+                             f"chrono_init={chrono_init!r}")
+        for arg, value in (("forget_bias", forget_bias), ("chrono_init", chrono_init)):
+            if value is None:
+                continue
+            if GATES[MODES.get(mode, "lstm")] == 1:
+                raise ValueError(f"{name}: {arg} needs a gated cell (LSTM or GRU); the Elman RNN "
+                                 f"has no forget gate (got {arg}={value!r})")
+            if not bias:
+                raise ValueError(f"{name}: {arg} sets gate biases; expected bias=True, got "
+                                 f"bias=False with {arg}={value!r}")
+        self.forget_bias = (None if forget_bias is None
+                            else _init.check_forget_bias(forget_bias, f"{name}: forget_bias"))
+        self.chrono_init = (None if chrono_init is None
+                            else _init.check_t_max(chrono_init, f"{name}: chrono_init"))
         # torch.nn.RNNBase's checks, in its order, with its types and words first.
         if not (isinstance(dropout, numbers.Number) and not isinstance(dropout, bool)
                 and 0 <= dropout <= 1):
@@ -304,10 +360,15 @@ class _RNNBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Every parameter uniform in ±1/sqrt(hidden_size), as torch.nn."""
+        """Every parameter uniform in ±1/sqrt(hidden_size), as torch.nn; then forget_bias or
+        chrono_init, if set, on the gate biases."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        if self.forget_bias is not None:
+            _init.forget_bias_(self, self.forget_bias)
+        if self.chrono_init is not None:
+            _init.chrono_init_(self, self.chrono_init)
 
     def flatten_parameters(self) -> None:
         """Accepted so code written for torch.nn runs unchanged; rnnkit needs no flat buffer."""
@@ -347,6 +408,9 @@ class _RNNBase(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        for arg in ("weight_drop", "variational_dropout", "forget_bias", "chrono_init"):
+            if getattr(self, arg) not in (None, 0.0):
+                s += f", {arg}={getattr(self, arg)}"
         if self.zoneout:
             s += f", zoneout={self.zoneout}"
         if getattr(self, "zoneout_cell", None) is not None:
@@ -354,8 +418,25 @@ class _RNNBase(nn.Module):
         return s
 
     def to_torch(self) -> nn.Module:
-        """The torch.nn equivalent of this layer, with the same weights."""
+        """The torch.nn equivalent of this layer, with the same weights. Refuses a layer with
+        weight_drop, variational_dropout or zoneout, which torch.nn has not (the init options
+        are just values and convert)."""
+        for arg in ("weight_drop", "variational_dropout"):
+            if getattr(self, arg) > 0:
+                raise ValueError(f"{type(self).__name__}.to_torch: torch.nn has no {arg}; "
+                                 f"expected {arg}=0 for a torch.nn equivalent, got "
+                                 f"{arg}={getattr(self, arg)} (set module.{arg} = 0.0 to "
+                                 f"convert without it)")
         return _to_torch(self)
+
+    def _run_params(self) -> list[RF.LayerParams]:
+        """The parameters a forward runs with: in training with weight_drop, every w_hh
+        replaced by a freshly masked copy (an autograd op on the parameter)."""
+        params = self._layer_params()
+        if not (self.training and self.weight_drop > 0):
+            return params
+        return [(w_ih, _dropout.drop_weight(w_hh, self.weight_drop), b_ih, b_hh, w_hr)
+                for w_ih, w_hh, b_ih, b_hh, w_hr in params]
 
     def _layer(self):
         """The function that runs one layer in one direction (rnnkit.functional's fused ones)."""
@@ -426,9 +507,10 @@ class _RNNBase(nn.Module):
                 s = s.index_select(1, sorted_indices)
             states.append(s)
 
-        out, finals = RF.stack_layers(self._layer(), x, batch_sizes, states, self._layer_params(),
+        out, finals = RF.stack_layers(self._layer(), x, batch_sizes, states, self._run_params(),
                                       self.num_layers, self.bidirectional, self.dropout,
-                                      self.training, self._zoneout_probs)
+                                      self.training, self._zoneout_probs,
+                                      variational_dropout=self.variational_dropout)
         if packed:
             if unsorted_indices is not None:
                 finals = [f.index_select(1, unsorted_indices) for f in finals]
@@ -448,7 +530,9 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 weight_drop: float = 0.0, variational_dropout: float = 0.0,
+                 forget_bias: Optional[float] = None, chrono_init: Optional[int] = None,
                  zoneout: float = 0.0, **unexpected) -> None:
         _refuse_unexpected("RNN", unexpected)
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
@@ -456,7 +540,9 @@ class RNN(_RNNBase):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(modes[nonlinearity], input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, 0, device, dtype, zoneout)
+                         batch_first, dropout, bidirectional, 0, device, dtype,
+                         weight_drop=weight_drop, variational_dropout=variational_dropout,
+                         forget_bias=forget_bias, chrono_init=chrono_init, zoneout=zoneout)
 
     def forward(self, input, hx: Optional[Tensor] = None):
         out, (h,) = self._run(input, (hx,))
@@ -473,10 +559,14 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, zoneout: float = 0.0,
+                 proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0,
+                 variational_dropout: float = 0.0, forget_bias: Optional[float] = None,
+                 chrono_init: Optional[int] = None, zoneout: float = 0.0,
                  zoneout_cell: Optional[float] = None) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, zoneout, zoneout_cell)
+                         bidirectional, proj_size, device, dtype, weight_drop=weight_drop,
+                         variational_dropout=variational_dropout, forget_bias=forget_bias,
+                         chrono_init=chrono_init, zoneout=zoneout, zoneout_cell=zoneout_cell)
 
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
         states = (None, None) if hx is None else tuple(hx)
@@ -488,18 +578,28 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """Multi-layer GRU, drop-in for torch.nn.GRU. Shapes as for RNN."""
+    """Multi-layer GRU, drop-in for torch.nn.GRU. Shapes as for RNN.
+    """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, zoneout: float = 0.0, **unexpected) -> None:
+                 device=None, dtype=None, *, weight_drop: float = 0.0,
+                 variational_dropout: float = 0.0, forget_bias: Optional[float] = None,
+                 chrono_init: Optional[int] = None, zoneout: float = 0.0,
+                 **unexpected) -> None:
         _refuse_unexpected("GRU", unexpected)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, zoneout)
+                         bidirectional, 0, device, dtype, weight_drop=weight_drop,
+                         variational_dropout=variational_dropout, forget_bias=forget_bias,
+                         chrono_init=chrono_init, zoneout=zoneout)
 
     def forward(self, input, hx: Optional[Tensor] = None):
         out, (h,) = self._run(input, (hx,))
         return out, h
+
+
+for _layer_class in (RNN, LSTM, GRU):
+    _layer_class.__doc__ += _VARIANTS_DOC
 
 
 # ---- conversion -------------------------------------------------------------------------------

@@ -40,12 +40,27 @@ def _out(input: torch.Tensor, features: int) -> torch.Tensor:
 # tensor, so a direct call that mixes a CPU input with a meta state would otherwise "succeed" and
 # hand back uninitialised CPU tensors. Each fake therefore checks what the kernels check about
 # devices and dtypes first (shapes are left to the kernels, which see the real sizes).
+def _compute_dtype(input: torch.Tensor) -> torch.dtype:
+    """The dtype of the workspace for this input: float32 for float16 and bfloat16 on the CPU,
+    whose kernels compute in float32 (Backend::compute_dtype, csrc/cpu/time_loop.h); else the
+    input's."""
+    if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return input.dtype
+
+
 def _check_like_input(op: str, args: dict) -> None:
-    """Every tensor argument on input's device and in its dtype; batch_sizes (int64) on the CPU
-    or on input's device."""
+    """Every tensor argument on input's device and in its dtype (the workspace in the kernels'
+    compute dtype); batch_sizes (int64) on the CPU or on input's device."""
     ref = args["input"]
     for name, t in args.items():
         if name == "input" or not isinstance(t, torch.Tensor):
+            continue
+        if name == "workspace":
+            want = _compute_dtype(ref)
+            if t.dtype != want or t.device != ref.device:
+                raise RuntimeError(f"rnnkit::{op}: expected workspace of dtype {want} on device "
+                                   f"{ref.device}, got {t.dtype} on {t.device}")
             continue
         if name == "batch_sizes":
             if t.device.type != "cpu" and t.device != ref.device:
@@ -84,7 +99,8 @@ def _width(cell: str, H: int, proj: bool = False) -> int:
 
 def _workspace(input, batch_sizes, width: int, train: bool) -> torch.Tensor:
     """The workspace a layer operator returns: (P, width) in training, (0,) without."""
-    return input.new_empty((_rows(input, batch_sizes), width) if train else (0,))
+    return input.new_empty((_rows(input, batch_sizes), width) if train else (0,),
+                           dtype=_compute_dtype(input))
 
 
 @_fake("lstm")
@@ -106,7 +122,8 @@ def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w
 
 @_fake("lstm_cell")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    ws = input.new_empty((input.shape[0], _width("lstm", hx.shape[1])))
+    ws = input.new_empty((input.shape[0], _width("lstm", hx.shape[1])),
+                         dtype=_compute_dtype(input))
     return torch.empty_like(hx), torch.empty_like(cx), ws
 
 
@@ -133,7 +150,9 @@ def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspa
 
 @_fake("gru_cell")
 def _(input, hx, w_ih, w_hh, b_ih, b_hh):
-    return torch.empty_like(hx), input.new_empty((input.shape[0], _width("gru", hx.shape[1])))
+    ws = input.new_empty((input.shape[0], _width("gru", hx.shape[1])),
+                         dtype=_compute_dtype(input))
+    return torch.empty_like(hx), ws
 
 
 @_fake("gru_cell_backward")

@@ -28,21 +28,24 @@
 
 namespace rnnkit {
 
-// The pointers of one forward step, rows of the step's active batch only (n < bs).
-template <typename scalar_t>
+// The pointers of one forward step, rows of the step's active batch only (n < bs). scalar_t is
+// the storage type of the input, the states fed to the products and the output; compute_t that
+// of the gates, the workspace and the cell state (float for float16 and bfloat16 on the CPU;
+// the same as scalar_t elsewhere).
+template <typename scalar_t, typename compute_t = scalar_t>
 struct StepForward {
-  scalar_t* gates;          // [bs, ld_gates]: the input projection in (plus the recurrent product
+  compute_t* gates;          // [bs, ld_gates]: the input projection in (plus the recurrent product
                             // unless kRecurrentApart); the workspace row out when save
   int64_t ld_gates;         // row stride of gates (the workspace width when save)
-  const scalar_t* rec;      // [bs, G]: the recurrent product, with kRecurrentApart; else null
-  const scalar_t* bias;     // [G] or null: added to the input side (b_ih + b_hh, or b_ih alone
+  const compute_t* rec;     // [bs, G]: the recurrent product, with kRecurrentApart; else null
+  const compute_t* bias;    // [G] or null: added to the input side (b_ih + b_hh, or b_ih alone
                             // with kRecurrentApart); null where the projection holds it
-  const scalar_t* rec_bias; // [G] or null: b_hh, added to the recurrent side (kRecurrentApart)
+  const compute_t* rec_bias; // [G] or null: b_hh, added to the recurrent side (kRecurrentApart)
   const scalar_t* h_prev;   // [bs, R]: the state the step starts from
   scalar_t* h_next;         // [bs, R]: the new state (not written with a projection)
   scalar_t* out;            // [bs, R]: the step's output rows (not written with a projection)
-  scalar_t* c;              // [bs, H]: the cell state, c_prev in and c out (kCellState)
-  scalar_t* h_pre;          // [bs, ld_h_pre] or null: h before the projection (projection only)
+  compute_t* c;             // [bs, H]: the cell state, c_prev in and c out (kCellState)
+  compute_t* h_pre;         // [bs, ld_h_pre] or null: h before the projection (projection only)
   int64_t ld_h_pre;
   int64_t H, R;
   bool save;                // write the workspace row (training)
@@ -62,20 +65,21 @@ struct StepForward {
   }
 };
 
-// The pointers of one backward step, rows of the step's active batch only (n < bs).
-template <typename scalar_t>
+// The pointers of one backward step, rows of the step's active batch only (n < bs). Types as in
+// StepForward: out and h_prev in the storage type, the rest in the compute type.
+template <typename scalar_t, typename compute_t = scalar_t>
 struct StepBackward {
-  const scalar_t* ws;       // [bs, W]: the step's workspace rows
+  const compute_t* ws;      // [bs, W]: the step's workspace rows
   const scalar_t* out;      // [bs, R]: the step's output rows (h)
   const scalar_t* h_prev;   // [bs, R]: the state the step started from
-  const scalar_t* c_prev;   // [bs, H]: the cell state the step started from (kCellState)
-  const scalar_t* dh_out;   // [bs, H] or null: gradient reaching h from the output (grad_output
+  const compute_t* c_prev;  // [bs, H]: the cell state the step started from (kCellState)
+  const compute_t* dh_out;  // [bs, H] or null: gradient reaching h from the output (grad_output
                             // rows, or dh_pre = dr w_hr with a projection)
-  scalar_t* dh;             // [bs, H] or null: gradient carried from the next step; kDirectGrad
+  compute_t* dh;            // [bs, H] or null: gradient carried from the next step; kDirectGrad
                             // cells overwrite it with the direct part of dh_prev
-  scalar_t* dc;             // [bs, H]: gradient of c in, of c_prev out (kCellState)
-  scalar_t* da;             // [bs, G]: gradients of the input-side pre-activations
-  scalar_t* da_rec;         // [bs, G]: of the recurrent-side ones (kRecurrentApart); else da
+  compute_t* dc;            // [bs, H]: gradient of c in, of c_prev out (kCellState)
+  compute_t* da;            // [bs, G]: gradients of the input-side pre-activations
+  compute_t* da_rec;        // [bs, G]: of the recurrent-side ones (kRecurrentApart); else da
   int64_t H, W;
   gates::Activation act;
 

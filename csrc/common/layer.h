@@ -4,6 +4,8 @@
 // their views, and hand a ForwardCall or BackwardCall (named fields) to the backend's time loop;
 // layer_backward ends with the weight gradients (weight_grads.h). A backend is a struct with
 //   kHalfTypes                 whether it computes in float16 and bfloat16
+//   compute_dtype(dtype)       the dtype of the workspace and of the gradients through time for
+//                              input of that dtype (CPU: float32 for float16 and bfloat16)
 //   Guard                      constructed from the input's device for the whole call
 //   check_device(input, op)    the input is on this backend's device
 //   buffer(sizes, options)     a large buffer the kernel fills at once (outputs, workspaces)
@@ -12,7 +14,8 @@
 //   backward<Cell>(call)       backward through time: fills call.da, da_rec, dh, dc, dr
 //   replay_zoneout(prev, cand, init, mask, p, plan)
 //                              zoneout::replay over every unit: the mixed states [P, F] each
-//                              step read, from the candidates cand [P, F] (a column slice)
+//                              step read, from the candidates cand [P, F] (a column slice);
+//                              prev, cand and init in the compute dtype, mask in the input's
 #pragma once
 
 #include <ATen/ATen.h>
@@ -102,9 +105,9 @@ ZoneoutCall checked_zoneout(const ZoneoutArgs& z, const Tensor& input, const Seq
 
 // One step's zoneout as the pointwise code reads it (zoneout::Step): the rows of time index t.
 // h_by_loop: the time loop mixes h itself (after a projection), so the unit code leaves it.
-template <typename scalar_t>
-zoneout::Step<scalar_t> step_zoneout(const ZoneoutCall& z, int64_t t, int64_t N, int64_t R,
-                                     int64_t H, bool h_by_loop) {
+template <typename scalar_t, typename compute_t = scalar_t>
+zoneout::Step<scalar_t, compute_t> step_zoneout(const ZoneoutCall& z, int64_t t, int64_t N,
+                                                int64_t R, int64_t H, bool h_by_loop) {
   const auto state = [&](const Tensor& mask, double p, int64_t F, bool on) {
     zoneout::State<scalar_t> s;
     s.F = F;
@@ -214,7 +217,9 @@ LayerResult layer_forward(const LayerArgs& a) {
   call.h = r.h_n = call.h0.clone();
   if constexpr (Cell::kCellState) call.c = r.c_n = a.c0.contiguous().clone();
   const Tensor ws = Backend::template forward<Cell>(call);
-  r.workspace = a.train ? ws : at::empty({0}, a.input.options());
+  r.workspace = a.train ? ws
+                        : at::empty({0}, a.input.options().dtype(
+                                             Backend::compute_dtype(a.input.scalar_type())));
   return r;
 }
 
@@ -261,12 +266,12 @@ struct BackwardCall {
 
 // The buffers of a backward call as a step's pointwise code reads them, at packed row 0
 // (StepBackward::at_row moves it to a step).
-template <typename scalar_t>
-StepBackward<scalar_t> step_backward(const BackwardCall& call) {
-  return {ptr<scalar_t>(call.ws),          ptr<scalar_t>(call.output), ptr<scalar_t>(call.h_prev),
-          ptr<scalar_t>(call.c_prev),      ptr<scalar_t>(call.grad_output),
-          ptr<scalar_t>(call.dh),          ptr<scalar_t>(call.dc),     ptr<scalar_t>(call.da),
-          ptr<scalar_t>(call.da_rec),      call.d.H,                   call.W,
+template <typename scalar_t, typename compute_t = scalar_t>
+StepBackward<scalar_t, compute_t> step_backward(const BackwardCall& call) {
+  return {ptr<compute_t>(call.ws),     ptr<scalar_t>(call.output), ptr<scalar_t>(call.h_prev),
+          ptr<compute_t>(call.c_prev), ptr<compute_t>(call.grad_output),
+          ptr<compute_t>(call.dh),     ptr<compute_t>(call.dc),    ptr<compute_t>(call.da),
+          ptr<compute_t>(call.da_rec), call.d.H,                   call.W,
           call.act};
 }
 
@@ -293,8 +298,15 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
     checks::shape(a.c0, {plan.N, d.H}, op, "c0 (N, H)");
     checks::like(a.c0, a.input, op, "c0");
   }
+  // The workspace, the gradients through time and the cell state within the call are in the
+  // backend's compute dtype (float32 for a bfloat16 input on the CPU); the results are rounded
+  // to the input's dtype at the end.
+  const at::ScalarType dtype = a.input.scalar_type(), compute = Backend::compute_dtype(dtype);
+  const auto widened = [compute](const Tensor& t) {
+    return t.scalar_type() == compute ? t.clone() : t.to(compute);
+  };
   saved_shapes(op, a.input, a.output, d.R, Cell::kGatesInOutput ? nullptr : &a.workspace, plan.P,
-               call.W);
+               call.W, compute);
   grad_shapes(op, a.grad_output, a.output, a.grad_h_n, a.h0);
   if constexpr (Cell::kCellState) {
     if (a.grad_c_n.has_value()) {
@@ -304,6 +316,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   }
 
   const auto options = a.input.options();
+  const auto coptions = options.dtype(compute);
   const Tensor x = a.input.contiguous().view({plan.P, d.I});
   call.output = a.output.contiguous().view({plan.P, d.R});
   if constexpr (!Cell::kGatesInOutput) call.ws = a.workspace.contiguous();
@@ -311,31 +324,36 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   if constexpr (Cell::kGatesInOutput) {
     // The cell's backward reads its new state, the candidate, from the output, which holds the
     // mixed state; where m = 1 the candidate's gradient is zero and any finite value serves.
+    // Recovered in the compute dtype (with p itself, not p rounded), then rounded to the output's.
     if (call.zoneout.h()) {
-      const Tensor m = packed_mask(call.zoneout.mask_h, call.zoneout.p_h, plan, call.output);
-      call.output = at::where(m == 1, call.output, (call.output - m * call.h_prev) / (1 - m));
+      const Tensor out = call.output.to(compute), prev = call.h_prev.to(compute);
+      const Tensor m = packed_mask(call.zoneout.mask_h, call.zoneout.p_h, plan, out);
+      call.output = at::where(m == 1, out, (out - m * prev) / (1 - m)).to(dtype);
     }
   }
   if constexpr (Cell::kCellState) {
     const Tensor cand = call.ws.narrow(1, layout.c(), d.H);  // the workspace saves c~
+    const Tensor c0 = a.c0.contiguous().to(compute);
     if (call.zoneout.c()) {
       // The mixed c each step read, replayed from the candidates (zoneout::replay).
-      call.c_prev = Backend::buffer({plan.P, d.H}, options);
-      Backend::replay_zoneout(call.c_prev, cand, a.c0.contiguous(), call.zoneout.mask_c,
-                              call.zoneout.p_c, plan);
+      call.c_prev = Backend::buffer({plan.P, d.H}, coptions);
+      Backend::replay_zoneout(call.c_prev, cand, c0, call.zoneout.mask_c, call.zoneout.p_c, plan);
     } else {
-      call.c_prev = previous_states(cand, a.c0.contiguous(), plan).contiguous();
+      call.c_prev = previous_states(cand, c0, plan).contiguous();
     }
-    call.dc = a.grad_c_n.has_value() ? a.grad_c_n->contiguous().clone() : at::zeros_like(a.c0);
+    call.dc = a.grad_c_n.has_value() ? widened(a.grad_c_n->contiguous())
+                                     : at::zeros(a.c0.sizes(), coptions);
   }
-  if (a.grad_output.has_value()) call.grad_output = a.grad_output->contiguous().view({plan.P, d.R});
-  call.dh = a.grad_h_n.has_value() ? a.grad_h_n->contiguous().clone() : at::zeros_like(a.h0);
-  call.da = Backend::buffer({plan.P, d.G}, options);
-  call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, options) : call.da;
-  if (call.zoneout.h()) call.carry_h = at::empty({plan.N, d.R}, options);
+  if (a.grad_output.has_value())
+    call.grad_output = a.grad_output->contiguous().view({plan.P, d.R}).to(compute);
+  call.dh = a.grad_h_n.has_value() ? widened(a.grad_h_n->contiguous())
+                                   : at::zeros(a.h0.sizes(), coptions);
+  call.da = Backend::buffer({plan.P, d.G}, coptions);
+  call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, coptions) : call.da;
+  if (call.zoneout.h()) call.carry_h = at::empty({plan.N, d.R}, coptions);
   if (call.proj) {
-    call.dr = Backend::buffer({plan.P, d.R}, options);
-    call.dh_pre = at::empty({plan.N, d.H}, options);
+    call.dr = Backend::buffer({plan.P, d.R}, coptions);
+    call.dh_pre = at::empty({plan.N, d.H}, coptions);
   }
   call.w_hh = a.w_hh.contiguous();
   if (call.proj) call.w_hr = a.w_hr->contiguous();
@@ -343,11 +361,12 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
 
   LayerGrads r;
   r.g = weight_grads(call.da, call.da_rec, x, call.h_prev, a.w_ih, a.input.sizes());
-  r.h0 = call.dh;
-  r.c0 = call.dc;
+  r.h0 = call.dh.to(dtype);
+  r.c0 = call.dc.defined() ? call.dc.to(dtype) : call.dc;
   r.w_hr = at::empty({0}, options);
   if constexpr (Cell::kProjection) {
-    if (call.proj) r.w_hr = at::mm(call.dr.t(), call.ws.narrow(1, layout.h_pre(), d.H));
+    if (call.proj)
+      r.w_hr = at::mm(call.dr.t(), call.ws.narrow(1, layout.h_pre(), d.H)).to(dtype);
   }
   return r;
 }

@@ -77,17 +77,23 @@ inline void grad_shapes(const char* op, const c10::optional<at::Tensor>& grad_ou
 }
 
 // What a backward operator reads from its forward: the output, [T, N, R] or [P, R] (the input's
-// shape with R features), and the workspace [P, W] (absent for the Elman RNN), in the input's
-// dtype and on its device. Their sizes bound every read of the backward kernels.
+// shape with R features), in the input's dtype, and the workspace [P, W] (absent for the Elman
+// RNN) in ws_dtype (the backend's compute dtype), both on the input's device. Their sizes bound
+// every read of the backward kernels.
 inline void saved_shapes(const char* op, const at::Tensor& input, const at::Tensor& output,
-                         int64_t R, const at::Tensor* workspace, int64_t P, int64_t W) {
+                         int64_t R, const at::Tensor* workspace, int64_t P, int64_t W,
+                         at::ScalarType ws_dtype) {
   auto expected = input.sizes().vec();
   expected.back() = R;
   checks::shape(output, expected, op, "output (the forward's output)");
   checks::like(output, input, op, "output");
   if (workspace != nullptr) {
     checks::shape(*workspace, {P, W}, op, "workspace (P, W)");
-    checks::like(*workspace, input, op, "workspace");
+    TORCH_CHECK(workspace->scalar_type() == ws_dtype, op, ": expected workspace to have dtype ",
+                ws_dtype, " (the kernels' compute dtype for input of dtype ", input.scalar_type(),
+                "), got ", workspace->scalar_type());
+    TORCH_CHECK(workspace->device() == input.device(), op, ": expected workspace on device ",
+                input.device(), " (the device of input), got ", workspace->device());
   }
 }
 

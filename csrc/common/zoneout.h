@@ -59,17 +59,18 @@ struct State {
 };
 
 // Both states' zoneout in one step. h.on() is false when the time loop mixes h itself (after a
-// projection).
-template <typename scalar_t>
+// projection). The masks are in the storage type scalar_t (the input's dtype); the gradients in
+// the compute type (cell.h).
+template <typename scalar_t, typename compute_t = scalar_t>
 struct Step {
   State<scalar_t> h, c;
-  scalar_t* carry_h = nullptr;  // backward: [N, R] scratch, m ⊙ dh, added after the product
+  compute_t* carry_h = nullptr;  // backward: [N, R] scratch, m ⊙ dh, added after the product
 };
 
 // The cell's forward of unit (n, j), then the mix of its new states.
-template <typename Cell, typename L, typename scalar_t>
-RNNKIT_HD void forward(const StepForward<scalar_t>& io, const Step<scalar_t>& z, int64_t n,
-                       int64_t j) {
+template <typename Cell, typename L, typename scalar_t, typename compute_t>
+RNNKIT_HD void forward(const StepForward<scalar_t, compute_t>& io,
+                       const Step<scalar_t, compute_t>& z, int64_t n, int64_t j) {
   using V = typename L::V;
   const bool zh = z.h.on() && !io.h_pre, zc = Cell::kCellState && z.c.on();
   const int64_t kh = n * io.R + j, kc = n * io.H + j;
@@ -90,11 +91,11 @@ RNNKIT_HD void forward(const StepForward<scalar_t>& io, const Step<scalar_t>& z,
 // split, the candidates' parts go through the cell, the carried parts to the previous states
 // (c here; h through z.carry_h, which the time loop adds after the recurrent product writes dh).
 // io.dh is never null here (the time loop passes it unless it projects, and then z.h is off).
-template <typename Cell, typename L, typename scalar_t>
-RNNKIT_HD void backward(const StepBackward<scalar_t>& io, const Step<scalar_t>& z, int64_t n,
-                        int64_t j) {
+template <typename Cell, typename L, typename scalar_t, typename compute_t>
+RNNKIT_HD void backward(const StepBackward<scalar_t, compute_t>& io,
+                        const Step<scalar_t, compute_t>& z, int64_t n, int64_t j) {
   using V = typename L::V;
-  StepBackward<scalar_t> cell_io = io;
+  StepBackward<scalar_t, compute_t> cell_io = io;
   if (z.h.on()) {
     const int64_t k = n * io.H + j;
     const Split<V> s = split(z.h.template at<L>(n, j), io.template grad_h<L>(n, j));
@@ -116,23 +117,24 @@ RNNKIT_HD void backward(const StepBackward<scalar_t>& io, const Step<scalar_t>& 
 // The mixed states every step started from, replayed for backward from the candidates the
 // forward saved: for unit (n, j), over the steps in the forward's order, prev[row] = s, then
 // s = mix(m, s, cand[row]) (row: the step's packed row of n, while n is active). The same
-// arithmetic as forward's mix, so the values are the forward's.
-template <typename scalar_t>
+// arithmetic as forward's mix, so the values are the forward's. The states are in the compute
+// type (the cell state's, cell.h), the mask in the storage type.
+template <typename scalar_t, typename compute_t = scalar_t>
 struct Replay {
-  const scalar_t* cand;         // [P, ld_cand]: the candidates (a column block of the workspace)
+  const compute_t* cand;        // [P, ld_cand]: the candidates (a column block of the workspace)
   int64_t ld_cand;
-  const scalar_t* init;         // [N, F]: the initial state
+  const compute_t* init;        // [N, F]: the initial state
   const scalar_t* mask;         // [T, N, F], or null: p
   at::opmath_type<scalar_t> p;
-  scalar_t* prev;               // [P, F] out
+  compute_t* prev;              // [P, F] out
   const int64_t* batch_sizes;   // [T], on the device that runs the replay
   const int64_t* offsets;       // [T]
   int64_t T, N, F;
   bool reverse;
 };
 
-template <typename L, typename scalar_t>
-RNNKIT_HD void replay(const Replay<scalar_t>& r, int64_t n, int64_t j) {
+template <typename L, typename scalar_t, typename compute_t>
+RNNKIT_HD void replay(const Replay<scalar_t, compute_t>& r, int64_t n, int64_t j) {
   using V = typename L::V;
   V s = L::load(r.init + n * r.F + j);
   for (int64_t k = 0; k < r.T; ++k) {

@@ -2,30 +2,56 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace rnnkit {
 namespace cpu {
 
-// Loads and stores of one lane group: a SIMD register, or a single scalar for the tail.
-template <typename V, typename scalar_t>
+// Loads and stores of one lane group: a SIMD register, or a single scalar for the tail. The
+// lanes hold the compute type (float for float16 and bfloat16: at::opmath_type); memory holds
+// either the compute type (the workspace, gates, c, gradients) or a reduced storage type (x, h,
+// the output), which load widens and store rounds to nearest.
+template <typename S>
+constexpr bool kReduced = std::is_same_v<S, c10::BFloat16> || std::is_same_v<S, c10::Half>;
+
+template <typename V, typename compute_t>
 struct Lanes;
 
-template <typename scalar_t>
-struct Lanes<at::vec::Vectorized<scalar_t>, scalar_t> {
-  using V = at::vec::Vectorized<scalar_t>;
-  static V load(const scalar_t* p) { return V::loadu(p); }
-  static void store(scalar_t* p, const V& v) { v.store(p); }
+template <typename compute_t>
+struct Lanes<at::vec::Vectorized<compute_t>, compute_t> {
+  using V = at::vec::Vectorized<compute_t>;
+  static V load(const compute_t* p) { return V::loadu(p); }
+  static void store(compute_t* p, const V& v) { v.store(p); }
+  template <typename S>
+    requires kReduced<S>
+  static V load(const S* p) {
+    V v;
+    at::vec::load_to_float<S>(p, v);
+    return v;
+  }
+  template <typename S>
+    requires kReduced<S>
+  static void store(S* p, const V& v) {
+    at::vec::convert_from_float<S>(v, v).store(p, V::size());
+  }
 };
 
-template <typename scalar_t>
-struct Lanes<scalar_t, scalar_t> {
-  using V = scalar_t;
-  static V load(const scalar_t* p) { return *p; }
-  static void store(scalar_t* p, V v) { *p = v; }
+template <typename compute_t>
+struct Lanes<compute_t, compute_t> {
+  using V = compute_t;
+  static V load(const compute_t* p) { return *p; }
+  static void store(compute_t* p, V v) { *p = v; }
+  template <typename S>
+    requires kReduced<S>
+  static V load(const S* p) { return static_cast<V>(*p); }
+  template <typename S>
+    requires kReduced<S>
+  static void store(S* p, V v) { *p = static_cast<S>(v); }
 };
 
 // Calls body(n, j, Lanes<V, scalar_t>{}) for hidden units j0 <= j < j1 of batch row n, with j
@@ -55,10 +81,12 @@ void for_each_unit(int64_t rows, int64_t H, const Body& body) {
 
 // a + b, G values (either may be null: it counts as zeros): the biases of a layer, which the
 // pointwise passes add to the pre-activations.
-template <typename scalar_t>
-std::vector<scalar_t> bias_sum(int64_t G, const scalar_t* a, const scalar_t* b) {
-  std::vector<scalar_t> sum(G);
-  for (int64_t k = 0; k < G; ++k) sum[k] = (a ? a[k] : scalar_t(0)) + (b ? b[k] : scalar_t(0));
+// The sum is in the compute type (float for bfloat16 biases).
+template <typename compute_t, typename scalar_t>
+std::vector<compute_t> bias_sum(int64_t G, const scalar_t* a, const scalar_t* b) {
+  std::vector<compute_t> sum(G);
+  for (int64_t k = 0; k < G; ++k)
+    sum[k] = (a ? compute_t(a[k]) : compute_t(0)) + (b ? compute_t(b[k]) : compute_t(0));
   return sum;
 }
 

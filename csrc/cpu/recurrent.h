@@ -10,8 +10,10 @@
 // on them at once, with no BLAS call. The steps of a chunk run in one parallel region: threads
 // meet once per step, at a barrier, because the next step reads every unit of h. The state is
 // double-buffered (StateBuffers) so that no thread overwrites h while another still reads it.
-// Larger batches take the BLAS product (PackedB: MKL's packed sgemm where available) followed
+// Larger batches take the BLAS product (WeightB: MKL's packed sgemm where available) followed
 // by the row-parallel pointwise pass, one step at a time.
+// With bfloat16 or float16 storage, the packed weights and the sums are float32 (the state h,
+// in the storage type, is widened as it is read).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -27,8 +29,10 @@
 #include <vector>
 
 #include "../common/plan.h"
+#include "bf16_dot.h"
 #include "blas.h"
 #include "loops.h"
+#include "weights.h"
 
 namespace rnnkit {
 namespace cpu {
@@ -41,11 +45,11 @@ constexpr int64_t kRowsPerPass = 4;
 // about one product; a cell step, T = 1, multiplies unpacked).
 constexpr int64_t kPackFromSteps = 4;
 
-// One time step as its pointwise body sees it.
-template <typename scalar_t>
+// One time step as its pointwise body sees it (storage and compute types as in StepForward).
+template <typename scalar_t, typename compute_t = scalar_t>
 struct StepState {
   int64_t t, bs, row;      // time index, active batch, first packed row
-  scalar_t* gates;         // the step's rows of the layer's buffer (its input projection)
+  compute_t* gates;        // the step's rows of the layer's buffer (its input projection)
   const scalar_t* h_prev;  // [N, R]: the state the step starts from (rows < bs)
   scalar_t* h_next;        // [N, R]: the body writes the step's new state here (rows < bs)
 };
@@ -81,10 +85,10 @@ class StateBuffers {
   int64_t N_, R_;
 };
 
-template <typename scalar_t>
+template <typename scalar_t, typename compute_t = scalar_t>
 class RecurrentStep {
  public:
-  using Vec = at::vec::Vectorized<scalar_t>;
+  using Vec = at::vec::Vectorized<compute_t>;
   static constexpr int64_t V = Vec::size();
 
   // w_hh: [K * H, R]; max_batch: the largest active batch of the sequence; steps: how many
@@ -95,7 +99,19 @@ class RecurrentStep {
         blas_(/*trans_b=*/true, max_batch, K * H, R, w_hh, R,
               /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
     if (max_batch > kSmallBatch || K > 4) return;
-    packed_.reset(new scalar_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
+    small_ = true;
+    if constexpr (kBf16Dot) {
+      if (use_bf16_dot()) {
+        const int64_t block = bf16_dot::pairs(R) * K * V * 2;
+        packed16_.reset(new uint16_t[blocks_ * block]);
+        in_region([&](int64_t b0, int64_t b1, const auto&) {
+          for (int64_t b = b0; b < b1; ++b)
+            bf16_dot::pack_block(w_hh, K, H, R, b, packed16_.get() + b * block);
+        });
+        return;
+      }
+    }
+    packed_.reset(new compute_t[blocks_ * R * K * V]);  // uninitialised: the threads fill it
     // Split over threads as every step splits the blocks (in_region), so each thread packs (and
     // first touches) the weights it will read every step.
     in_region([&](int64_t b0, int64_t b1, const auto&) {
@@ -113,10 +129,10 @@ class RecurrentStep {
   void run_steps(int64_t s0, int64_t s1, const At& state_at, const AccOf& acc_of, int64_t ld_acc,
                  bool accumulate, const BodyOf& body_of, const Finish& finish) const {
     constexpr bool kFinish = !std::is_same_v<Finish, std::nullptr_t>;
-    if (packed_ && !kFinish) {
+    if (small_ && !kFinish) {
       in_region([&](int64_t b0, int64_t b1, const auto& barrier) {
         for (int64_t s = s0; s < s1; ++s) {
-          const StepState<scalar_t> st = state_at(s);
+          const StepState<scalar_t, compute_t> st = state_at(s);
           blocks(b0, b1, st.bs, st.h_prev, acc_of(st), ld_acc, accumulate, body_of(st));
           barrier();
         }
@@ -124,7 +140,7 @@ class RecurrentStep {
       return;
     }
     for (int64_t s = s0; s < s1; ++s) {
-      const StepState<scalar_t> st = state_at(s);
+      const StepState<scalar_t, compute_t> st = state_at(s);
       run(st.bs, st.h_prev, acc_of(st), ld_acc, accumulate, body_of(st));
       if constexpr (kFinish) finish(st);
     }
@@ -135,24 +151,31 @@ class RecurrentStep {
   // (ATen's transpose_mxn: 16 x 16 tiles in registers with AVX-512 floats, else one value at a
   // time), and zeros for units past H.
   void pack_block(const scalar_t* w_hh, int64_t b) {
-    scalar_t* block = packed_.get() + b * R_ * K_ * V;
+    compute_t* block = packed_.get() + b * R_ * K_ * V;
     const int64_t units = std::min<int64_t>(V, H_ - b * V);
-    if (units < V) std::fill(block, block + R_ * K_ * V, scalar_t(0));
-    for (int64_t k = 0; k < K_; ++k)
-      at::vec::transpose_mxn<scalar_t>(w_hh + (k * H_ + b * V) * R_, R_, block + k * V, K_ * V,
-                                       int(units), int(R_));
+    if (units < V) std::fill(block, block + R_ * K_ * V, compute_t(0));
+    for (int64_t k = 0; k < K_; ++k) {
+      const scalar_t* rows = w_hh + (k * H_ + b * V) * R_;  // [units, R]
+      if constexpr (std::is_same_v<scalar_t, compute_t>) {
+        at::vec::transpose_mxn<scalar_t>(rows, R_, block + k * V, K_ * V, int(units), int(R_));
+      } else {  // widened one value at a time: once per call
+        for (int64_t v = 0; v < units; ++v)
+          for (int64_t r = 0; r < R_; ++r)
+            block[(r * K_ + k) * V + v] = static_cast<compute_t>(rows[v * R_ + r]);
+      }
+    }
   }
 
   // One step on its own: acc[n, k * H + j] (+)= sum_r h[n, r] * W_hh[k * H + j, r] for
   // n < rows, then pointwise(n, j, lanes) for every unit j < H of every row n < rows.
   //   h: [rows, R] (row stride R); acc: [rows, >= K * H] (row stride ld_acc)
   template <typename Body>
-  void run(int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc, bool accumulate,
+  void run(int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc, bool accumulate,
            const Body& pointwise) const {
     if (rows <= 0) return;
-    if (!packed_ || rows > kSmallBatch) {
+    if (!small_ || rows > kSmallBatch) {
       blas_.multiply(rows, h, R_, accumulate ? 1 : 0, acc, ld_acc);
-      for_each_unit<scalar_t>(rows, H_, pointwise);
+      for_each_unit<compute_t>(rows, H_, pointwise);
       return;
     }
     in_region([&](int64_t b0, int64_t b1, const auto&) {
@@ -163,11 +186,11 @@ class RecurrentStep {
   // The small-batch path's share of one step for the unit blocks [b0, b1): their product, then
   // the pointwise pass on their units of every row n < rows.
   template <typename Body>
-  void blocks(int64_t b0, int64_t b1, int64_t rows, const scalar_t* h, scalar_t* acc,
+  void blocks(int64_t b0, int64_t b1, int64_t rows, const scalar_t* h, compute_t* acc,
               int64_t ld_acc, bool accumulate, const Body& pointwise) const {
     for (int64_t b = b0; b < b1; ++b) product_block(b, rows, h, acc, ld_acc, accumulate);
     const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
-    for (int64_t n = 0; n < rows; ++n) unit_loop<scalar_t>(n, j0, j1, pointwise);
+    for (int64_t n = 0; n < rows; ++n) unit_loop<compute_t>(n, j0, j1, pointwise);
   }
 
   // body(b0, b1, barrier) on each thread of one parallel region, with the thread's fixed range of
@@ -194,12 +217,12 @@ class RecurrentStep {
 
   // acc[n, k * H + j] (+)= h[n] . W_hh[k * H + j, :] for the units j of block b and every row
   // n < rows: one pass over the block's weights per kRowsPerPass rows.
-  void product_block(int64_t b, int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
+  void product_block(int64_t b, int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc,
                      bool accumulate) const {
     for (int64_t n = 0; n < rows; n += kRowsPerPass) {
       const int64_t m = std::min(kRowsPerPass, rows - n);
       const scalar_t* hn = h + n * R_;
-      scalar_t* an = acc + n * ld_acc;
+      compute_t* an = acc + n * ld_acc;
       switch (K_) {
         case 1: product_block_k<1>(b, m, hn, an, ld_acc, accumulate); break;
         case 2: product_block_k<2>(b, m, hn, an, ld_acc, accumulate); break;
@@ -210,8 +233,23 @@ class RecurrentStep {
   }
 
   template <int K>
-  void product_block_k(int64_t b, int64_t rows, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
+  void product_block_k(int64_t b, int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc,
                        bool accumulate) const {
+    if constexpr (kBf16Dot) {
+      if (packed16_) {
+        const uint16_t* block = packed16_.get() + b * bf16_dot::pairs(R_) * K * V * 2;
+        const int64_t j = b * V, width = std::min<int64_t>(V, H_ - j);
+        const auto run = [&]<int ROWS>() {
+          bf16_dot::product_rows<K, ROWS>(block, R_, h, acc, ld_acc, H_, j, width, accumulate);
+        };
+        switch (rows) {
+          case 1: return run.template operator()<1>();
+          case 2: return run.template operator()<2>();
+          case 3: return run.template operator()<3>();
+          default: return run.template operator()<4>();
+        }
+      }
+    }
     switch (rows) {
       case 1: return product_rows<K, 1>(b, h, acc, ld_acc, accumulate);
       case 2: return product_rows<K, 2>(b, h, acc, ld_acc, accumulate);
@@ -224,18 +262,18 @@ class RecurrentStep {
   // With a single row, two sums per gate (even and odd r) keep consecutive multiply-adds from
   // waiting on each other; with several rows, the rows do that.
   template <int K, int ROWS>
-  void product_rows(int64_t b, const scalar_t* h, scalar_t* acc, int64_t ld_acc,
+  void product_rows(int64_t b, const scalar_t* h, compute_t* acc, int64_t ld_acc,
                     bool accumulate) const {
     constexpr int S = ROWS == 1 ? 2 : 1;
     Vec sum[S][ROWS][K];
     for (int s = 0; s < S; ++s)
       for (int n = 0; n < ROWS; ++n)
-        for (int k = 0; k < K; ++k) sum[s][n][k] = Vec(scalar_t(0));
-    const scalar_t* w = packed_.get() + b * R_ * K * V;
+        for (int k = 0; k < K; ++k) sum[s][n][k] = Vec(compute_t(0));
+    const compute_t* w = packed_.get() + b * R_ * K * V;
     int64_t r = 0;
     if constexpr (S == 2) {
       for (; r + 2 <= R_; r += 2) {
-        const Vec h0(h[r]), h1(h[r + 1]);
+        const Vec h0(static_cast<compute_t>(h[r])), h1(static_cast<compute_t>(h[r + 1]));
         for (int k = 0; k < K; ++k) {
           sum[0][0][k] = at::vec::fmadd(h0, Vec::loadu(w + (r * K + k) * V), sum[0][0][k]);
           sum[1][0][k] = at::vec::fmadd(h1, Vec::loadu(w + ((r + 1) * K + k) * V), sum[1][0][k]);
@@ -246,7 +284,7 @@ class RecurrentStep {
       Vec wk[K];
       for (int k = 0; k < K; ++k) wk[k] = Vec::loadu(w + (r * K + k) * V);
       for (int n = 0; n < ROWS; ++n) {
-        const Vec hn(h[n * R_ + r]);
+        const Vec hn(static_cast<compute_t>(h[n * R_ + r]));
         for (int k = 0; k < K; ++k) sum[0][n][k] = at::vec::fmadd(hn, wk[k], sum[0][n][k]);
       }
     }
@@ -255,11 +293,11 @@ class RecurrentStep {
       for (int k = 0; k < K; ++k) {
         Vec total = sum[0][n][k];
         if constexpr (S == 2) total = total + sum[1][n][k];
-        scalar_t* dst = acc + n * ld_acc + k * H_ + j;
+        compute_t* dst = acc + n * ld_acc + k * H_ + j;
         if (width == V) {
           (accumulate ? total + Vec::loadu(dst) : total).store(dst);
         } else {
-          scalar_t tmp[V];
+          compute_t tmp[V];
           total.store(tmp);
           for (int64_t v = 0; v < width; ++v) dst[v] = accumulate ? dst[v] + tmp[v] : tmp[v];
         }
@@ -268,8 +306,14 @@ class RecurrentStep {
   }
 
   int64_t K_, H_, R_, blocks_;
-  PackedB<scalar_t> blas_;              // the BLAS path's product
-  std::unique_ptr<scalar_t[]> packed_;  // the small-batch path's weights; null: the BLAS path
+  // bfloat16 weights read by AVX512-BF16 dot products (bf16_dot.h), where the CPU has them and
+  // the build's SIMD registers are 16 floats wide.
+  static constexpr bool kBf16Dot =
+      bf16_dot::kAvailable && std::is_same_v<scalar_t, c10::BFloat16> && V == bf16_dot::V;
+  WeightB<scalar_t, compute_t> blas_;    // the BLAS path's product
+  bool small_ = false;                   // the small-batch path (else the BLAS path)
+  std::unique_ptr<uint16_t[]> packed16_;  // the small-batch path's weights with kBf16Dot
+  std::unique_ptr<compute_t[]> packed_;  // the small-batch path's weights otherwise
 };
 
 }  // namespace cpu

@@ -6,11 +6,14 @@
 #include "../common/registry.h"
 #include "blas.h"
 #include "time_loop.h"
+#include "weights.h"
 
 namespace rnnkit {
 
 // Declared in rnnkit.cpp, for rnnkit.build_info()["cpu_blas"].
 const char* cpu_blas_path() { return cpu::blas_path(); }
+// Declared in rnnkit.cpp, for rnnkit.build_info()["cpu_bf16_path"].
+const char* cpu_bf16_path() { return cpu::reduced_path_name(); }
 
 }  // namespace rnnkit
 

@@ -223,6 +223,8 @@ struct Backend {
   static constexpr bool kHalfTypes = true;
   using Guard = c10::cuda::CUDAGuard;
   static void check_device(const at::Tensor& input, const char* op) { check_on_cuda(input, op); }
+  // The workspace and the gradients through time are in the input's dtype on CUDA.
+  static at::ScalarType compute_dtype(at::ScalarType t) { return t; }
   static at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return at::empty(sizes, options);
   }

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..train.config import TrainConfig
+from ..train.config import TRAIN_CELLS, TrainConfig
 from .common import (IMPLS, RUN, FiniteFloatRange, bounded, cell_list, default, png_note,
                      user_errors, write_json, write_text)
 
@@ -90,13 +90,33 @@ def _length_list(ctx: click.Context, param: click.Parameter, value: str) -> list
     return list(dict.fromkeys(lengths))
 
 
+def _train_cell_list(ctx: click.Context, param: click.Parameter,
+                     value: str | None) -> list[str] | None:
+    """--cells of longrange: any cell rnnkit train takes (the LayerNorm ones too)."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names or any(n not in TRAIN_CELLS for n in names):
+        raise click.BadParameter(f"expected a comma-separated list of {', '.join(TRAIN_CELLS)}, "
+                                 f"got {value!r}")
+    return list(dict.fromkeys(names))
+
+
 #: The budget of `rnnkit longrange` per task (found to show the classic result in minutes on two
-#: CPU cores; see docs/lessons.md): hidden size, steps, learning rate, batch size.
-LONGRANGE_BUDGET = {"adding": (64, 2000, 0.03, 64), "copy": (128, 600, 0.01, 64)}
+#: CPU cores; copy: the cell and size that came closest to solving it; see docs/lessons.md).
+LONGRANGE_BUDGET = {
+    "adding": {"cells": "rnn,lstm,gru", "hidden_size": 64, "steps": 2000, "lr": 0.03,
+               "batch_size": 64, "chrono": False},
+    "copy": {"cells": "gru", "hidden_size": 256, "steps": 1000, "lr": 0.01, "batch_size": 64,
+             "chrono": False},
+}
 
 
-def _budget_help(field: int) -> str:
-    return ", ".join(f"{task} {b[field]}" for task, b in LONGRANGE_BUDGET.items())
+def _budget_help(field: str, sep: str = ", ") -> str:
+    def shown(value) -> str:
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+    return sep.join(f"{task} {shown(b[field])}" for task, b in LONGRANGE_BUDGET.items())
 
 
 @click.command()
@@ -105,16 +125,23 @@ def _budget_help(field: int) -> str:
                    "ten symbols after a delay.")
 @click.option("--lengths", default="50,100,200", callback=_length_list,
               help="Sequence lengths (copy: delays), comma-separated.")
-@click.option("--cells", default="rnn,lstm,gru", callback=cell_list,
-              help="Cells, comma-separated.")
+@click.option("--cells", default=None, callback=_train_cell_list,
+              help="Cells, comma-separated (any of rnnkit train's --cell) [default: "
+                   f"{_budget_help('cells', '; ')}].")
+@click.option("--chrono/--no-chrono", default=None,
+              help="Start the gated cells from chrono initialisation, T_max = the sequence "
+                   f"length [default: {_budget_help('chrono')}].")
+@click.option("--eval-every", type=click.IntRange(1), default=None,
+              help="Validate every this many steps, to record the step at which each model "
+                   "solves the task [default: only at the end].")
 @click.option("--hidden-size", type=click.IntRange(1), default=None,
-              help=f"Hidden units [default: {_budget_help(0)}].")
+              help=f"Hidden units [default: {_budget_help('hidden_size')}].")
 @click.option("--steps", type=click.IntRange(1), default=None,
-              help=f"Training steps per model [default: {_budget_help(1)}].")
+              help=f"Training steps per model [default: {_budget_help('steps')}].")
 @click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=None,
-              help=f"Peak learning rate [default: {_budget_help(2)}].")
+              help=f"Peak learning rate [default: {_budget_help('lr')}].")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
-              help=f"Sequences per step [default: {_budget_help(3)}].")
+              help=f"Sequences per step [default: {_budget_help('batch_size')}].")
 @lesson_training_options
 @click.option("--keep-runs", type=click.Path(file_okay=False), default=None,
               help="Keep the run folders here [default: a temporary folder, removed].")
@@ -122,8 +149,8 @@ def _budget_help(field: int) -> str:
               help="Markdown file for the table [default: longrange-TASK.md].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="JSON file for every row [default: longrange-TASK.json].")
-def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, impl, threads,
-              keep_runs, table_path, json_path) -> None:
+def longrange(task, lengths, cells, chrono, eval_every, hidden_size, steps, lr, batch_size, seed,
+              impl, threads, keep_runs, table_path, json_path) -> None:
     """Lesson: which cells carry information over long sequences, as a paper's table.
 
     Trains every cell at every length with the same budget (rnnkit train's loop and schedule)
@@ -137,12 +164,16 @@ def longrange(task, lengths, cells, hidden_size, steps, lr, batch_size, seed, im
         from ..lessons import longrange as LR
 
         torch.set_num_threads(threads)
-        h, n, rate, batch = LONGRANGE_BUDGET[task]
-        base = TrainConfig(task=task, hidden_size=hidden_size or h, steps=steps or n,
-                           lr=lr or rate, batch_size=batch_size or batch, seed=seed, impl=impl,
-                           threads=threads, eval_every=steps or n)
+        budget = LONGRANGE_BUDGET[task]
+        steps = steps or budget["steps"]
+        base = TrainConfig(task=task, hidden_size=hidden_size or budget["hidden_size"],
+                           steps=steps, lr=lr or budget["lr"],
+                           batch_size=batch_size or budget["batch_size"], seed=seed, impl=impl,
+                           threads=threads, eval_every=min(eval_every or steps, steps))
+        cells = cells or budget["cells"].split(",")
         rows = LR.longrange(base, lengths, cells, keep_runs,
-                            echo=lambda s: click.echo(s, err=True))
+                            echo=lambda s: click.echo(s, err=True),
+                            chrono=budget["chrono"] if chrono is None else chrono)
         table = LR.markdown(rows, base)
         click.echo(table, nl=False)
         write_text(table_path or f"longrange-{task}.md", table)

@@ -10,9 +10,11 @@ import os
 import click
 from click.core import ParameterSource
 
-from ..train.config import TrainConfig
+from ..train.config import SELECTION, TrainConfig
 from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded, choice,
                      ctrl_c, default, user_errors)
+
+_SELECT_HELP = "; ".join(f"{task}: {', '.join(metrics)}" for task, metrics in SELECTION.items())
 
 
 @click.command()
@@ -35,7 +37,8 @@ from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded,
               help="charlm: BPTT chunk (64); adding/copy: sequence length (50/20); "
                    "classify: max tokens (400); seq2seq: most digits of a number (6).")
 @click.option("--cell", type=choice("cell"), default=default("cell"),
-              help="Recurrent cell.")
+              help="Recurrent cell (layernorm-lstm / layernorm-gru: rnnkit.LayerNormLSTM / "
+                   "LayerNormGRU, --impl rnnkit).")
 @click.option("--impl", type=IMPLS, default=default("impl"),
               help="Recurrent layer: rnnkit's fused kernels (also accepted: fused, the older "
                    "name), torch.nn, or the plain-PyTorch reference loop.")
@@ -48,6 +51,20 @@ from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded,
 @click.option("--dropout", type=bounded("dropout"),
               default=default("dropout"), help="Dropout on embeddings, between layers, before "
                                                 "the output layer.")
+@click.option("--weight-drop", type=bounded("weight_drop"), default=default("weight_drop"),
+              help="DropConnect on the recurrent weights W_hh, a fresh mask every step "
+                   "(AWD-LSTM; --impl rnnkit).")
+@click.option("--variational-dropout", type=bounded("variational_dropout"),
+              default=default("variational_dropout"),
+              help="Dropout of each recurrent layer's input with one mask per sequence, shared "
+                   "by all time steps (--impl rnnkit); adds to --dropout.")
+@click.option("--zoneout", type=bounded("zoneout"), default=default("zoneout"),
+              help="Zoneout probability of the hidden state (LSTM: and of the cell state).")
+@click.option("--forget-bias", type=FiniteFloatRange(), default=None,
+              help="Initial forget-gate bias (LSTM f, GRU z) [default: torch.nn's init].")
+@click.option("--chrono", type=bounded("chrono"), default=None, metavar="T_MAX",
+              help="Chrono initialisation of the gate biases for dependencies up to T_MAX "
+                   "steps (Tallec & Ollivier 2018; gated cells).")
 @click.option("--bidirectional/--unidirectional", default=None,
               help="Bidirectional layers [default: bidirectional for tag only].")
 @click.option("--batch-size", type=bounded("batch_size"), default=default("batch_size"),
@@ -71,6 +88,9 @@ from .common import (DEVICES, FILE, IMPLS, RUN, SEED, FiniteFloatRange, bounded,
               help="Clip the global gradient norm to this (0 or inf: no clipping).")
 @click.option("--eval-every", type=bounded("eval_every"), default=default("eval_every"),
               help="Validate and save a checkpoint every this many steps.")
+@click.option("--select-by", default=None, metavar="METRIC",
+              help="Validation metric that chooses best.safetensors [default: the task's own, "
+                   f"listed first: {_SELECT_HELP}].")
 @click.option("--log-every", type=bounded("log_every"), default=default("log_every"),
               help="Write the training loss to metrics.jsonl every this many steps.")
 @click.option("--seed", type=bounded("seed"), default=default("seed"),
@@ -100,6 +120,11 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, allow_changed_dat
     if options["bidirectional"] and options["task"] == "charlm" and not resume:
         raise click.BadParameter("makes no sense for a language model (--task charlm)",
                                  param_hint="--bidirectional")
+    if options["select_by"] is not None and not resume:
+        reported = SELECTION[options["task"]]
+        if options["select_by"] not in reported:
+            raise click.BadParameter(f"task {options['task']} reports {', '.join(reported)}; "
+                                     f"got {options['select_by']!r}", param_hint="--select-by")
     if options["valid_data"] and options["task"] == "charlm" and not resume:
         raise click.BadParameter("charlm validates on the end of --data (--valid-fraction); "
                                  "join the two texts, or drop --valid-data",
@@ -129,11 +154,13 @@ def train(ctx: click.Context, resume: str | None, quiet: bool, allow_changed_dat
         ctx.exit(130)
     if not lead:
         return
+    from ..train.selection import Selection
+
     best = result.best
+    selection = Selection.of(config.task, best.get("select_by", config.select_by))
     click.echo(f"done: {result.step} steps in {result.seconds:.1f} s "
-               f"({result.tokens_per_second:,.0f} tokens/s); best valid loss "
-               f"{best.get('loss', float('nan')):.4f} at step {best.get('step')}; "
-               f"run folder {result.run_dir}")
+               f"({result.tokens_per_second:,.0f} tokens/s); best valid "
+               f"{selection.describe(best)}; run folder {result.run_dir}")
 
 
 @click.command(name="eval")

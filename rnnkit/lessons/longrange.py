@@ -6,6 +6,11 @@ beside the score of a model that learned nothing.
 adding  mean squared error on the sum of the two marked numbers; always predicting 1.0 (the mean
         of the sum) scores about 1/6
 copy    accuracy on the copied symbols; guessing scores 1/8 (eight symbols)
+
+With ``chrono``, the gated cells start from chrono initialisation (Tallec & Ollivier, 2018) with
+T_max the length of the task's sequences (``chrono_t_max``). With validations before the end
+(``eval_every`` below ``steps``), each row also records the first step at which the task counts
+as solved (``SOLVED``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from ..train.config import TrainConfig
+from ..train import checkpoint as C
+from ..train.config import TrainConfig, cell_family
 from ..train.errors import UserError
 from ..train.trainer import train
 from .gradflow import flush_denormals
@@ -29,7 +35,32 @@ from .gradflow import flush_denormals
 #: better).
 METRICS = {"adding": ("mse", "test MSE", False), "copy": ("symbol_accuracy", "symbol accuracy",
                                                          True)}
-CELL_NAMES = {"rnn": "tanh RNN", "lstm": "LSTM", "gru": "GRU"}
+CELL_NAMES = {"rnn": "tanh RNN", "lstm": "LSTM", "gru": "GRU", "layernorm-lstm": "LayerNorm LSTM",
+              "layernorm-gru": "LayerNorm GRU"}
+
+#: When a task counts as solved: adding: test MSE at most 0.01 (the baseline is about 1/6);
+#: copy: at least 99% of the symbols recalled. (metric key, threshold).
+SOLVED = {"adding": ("mse", 0.01), "copy": ("symbol_accuracy", 0.99)}
+
+
+def chrono_t_max(task: str, seq_len: int) -> int:
+    """Chrono initialisation's T_max for ``task`` at ``seq_len``: the whole sequence (copy: the
+    ten symbols, the delay, the ten recalled)."""
+    return seq_len + 20 if task == "copy" else seq_len
+
+
+def solved(task: str, metrics: dict) -> bool:
+    key, threshold = SOLVED[task]
+    value = metrics[key]
+    return value >= threshold if METRICS[task][2] else value <= threshold
+
+
+def solved_at(run_dir: str, task: str) -> Optional[int]:
+    """The first validation step of the run at which the task was solved, or None."""
+    for record in C.read_metrics(run_dir):
+        if record.get("split") == "valid" and solved(task, record):
+            return int(record["step"])
+    return None
 
 
 @dataclass
@@ -44,6 +75,9 @@ class Row:
     baseline: float  # the score of a model that learned nothing (adding: predict 1.0; copy: 1/8)
     seconds: float  # wall time of the training (set-up and evaluations included)
     valid: dict = field(default_factory=dict)  # every final validation metric
+    solved_at: Optional[int] = None  # first validation step that met SOLVED; None: never (or
+    #                                  no validation before the end)
+    chrono: Optional[int] = None  # chrono initialisation's T_max; None: torch's initialisation
 
 
 def baseline(task: str, valid: dict) -> float:
@@ -54,9 +88,11 @@ def baseline(task: str, valid: dict) -> float:
 
 def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
               keep: Optional[str] = None,
-              echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[Row]:
+              echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr), *,
+              chrono: bool = False) -> list[Row]:
     """Train ``base`` for every (length, cell) and return one Row each, in that order. Run folders
-    go to ``keep``/<task>-<cell>-T<length> when given, else to a temporary folder removed after."""
+    go to ``keep``/<task>-<cell>-T<length> when given, else to a temporary folder removed after.
+    ``chrono``: gated cells start from chrono initialisation (T_max: chrono_t_max)."""
     if base.task not in METRICS:
         raise UserError(f"--task {base.task}: the table is for {' or '.join(METRICS)}")
     key = METRICS[base.task][0]
@@ -65,7 +101,9 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
     try:
         for T in lengths:
             for cell in cells:
-                config = dataclasses.replace(base, cell=cell, seq_len=T,
+                t_max = (chrono_t_max(base.task, T) if chrono and cell_family(cell) != "rnn"
+                         else None)
+                config = dataclasses.replace(base, cell=cell, seq_len=T, chrono=t_max,
                                              out=os.path.join(root, f"{base.task}-{cell}-T{T}"))
                 started = time.perf_counter()
                 try:
@@ -84,9 +122,11 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
                                     f"at T={T}; the table is incomplete")
                 valid = result.valid
                 row = Row(base.task, cell, T, key, valid[key], baseline(base.task, valid),
-                          time.perf_counter() - started, valid)
+                          time.perf_counter() - started, valid,
+                          solved_at(config.out, base.task), t_max)
+                when = "" if row.solved_at is None else f", solved at step {row.solved_at}"
                 echo(f"{base.task} T={T} {cell}: {key} {row.value:.4f} (baseline "
-                     f"{row.baseline:.4f}) in {row.seconds:.0f} s")
+                     f"{row.baseline:.4f}{when}) in {row.seconds:.0f} s")
                 rows.append(row)
     finally:
         if keep is None:
@@ -123,11 +163,19 @@ def markdown(rows: Sequence[Row], base: TrainConfig) -> str:
     lines.append(f"| baseline: {what} | "
                  + " | ".join(_fmt(base_at[T], task) if not math.isnan(base_at[T]) else "-"
                               for T in lengths) + " |")
+    if any(r.solved_at is not None for r in rows):
+        key, threshold = SOLVED[task]
+        lines.append(f"| solved ({key} {'>=' if higher else '<='} {threshold:g}) at step | "
+                     + " | ".join(", ".join(f"{CELL_NAMES[r.cell]} {r.solved_at}" for r in rows
+                                            if r.seq_len == T and r.solved_at is not None)
+                                  or "-" for T in lengths) + " |")
     lines.append("")
+    init = ("chrono initialisation of the gated cells (T_max = sequence length), "
+            if any(r.chrono for r in rows) else "")
     lines.append(f"{task}, {base.impl} kernels, hidden size {base.hidden_size}, {base.steps} "
                  f"steps of batch {base.batch_size}, lr {base.lr:g} (AdamW, warm-up "
-                 f"{base.warmup_steps}, cosine), seed {base.seed}; the final model's score on "
-                 f"the task's 1024 validation sequences.")
+                 f"{base.warmup_steps}, cosine), {init}seed {base.seed}; the final model's score "
+                 f"on the task's 1024 validation sequences.")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,9 @@
                                RNG states (rng.*), the carried hidden state (carry.*), and under
                                torchrun those of every other process (rank<r>.rng.*, ...); step,
                                schedule and optimizer settings in the JSON metadata
-    RUN_DIR/best.safetensors   the weights with the lowest validation loss, metrics in metadata
+    RUN_DIR/best.safetensors   the weights of the best validation by the run's select_by metric
+                               (the task's own, config.SELECTION); metrics and select_by in
+                               the metadata
     RUN_DIR/metrics.jsonl      one JSON object per line: training and validation records
 
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed over

@@ -31,6 +31,40 @@ EXPORT_FORMATS = ("onnx", "pt2")
 #: The recurrent implementations: rnnkit's fused kernels, torch.nn, rnnkit.reference.
 IMPLS = ("rnnkit", "torch", "reference")
 
+#: Every --cell of training, with the cell whose state and gates it has (an LSTM carries (h, c)).
+#: The LayerNorm cells are rnnkit.LayerNormLSTM and rnnkit.LayerNormGRU (models.LAYER_CLASSES).
+TRAIN_CELLS = {**{c: c for c in CELLS}, "layernorm-lstm": "lstm", "layernorm-gru": "gru"}
+
+
+def cell_family(cell: str) -> str:
+    """The plain cell (in rnnkit.cells.CELLS) whose state and gates ``cell`` has."""
+    return TRAIN_CELLS.get(cell, cell)
+
+
+#: The validation metrics of each task that may choose the best checkpoint, with their direction
+#: ("max": higher is better). The first is the task's own, used unless --select-by names
+#: another; tasks/seq2seq evaluate() report every one of them.
+SELECTION = {
+    "charlm": {"loss": "min", "perplexity": "min", "bpc": "min"},
+    "classify": {"accuracy": "max", "macro_f1": "max", "loss": "min"},
+    "tag": {"accuracy": "max", "macro_f1": "max", "loss": "min"},
+    "adding": {"mse": "min", "loss": "min"},
+    "copy": {"symbol_accuracy": "max", "loss": "min"},
+    "seq2seq": {"exact_match": "max", "token_accuracy": "max", "loss": "min"},
+}
+
+
+def check_select_by(task: str, metric: Optional[str]) -> str:
+    """``metric`` (the task's own when None) if ``task`` reports it, else UserError listing
+    those it reports."""
+    metrics = SELECTION[task]
+    if metric is None:
+        return next(iter(metrics))
+    if metric not in metrics:
+        raise UserError(f"--select-by: task {task} reports {', '.join(metrics)}; got {metric!r}")
+    return metric
+
+
 #: Older spellings still accepted (on the command line and in saved config.json files).
 IMPL_ALIASES = {"fused": "rnnkit"}
 
@@ -48,7 +82,7 @@ RESUMABLE = ("steps", "epochs", "eval_every", "device", "threads", "log_every", 
 CHOICES = {
     "task": tuple(TASKS),
     "tokens": ("word", "char"),
-    "cell": CELLS,
+    "cell": tuple(TRAIN_CELLS),
     "impl": IMPLS,
     "device": ("auto", "cpu", "cuda"),
 }
@@ -62,6 +96,11 @@ BOUNDS = {
     "num_layers": (1, None, False, False),
     "embed_size": (1, None, False, False),
     "dropout": (0, 1, False, True),
+    "weight_drop": (0, 1, False, True),
+    "variational_dropout": (0, 1, False, True),
+    "zoneout": (0, 1, False, True),
+    "forget_bias": (None, None, False, False),
+    "chrono": (3, None, False, False),
     "batch_size": (1, None, False, False),
     "steps": (1, None, False, False),
     "epochs": (0, None, True, False),
@@ -92,13 +131,18 @@ class TrainConfig:
     seq_len: Optional[int] = None  # charlm: BPTT chunk; adding/copy: length; classify: max
     #                                tokens; seq2seq: most digits of a number (3..9)
     # model
-    cell: str = "lstm"  # lstm | gru | rnn
+    cell: str = "lstm"  # lstm | gru | rnn | layernorm-lstm | layernorm-gru
     impl: str = "rnnkit"  # rnnkit (fused kernels) | torch (torch.nn) | reference (plain loop)
     hidden_size: int = 384  # hidden units per direction and layer
     num_layers: int = 1  # stacked recurrent layers
     embed_size: int = 64  # width of the symbol embedding (tasks with symbol inputs)
     dropout: float = 0.0  # on embeddings, between layers, before the head
     bidirectional: Optional[bool] = None  # None: True for tag, False otherwise (never for charlm)
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights W_hh (rnnkit layers)
+    variational_dropout: float = 0.0  # one mask per sequence on every recurrent layer's input
+    zoneout: float = 0.0  # zoneout of the hidden state (LSTM: of the cell state too)
+    forget_bias: Optional[float] = None  # initial forget-gate bias (LSTM f, GRU z); None: as torch
+    chrono: Optional[int] = None  # chrono initialisation's T_max (gated cells); None: off
     # optimisation
     batch_size: int = 64  # sequences (charlm: parallel streams) per step and process
     steps: Optional[int] = None  # optimiser steps; None: from epochs, or 500 by default
@@ -111,6 +155,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping; --grad-clip inf says so)
     # bookkeeping
     eval_every: int = 250  # validate (and save the last checkpoint) every this many steps
+    select_by: Optional[str] = None  # validation metric choosing best.safetensors; None: the
+    #                                  task's own (SELECTION)
     log_every: int = 10  # training-loss records in metrics.jsonl every this many steps
     seed: int = 1337  # seeds weights, dropout and data order
     device: str = "auto"  # auto | cpu | cuda
@@ -124,6 +170,13 @@ class TrainConfig:
             c.seq_len = TASKS.get(c.task, 100)
         if c.bidirectional is None:
             c.bidirectional = c.task == "tag"
+        if c.task in SELECTION:
+            c.select_by = check_select_by(c.task, c.select_by)
+        if c.forget_bias is not None and c.chrono is not None:
+            raise UserError("--forget-bias and --chrono both set the forget gate's bias; give one")
+        if (c.forget_bias is not None or c.chrono is not None) and cell_family(c.cell) == "rnn":
+            raise UserError(f"--forget-bias / --chrono need a gated cell (lstm, gru, ...); the "
+                            f"Elman RNN (--cell {c.cell}) has no forget gate")
         if c.task == "charlm" and c.bidirectional:
             raise UserError("--bidirectional makes no sense for a language model (--task charlm)")
         if c.task == "charlm" and c.valid_data:
@@ -197,6 +250,8 @@ def _describe(kind: type, bounds: Optional[tuple]) -> str:
     if not bounds:
         return noun
     low, high, low_open, high_open = bounds
+    if low is None and high is None:
+        return "a finite number"
     if high is None:
         return f"{noun} {'>' if low_open else '>='} {low}"
     return f"{noun} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
@@ -214,6 +269,8 @@ def _problem(name: str, tp, value: Any, d: dict) -> Optional[str]:
     expected = _describe(kind, bounds)
     if name in CHOICES:
         expected = "one of " + ", ".join(json.dumps(c) for c in CHOICES[name])
+    if name == "select_by" and d.get("task") in SELECTION:
+        expected = "one of " + ", ".join(json.dumps(m) for m in SELECTION[d["task"]])
     if name == "betas":
         expected = "a list of two numbers in [0, 1)"
     if optional:
@@ -223,6 +280,8 @@ def _problem(name: str, tp, value: Any, d: dict) -> Optional[str]:
     if not _is(kind, value):
         return expected
     if name in CHOICES and value not in CHOICES[name]:
+        return expected
+    if name == "select_by" and d.get("task") in SELECTION and value not in SELECTION[d["task"]]:
         return expected
     if bounds and not _in_bounds(value, bounds):
         return expected

@@ -135,9 +135,21 @@ def check_task(task: str) -> None:
                         f"models); the tasks that export: {', '.join(EXPORT_TASKS)}")
 
 
+def check_model(model: SequenceModel) -> None:
+    """UserError (one line) unless the model's layer is one that export writes: rnnkit's plain
+    LSTM, GRU or RNN, without zoneout (which the exported arithmetic does not have)."""
+    if model.cell not in STATE_NAMES:
+        raise UserError(f"--cell {model.cell} runs do not export (export writes the plain "
+                        f"cells: {', '.join(STATE_NAMES)})")
+    if getattr(model.rnn, "zoneout", 0) or getattr(model.rnn, "zoneout_cell", 0):
+        raise UserError("runs trained with --zoneout do not export (zoneout changes the "
+                        "evaluation arithmetic, which the exported layers do not have)")
+
+
 def deployable(task: str, model: SequenceModel) -> Deployable:
     """The export form of a run's model (in eval mode, on the CPU) for ``task``."""
     check_task(task)
+    check_model(model)
     N, T = EXAMPLE_N, EXAMPLE_T
     spec = model.spec
     if task == "charlm":
@@ -202,6 +214,7 @@ Step = Callable[[list[int], Optional[object]], tuple[Tensor, object]]
 def onnx_step(path: str, model: SequenceModel) -> Step:
     """The step function of ``path``, a charlm step model written by ``rnnkit export``, run by
     onnxruntime; checked against the run's ``model`` (names, state and vocabulary sizes)."""
+    check_model(model)
     try:
         import onnxruntime as ort
     except ImportError:

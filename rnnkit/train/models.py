@@ -8,6 +8,9 @@ into the others. registry.build_model picks this model or seq2seq's by the task'
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -16,23 +19,96 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import footprint
-from .. import nn as rnn
+from .. import init as rk_init
 from .. import reference
-from ..cells import CELLS
-from .config import IMPLS, canonical_impl
+from .config import IMPLS, TRAIN_CELLS, canonical_impl, cell_family
 from .errors import UserError
 
-#: The layer module of each implementation (each has RNN, LSTM and GRU).
-LAYERS = {"rnnkit": rnn, "torch": nn, "reference": reference}
+#: Where each implementation's layer classes live: rnnkit's public names (rnnkit.LSTM, and
+#: layers outside rnnkit.nn such as rnnkit.LayerNormLSTM), torch.nn, rnnkit.reference.
+LAYERS = {"rnnkit": importlib.import_module("..", __package__), "torch": nn,
+          "reference": reference}
+
+#: The class name of each training cell (config.TRAIN_CELLS) in those modules.
+LAYER_CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN", "layernorm-lstm": "LayerNormLSTM",
+                 "layernorm-gru": "LayerNormGRU"}
 
 
 def recurrent_class(impl: str, cell: str) -> type:
-    """The layer class for ``impl`` in IMPLS (or an alias of one) and ``cell`` in CELLS."""
+    """The layer class for ``impl`` in IMPLS (or an alias of one) and ``cell`` in TRAIN_CELLS;
+    UserError when that implementation has no such layer (the LayerNorm layers are rnnkit's)."""
     if canonical_impl(impl) not in IMPLS:
         raise ValueError(f"impl: expected one of {', '.join(IMPLS)}, got {impl!r}")
-    if cell not in CELLS:
-        raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {cell!r}")
-    return getattr(LAYERS[canonical_impl(impl)], cell.upper())
+    if cell not in TRAIN_CELLS:
+        raise ValueError(f"cell: expected one of {', '.join(TRAIN_CELLS)}, got {cell!r}")
+    module = LAYERS[canonical_impl(impl)]
+    try:
+        return getattr(module, LAYER_CLASSES[cell])
+    except AttributeError:
+        raise UserError(f"--cell {cell} --impl {impl}: {module.__name__}.{LAYER_CLASSES[cell]} "
+                        f"does not exist in this install"
+                        + ("" if impl == "rnnkit" else "; try --impl rnnkit")) from None
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """How to build the recurrent layer beyond its sizes (TrainConfig's fields of these names)."""
+
+    weight_drop: float = 0.0  # DropConnect on W_hh (training only)
+    variational_dropout: float = 0.0  # one mask per sequence on each layer's input (training)
+    zoneout: float = 0.0  # zoneout of h (LSTM: of c too); also changes evaluation
+    forget_bias: Optional[float] = None  # initial forget-gate bias (rnnkit.init.forget_bias_)
+    chrono: Optional[int] = None  # chrono initialisation's T_max (rnnkit.init.chrono_init_)
+
+    @classmethod
+    def of(cls, config, inference: bool = False) -> "LayerOptions":
+        """The options of ``config``; with ``inference``, without the training-only dropouts
+        (they change nothing in evaluation, and other implementations lack them)."""
+        options = cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+        if inference:
+            options = dataclasses.replace(options, weight_drop=0.0, variational_dropout=0.0)
+        return options
+
+    def kwargs(self, cell: str) -> dict:
+        """Constructor arguments beyond torch.nn's (those that are set)."""
+        out = {}
+        if self.weight_drop:
+            out["weight_drop"] = self.weight_drop
+        if self.variational_dropout:
+            out["variational_dropout"] = self.variational_dropout
+        if self.zoneout:
+            out["zoneout"] = self.zoneout
+            if cell_family(cell) == "lstm":
+                out["zoneout_cell"] = self.zoneout
+        return out
+
+
+#: The command-line option behind each constructor argument (for the errors).
+_FLAGS = {"weight_drop": "--weight-drop", "variational_dropout": "--variational-dropout",
+          "zoneout": "--zoneout", "zoneout_cell": "--zoneout"}
+
+
+def make_layer(impl: str, cell: str, options: LayerOptions, input_size: int, hidden_size: int,
+               **sizes) -> nn.Module:
+    """The recurrent layer of ``impl`` and ``cell`` (``sizes``: num_layers, dropout,
+    bidirectional), with ``options``: constructor arguments where the class takes them (else
+    UserError naming the option), and the bias initialisations applied to its parameters."""
+    layer = recurrent_class(impl, cell)
+    extra = options.kwargs(cell)
+    accepted = inspect.signature(layer).parameters
+    missing = [k for k in extra if k not in accepted]
+    if missing:
+        flags = ", ".join(dict.fromkeys(_FLAGS[k] for k in missing))
+        raise UserError(f"{flags}: the {impl} {LAYER_CLASSES[cell]} layer "
+                        f"({layer.__module__}.{layer.__name__}) has no "
+                        f"{', '.join(missing)} argument"
+                        + ("; use --impl rnnkit" if impl != "rnnkit" else " in this install"))
+    module = layer(input_size, hidden_size, **sizes, **extra)
+    if options.forget_bias is not None:
+        rk_init.forget_bias_(module, options.forget_bias)
+    if options.chrono is not None:
+        rk_init.chrono_init_(module, options.chrono)
+    return module
 
 
 @dataclass
@@ -56,7 +132,8 @@ class SequenceModel(nn.Module):
     """
 
     def __init__(self, spec: ModelSpec, cell: str, impl: str, hidden_size: int, num_layers: int,
-                 embed_size: int, dropout: float, bidirectional: bool) -> None:
+                 embed_size: int, dropout: float, bidirectional: bool,
+                 options: LayerOptions = LayerOptions()) -> None:
         super().__init__()
         self.spec = spec
         self.cell = cell
@@ -67,9 +144,9 @@ class SequenceModel(nn.Module):
         else:
             self.embed = None
             width = spec.input_features
-        layer = recurrent_class(impl, cell)
-        self.rnn = layer(width, hidden_size, num_layers=num_layers,
-                         dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
+        self.rnn = make_layer(impl, cell, options, width, hidden_size, num_layers=num_layers,
+                              dropout=dropout if num_layers > 1 else 0.0,
+                              bidirectional=bidirectional)
         self.drop = nn.Dropout(dropout)
         directions = 2 if bidirectional else 1
         self.head = nn.Linear(directions * hidden_size, spec.output_size)
@@ -107,7 +184,7 @@ def estimate_bytes(spec: ModelSpec, config, training: bool) -> int:
     directions = 2 if config.bidirectional else 1
     rows = max(1, config.seq_len or 1) * config.batch_size
     width = config.embed_size if spec.vocab_size > 0 else spec.input_features
-    values = footprint.layer_values(config.cell, width, config.hidden_size, config.num_layers,
+    values = footprint.layer_values(cell_family(config.cell), width, config.hidden_size, config.num_layers,
                                     directions, rows, training)
     ends = spec.vocab_size * config.embed_size + (directions * config.hidden_size + 1) \
         * spec.output_size

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import TASKS, TrainConfig
 from .errors import UserError
-from .models import ModelSpec, SequenceModel
+from .models import LayerOptions, ModelSpec, SequenceModel
 from .seq2seq import NumberWords, Seq2Seq
 from .task import Task
 from .tasks import Adding, CharLM, Classify, Copy, Tag
@@ -34,9 +34,11 @@ def build_task(config: TrainConfig, rank: int = 0, world: int = 1,
     return TASK_CLASSES[config.task](config, rank, world, meta)
 
 
-def build_model(spec: ModelSpec, config: TrainConfig) -> nn.Module:
-    """A SequenceModel (or, for a seq2seq spec, a Seq2Seq) from a TrainConfig (cell, impl and
-    sizes)."""
+def build_model(spec: ModelSpec, config: TrainConfig, inference: bool = False) -> nn.Module:
+    """A SequenceModel (or, for a seq2seq spec, a Seq2Seq) from a TrainConfig (cell, impl, sizes
+    and the layer options). ``inference``: for evaluation only, without the training-only
+    dropouts of the layer (which other implementations lack)."""
     cls = Seq2Seq if spec.seq2seq else SequenceModel
     return cls(spec, config.cell, config.impl, config.hidden_size, config.num_layers,
-               config.embed_size, config.dropout, bool(config.bidirectional))
+               config.embed_size, config.dropout, bool(config.bidirectional),
+               LayerOptions.of(config, inference))

@@ -119,7 +119,7 @@ def load_run(run_dir: str, impl: Optional[str] = None, which: str = "best",
     task = build_task(config, meta=meta, read_data=read_data)
     dev = pick_device(device)
     check_fits(task.spec, config, dev, training=False)
-    model = build_model(task.spec, config)
+    model = build_model(task.spec, config, inference=True)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from .data import Vocab
 from .errors import UserError
-from .models import ModelSpec, recurrent_class
+from .models import LayerOptions, ModelSpec, make_layer
 from .task import Batch, Task
 
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -129,18 +129,19 @@ class Seq2Seq(nn.Module):
     """
 
     def __init__(self, spec: ModelSpec, cell: str, impl: str, hidden_size: int, num_layers: int,
-                 embed_size: int, dropout: float, bidirectional: bool) -> None:
+                 embed_size: int, dropout: float, bidirectional: bool,
+                 options: LayerOptions = LayerOptions()) -> None:
         super().__init__()
         self.spec = spec
         self.directions = 2 if bidirectional else 1
-        layer = recurrent_class(impl, cell)
         between = dropout if num_layers > 1 else 0.0
         self.src_embed = nn.Embedding(spec.vocab_size, embed_size, padding_idx=PAD)
-        self.encoder = layer(embed_size, hidden_size, num_layers=num_layers, dropout=between,
-                             bidirectional=bidirectional)
+        self.encoder = make_layer(impl, cell, options, embed_size, hidden_size,
+                                  num_layers=num_layers, dropout=between,
+                                  bidirectional=bidirectional)
         self.tgt_embed = nn.Embedding(spec.output_size, embed_size, padding_idx=PAD)
-        self.decoder = layer(embed_size, self.directions * hidden_size, num_layers=num_layers,
-                             dropout=between)
+        self.decoder = make_layer(impl, cell, options, embed_size, self.directions * hidden_size,
+                                  num_layers=num_layers, dropout=between)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.directions * hidden_size, spec.output_size)
 

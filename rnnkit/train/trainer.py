@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from . import checkpoint as C
-from .config import TrainConfig
+from .config import TrainConfig, cell_family
 from .distributed import Distributed, StopSignals
 from .errors import UserError
 from .models import check_fits, detach_state
 from .registry import build_model, build_task
 from .runs import check_data, has_checkpoint, prepare_run_dir
+from .selection import Selection
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -84,7 +85,8 @@ class TrainResult:
     interrupted: Optional[str] = None  # "SIGINT"/"SIGTERM"/"stopped" if cut short
     resume_command: str = ""  # the command that continues the run (torchrun's under torchrun)
     valid: dict = field(default_factory=dict)  # last validation metrics (rank 0 only)
-    best: dict = field(default_factory=dict)  # best validation metrics and step (rank 0 only)
+    best: dict = field(default_factory=dict)  # best validation metrics, step and select_by
+    #                                            (the metric that chose it; rank 0 only)
     seconds: float = 0.0  # wall time of this invocation's loop, evaluations included
     tokens_per_second: float = 0.0  # training tokens per second, evaluations excluded
 
@@ -110,6 +112,7 @@ class Trainer:
                 echo(f"note: --threads {config.threads} is more than the {cpus} CPU(s) here; "
                      "threads beyond them only wait on each other (much slower)")
             torch.set_num_threads(config.threads)
+        self.selection = Selection.of(config.task, config.select_by)
         self.dist = Distributed(config.device)
         try:
             self._build(resume)
@@ -175,7 +178,7 @@ class Trainer:
             _set_rng_state(own["rng"], device)
             if own["carry"] is not None and self.task.carries_state:
                 carry = tuple(t.to(device) for t in own["carry"])
-                self.carry = carry if config.cell == "lstm" else carry[0]
+                self.carry = carry if cell_family(config.cell) == "lstm" else carry[0]
         else:  # another split of the data: fresh dropout streams and hidden states
             torch.manual_seed(config.seed + 7 * dist.rank + step)
         if not self.lead:
@@ -246,12 +249,14 @@ class Trainer:
             metrics = self.task.evaluate(self.model, self.device)
             self.model.train()
             step = self.step_done
-            if not self.best or metrics["loss"] < self.best["loss"]:
-                self.best = {**metrics, "step": step}
+            chosen = self.selection.improves(metrics, self.best)
+            if chosen:
+                self.best = {**metrics, "step": step, "select_by": self.selection.metric}
                 C.save_best(self.config.out, self.model.state_dict(),
-                            {"step": step, "metrics": metrics})
+                            {"step": step, "metrics": metrics,
+                             "select_by": self.selection.metric})
             C.append_metrics(self.config.out, {"step": step, "split": "valid", **metrics,
-                                               "time": time.time()})
+                                               "best": chosen, "time": time.time()})
         self.dist.barrier()
         return metrics
 

@@ -516,8 +516,13 @@ def test_10_bidirectional_charlm_is_a_usage_error(folder):
 
 
 def test_10_bench_fails_when_an_implementation_errors(folder):
-    """float16 on the CPU: the fused kernels refuse it; the table is still printed."""
+    """rnnkit's layer fails (a planted error: float16 on the CPU, which used to fail, now runs);
+    the table is still printed."""
+    planted = ("import rnnkit.functional as RF\n"
+               "def _planted(*a, **k):\n"
+               "    raise RuntimeError('planted failure')\n"
+               "RF.lstm_layer = _planted\n")
     r = rnnkit("bench", "-T", "3", "-N", "2", "-H", "4", "--repeats", "2", "--warmup", "1",
                "--dtype", "float16", "--impl", "rnnkit,torch", "--mode", "inference",
-               cwd=folder)
+               cwd=folder, setup=planted)
     assert "failed" in error(r) and "rnnkit" in r.stdout

@@ -220,7 +220,8 @@ def trained(tmp_path_factory):
     ("hidden_size", 0, "field 'hidden_size': expected an integer >= 1, got 0 (a number)"),
     ("steps", 2.5, "field 'steps': expected an integer >= 1 or null, got 2.5 (a number)"),
     ("cell", "transformer",
-     "field 'cell': expected one of \"lstm\", \"gru\", \"rnn\", got \"transformer\" (a string)"),
+     "field 'cell': expected one of \"lstm\", \"gru\", \"rnn\", \"layernorm-lstm\", "
+     "\"layernorm-gru\", got \"transformer\" (a string)"),
     ("task", None, "field 'task': expected one of \"charlm\", "),
     ("dropout", 1.5, "field 'dropout': expected a number in [0, 1), got 1.5 (a number)"),
     ("lr", True, "field 'lr': expected a number > 0, got true (true/false)"),

@@ -56,7 +56,8 @@ def test_copy_table_reports_accuracy_beside_chance(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--lengths", "50,x"], "expected comma-separated lengths"),
     (["--lengths", "1"], "expected comma-separated lengths"),
-    (["--cells", "lstm,transformer"], "expected a comma-separated list of lstm, gru, rnn"),
+    (["--cells", "lstm,transformer"], "expected a comma-separated list of lstm, gru, rnn, "
+                                      "layernorm-lstm, layernorm-gru"),
 ])
 def test_bad_options(args, message):
     r = CliRunner().invoke(main, ["longrange", *args])
@@ -91,7 +92,7 @@ def test_lesson_help_does_not_import_torch():
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"adding\s+2000,\s+copy\s+600", r.stdout) and "--keep-runs" in r.stdout
+    assert re.search(r"adding\s+2000,\s+copy\s+1000", r.stdout) and "--keep-runs" in r.stdout
 
 
 def test_flush_denormals_is_undone():
@@ -116,3 +117,42 @@ def test_an_interrupted_training_stops_the_table(monkeypatch, tmp_path):
         config.out, 1, 3, interrupted="SIGINT"))
     with pytest.raises(UserError, match=r"interrupted \(SIGINT\) while training rnn at T=4"):
         longrange(TrainConfig(task="adding", steps=3), [4], ["rnn"], str(tmp_path))
+
+
+def test_chrono_initialises_the_gated_cells_only(tmp_path):
+    js = tmp_path / "c.json"
+    r = CliRunner().invoke(main, ["longrange", "--task", "copy", "--lengths", "3",
+                                  "--cells", "rnn,lstm", *TINY, "--chrono", "--table",
+                                  str(tmp_path / "c.md"), "--json", str(js), "--keep-runs",
+                                  str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(js.read_text())["rows"]
+    assert [(row["cell"], row["chrono"]) for row in rows] == [("rnn", None), ("lstm", 23)]
+    saved = json.loads((tmp_path / "runs" / "copy-lstm-T3" / "config.json").read_text())
+    assert saved["config"]["chrono"] == 23  # the three delays, ten symbols and ten recalled
+    assert "chrono initialisation of the gated cells" in (tmp_path / "c.md").read_text()
+
+
+def test_solved_at_is_the_first_validation_that_meets_the_threshold(tmp_path):
+    from rnnkit.lessons.longrange import Row, markdown, solved_at
+    from rnnkit.train import checkpoint as C
+
+    for step, accuracy in [(100, 0.5), (200, 0.991), (300, 0.98), (400, 0.999)]:
+        C.append_metrics(str(tmp_path), {"step": step, "split": "valid",
+                                         "symbol_accuracy": accuracy})
+    C.append_metrics(str(tmp_path), {"step": 50, "split": "train", "symbol_accuracy": 1.0})
+    assert solved_at(str(tmp_path), "copy") == 200
+    rows = [Row("copy", "gru", 50, "symbol_accuracy", 0.999, 0.125, 1.0, solved_at=200),
+            Row("copy", "lstm", 50, "symbol_accuracy", 0.6, 0.125, 1.0)]
+    table = markdown(rows, TrainConfig(task="copy", steps=400))
+    assert "| solved (symbol_accuracy >= 0.99) at step | GRU 200 |" in table
+
+
+@pytest.mark.skipif(hasattr(__import__("rnnkit"), "LayerNormLSTM"),
+                    reason="rnnkit.LayerNormLSTM exists")
+def test_a_missing_layernorm_cell_is_a_one_line_error(tmp_path):
+    r = CliRunner().invoke(main, ["longrange", "--lengths", "4", "--cells", "layernorm-lstm",
+                                  *TINY, "--table", str(tmp_path / "t.md"), "--json",
+                                  str(tmp_path / "t.json")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "rnnkit.LayerNormLSTM does not exist in this install" in r.output

@@ -330,14 +330,6 @@ def test_integer_input_is_rejected_on_gpu(device):
                              None, None, "tanh", False)
 
 
-def test_half_on_cpu_keeps_its_clear_error():
-    """Half types are a CUDA feature; the CPU kernels say which dtypes they take."""
-    x = torch.randn(3, 2, 4).half()
-    with pytest.raises(RuntimeError, match="float32 or float64"):
-        torch.ops.rnnkit.rnn(x, None, torch.zeros(2, 5).half(), torch.randn(5, 4).half(),
-                             torch.randn(5, 5).half(), None, None, "tanh", False)
-
-
 def test_info_says_whether_cuda_kernels_run_here():
     from click.testing import CliRunner
 

@@ -133,7 +133,8 @@ def test_config_choices_are_those_of_the_code():
     from rnnkit.train.config import CHOICES, TASKS
 
     assert CHOICES["task"] == tuple(TASKS) == tuple(registry.TASK_CLASSES)
-    assert CHOICES["cell"] == CELLS and CHOICES["impl"] == tuple(models.LAYERS)
+    assert CHOICES["cell"][:len(CELLS)] == CELLS and CHOICES["impl"] == tuple(models.LAYERS)
+    assert set(CHOICES["cell"]) == set(models.LAYER_CLASSES)
 
 
 def test_checkpoint_loads_into_every_impl(corpus, tmp_path):

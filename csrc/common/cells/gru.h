@@ -23,11 +23,11 @@ struct Gru {
     RNNKIT_HD constexpr int64_t width() const { return h_n() + H; }
   };
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void forward(const StepForward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void forward(const StepForward<scalar_t, compute_t>& io, int64_t n, int64_t j) {
     using V = typename L::V;
     const int64_t H = io.H;
-    scalar_t* g = io.gates + n * io.ld_gates;
+    compute_t* g = io.gates + n * io.ld_gates;
     const auto x = [&](int64_t k) { return io.template input_side<L>(n, k, j); };
     const auto h = [&](int64_t k) { return io.template recurrent_side<L>(n, k, j, kGates * H); };
     const V h_n = h(2);
@@ -43,16 +43,17 @@ struct Gru {
     L::store(io.h_next + n * H + j, r.h);
   }
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void backward(const StepBackward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                 int64_t j) {
     const int64_t H = io.H;
-    const scalar_t* g = io.ws + n * io.W;
+    const compute_t* g = io.ws + n * io.W;
     const auto r = gates::gru_backward(io.template grad_h<L>(n, j), L::load(g + j),
                                        L::load(g + H + j), L::load(g + 2 * H + j),
                                        L::load(g + Layout{H, false}.h_n() + j),
                                        L::load(io.h_prev + n * H + j));
-    scalar_t* dx = io.da + n * kGates * H;
-    scalar_t* dh = io.da_rec + n * kGates * H;
+    compute_t* dx = io.da + n * kGates * H;
+    compute_t* dh = io.da_rec + n * kGates * H;
     L::store(dx + j, r.dx_r);
     L::store(dx + H + j, r.dx_z);
     L::store(dx + 2 * H + j, r.dx_n);

@@ -24,10 +24,10 @@ struct Lstm {
     RNNKIT_HD constexpr int64_t width() const { return h_pre() + (proj ? H : 0); }
   };
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void forward(const StepForward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void forward(const StepForward<scalar_t, compute_t>& io, int64_t n, int64_t j) {
     const int64_t H = io.H;
-    scalar_t* g = io.gates + n * io.ld_gates;
+    compute_t* g = io.gates + n * io.ld_gates;
     const auto a = [&](int64_t k) { return io.template input_side<L>(n, k, j); };
     const auto r = gates::lstm_forward(a(0), a(1), a(2), a(3), L::load(io.c + n * H + j));
     if (io.save) {
@@ -46,15 +46,16 @@ struct Lstm {
     }
   }
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void backward(const StepBackward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                 int64_t j) {
     const int64_t H = io.H;
-    const scalar_t* g = io.ws + n * io.W;
+    const compute_t* g = io.ws + n * io.W;
     const auto r = gates::lstm_backward(
         io.template grad_h<L>(n, j), L::load(io.dc + n * H + j), L::load(g + j),
         L::load(g + H + j), L::load(g + 2 * H + j), L::load(g + 3 * H + j),
         L::load(g + Layout{H, false}.c() + j), L::load(io.c_prev + n * H + j));
-    scalar_t* da = io.da + n * kGates * H;
+    compute_t* da = io.da + n * kGates * H;
     L::store(da + j, r.da_i);
     L::store(da + H + j, r.da_f);
     L::store(da + 2 * H + j, r.da_g);

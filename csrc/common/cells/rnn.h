@@ -22,16 +22,17 @@ struct Rnn {
   };
 
   // gates and out are the same rows here (kGatesInOutput).
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void forward(const StepForward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void forward(const StepForward<scalar_t, compute_t>& io, int64_t n, int64_t j) {
     const int64_t k = n * io.H + j;
     const auto h = gates::rnn_forward(io.template input_side<L>(n, 0, j), io.act);
     L::store(io.out + k, h);
     L::store(io.h_next + k, h);
   }
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void backward(const StepBackward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                 int64_t j) {
     const int64_t k = n * io.H + j;
     L::store(io.da + k, gates::rnn_backward(io.template grad_h<L>(n, j), L::load(io.out + k),
                                             io.act));

@@ -26,11 +26,11 @@ struct TestingMgu {
     RNNKIT_HD constexpr int64_t width() const { return h_n() + H; }
   };
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void forward(const StepForward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void forward(const StepForward<scalar_t, compute_t>& io, int64_t n, int64_t j) {
     using V = typename L::V;
     const int64_t H = io.H;
-    scalar_t* g = io.gates + n * io.ld_gates;
+    compute_t* g = io.gates + n * io.ld_gates;
     const auto x = [&](int64_t k) { return io.template input_side<L>(n, k, j); };
     const auto h = [&](int64_t k) { return io.template recurrent_side<L>(n, k, j, kGates * H); };
     const V h_n = h(1), h_prev = L::load(io.h_prev + n * H + j);
@@ -46,19 +46,20 @@ struct TestingMgu {
     L::store(io.h_next + n * H + j, h_new);
   }
 
-  template <typename L, typename scalar_t>
-  RNNKIT_HD static void backward(const StepBackward<scalar_t>& io, int64_t n, int64_t j) {
+  template <typename L, typename scalar_t, typename compute_t>
+  RNNKIT_HD static void backward(const StepBackward<scalar_t, compute_t>& io, int64_t n,
+                                 int64_t j) {
     using V = typename L::V;
     const int64_t H = io.H;
-    const scalar_t* g = io.ws + n * io.W;
+    const compute_t* g = io.ws + n * io.W;
     const V one(1), dh = io.template grad_h<L>(n, j);
     const V f = L::load(g + j), cand = L::load(g + H + j);
     const V h_n = L::load(g + Layout{H, false}.h_n() + j);
     const V h_prev = L::load(io.h_prev + n * H + j);
     const V da_n = dh * f * (one - cand * cand);
     const V da_f = (dh * (cand - h_prev) + da_n * h_n) * f * (one - f);
-    scalar_t* dx = io.da + n * kGates * H;
-    scalar_t* dr = io.da_rec + n * kGates * H;
+    compute_t* dx = io.da + n * kGates * H;
+    compute_t* dr = io.da_rec + n * kGates * H;
     L::store(dx + j, da_f);
     L::store(dx + H + j, da_n);
     L::store(dr + j, da_f);

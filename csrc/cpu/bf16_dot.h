@@ -1,0 +1,92 @@
+// The small-batch recurrent product (recurrent.h) on bfloat16 weights with AVX512-BF16's dot
+// product instruction (vdpbf16ps: 16 float32 lanes, each += the products of a pair of bfloat16
+// values), for CPUs that have it; chosen at run time (cpu_has_avx512_bf16 in weights.h).
+//
+// A block of V = 16 hidden units holds, for every pair p of recurrent inputs (r = 2p, 2p + 1) and
+// every gate k, the 16 units' two weights side by side:
+//   block[((p * K + k) * V + v) * 2 + e] = W_hh[k * H + b * V + v][2p + e]
+// (zero past H and past R), half the bytes of the float32 block, so that a thread's share of
+// W_hh stays in its cache at twice the hidden size. The sums are float32.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define RNNKIT_BF16_DOT 1
+#else
+#define RNNKIT_BF16_DOT 0
+#endif
+
+namespace rnnkit {
+namespace cpu {
+namespace bf16_dot {
+
+constexpr int64_t V = 16;
+// Whether this build can hold the kernel at all (an x86-64 compiler that takes target attributes).
+constexpr bool kAvailable = RNNKIT_BF16_DOT;
+
+inline int64_t pairs(int64_t R) { return (R + 1) / 2; }
+
+// Block b of W_hh ([K * H, R]) in the layout above; block: [pairs(R), K, V, 2].
+inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t R, int64_t b,
+                       uint16_t* block) {
+  const int64_t P = pairs(R), units = std::min<int64_t>(V, H - b * V);
+  std::fill(block, block + P * K * V * 2, uint16_t(0));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t v = 0; v < units; ++v) {
+      const c10::BFloat16* row = w_hh + (k * H + b * V + v) * R;
+      for (int64_t r = 0; r < R; ++r) block[(((r / 2) * K + k) * V + v) * 2 + r % 2] = row[r].x;
+    }
+}
+
+// The pair (h[2p], h[2p + 1]) of a row of R values as one 32-bit lane value (zero past R).
+inline uint32_t pair_at(const c10::BFloat16* h, int64_t p, int64_t R) {
+  const uint32_t lo = h[2 * p].x, hi = 2 * p + 1 < R ? h[2 * p + 1].x : 0;
+  return lo | (hi << 16);
+}
+
+#if RNNKIT_BF16_DOT
+// acc[n * ld_acc + k * H + j + v] (+)= sum_r h[n * R + r] W_hh[k * H + j + v][r] for n < ROWS,
+// v < width, from the packed block.
+template <int K, int ROWS>
+__attribute__((target("avx512f,avx512bf16"))) void product_rows(
+    const uint16_t* block, int64_t R, const c10::BFloat16* h, float* acc, int64_t ld_acc,
+    int64_t H, int64_t j, int64_t width, bool accumulate) {
+  __m512 sum[ROWS][K];
+  for (int n = 0; n < ROWS; ++n)
+    for (int k = 0; k < K; ++k) sum[n][k] = _mm512_setzero_ps();
+  const int64_t P = pairs(R);
+  for (int64_t p = 0; p < P; ++p) {
+    __m512i w[K];
+    for (int k = 0; k < K; ++k)
+      w[k] = _mm512_loadu_si512(static_cast<const void*>(block + (p * K + k) * V * 2));
+    for (int n = 0; n < ROWS; ++n) {
+      const __m512i hp = _mm512_set1_epi32(int(pair_at(h + n * R, p, R)));
+      for (int k = 0; k < K; ++k)
+        sum[n][k] = _mm512_dpbf16_ps(sum[n][k], (__m512bh)hp, (__m512bh)w[k]);
+    }
+  }
+  const __mmask16 mask = width >= V ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
+  for (int n = 0; n < ROWS; ++n)
+    for (int k = 0; k < K; ++k) {
+      float* dst = acc + n * ld_acc + k * H + j;
+      __m512 total = sum[n][k];
+      if (accumulate) total = _mm512_add_ps(total, _mm512_maskz_loadu_ps(mask, dst));
+      _mm512_mask_storeu_ps(dst, mask, total);
+    }
+}
+
+#else
+template <int K, int ROWS>
+void product_rows(const uint16_t*, int64_t, const c10::BFloat16*, float*, int64_t, int64_t, int64_t,
+                  int64_t, bool) {}  // never called: kAvailable is false
+#endif
+
+}  // namespace bf16_dot
+}  // namespace cpu
+}  // namespace rnnkit

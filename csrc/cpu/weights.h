@@ -1,0 +1,243 @@
+// The B operand of the time loops' products (w_ih, w_hh, w_hr), for every storage type: float and
+// double (storage = compute type) and the reduced types bfloat16 and float16, whose products
+// take reduced inputs and give float32 results (the gate pre-activations, the gradients), with
+// float32 accumulation.
+//
+// Three paths for the reduced types, chosen once per process (reduced_path()):
+//   OneDnn   ATen's product in the reduced type (oneDNN on an x86 CPU with AVX-512), which
+//            accumulates in float32 and rounds its result to the reduced type; the time loop
+//            widens that onto its float32 buffer (A, when it comes in float32, is narrowed first).
+//   Float32  B is widened to float32 once per call (and packed for MKL's packed sgemm where the
+//            float32 path would pack it), A is widened per product; then the float32 product.
+//            Portable: it needs only what the float32 kernels need.
+//   Mkl      MKL's cblas_gemm_bf16bf16f32 / cblas_gemm_f16f16f32 on the reduced operands, C in
+//            float32 with beta. torch's CPU library exports them on x86 (declared weak: absent,
+//            this path is never chosen).
+// The default for bfloat16: Mkl on a CPU with AMX-BF16, where MKL multiplies bfloat16 in its
+// tiles into float32; OneDnn on one with AVX512-BF16 and no AMX (AMD EPYC), where oneDNN's bf16
+// product measured 2.3x sgemm's rate and MKL's bf16 one below sgemm (docs/kernels.md,
+// benchmarks/bench_bf16_products.py; torch exports no oneDNN entry point with a float32 result,
+// hence the rounding); Float32 elsewhere. float16: Mkl with AMX, else Float32 (oneDNN's float16
+// product needs AVX512-FP16). RNNKIT_CPU_BF16_PATH=float32|mkl|onednn overrides the choice for
+// both types.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+#include "bf16_dot.h"
+#include "blas.h"
+#include "loops.h"
+
+extern "C" {
+// MKL's products of reduced inputs into float32 (CBLAS, LP64: int sizes; the enums as ints;
+// MKL_BF16 and MKL_F16 are 16-bit integers holding the bits).
+void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                            const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                            float* c, int ldc) __attribute__((weak));
+void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                          const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                          float* c, int ldc) __attribute__((weak));
+}
+
+namespace rnnkit {
+namespace cpu {
+
+enum class ReducedPath { Float32, Mkl, OneDnn };
+
+// CPUID leaf 7: AMX-BF16 (subleaf 0, EDX bit 22), AVX512-BF16 (subleaf 1, EAX bit 5).
+inline bool cpuid_bit(unsigned subleaf, int reg, int bit) {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(7, subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+  return (r[reg] >> bit) & 1u;
+#else
+  return false;
+#endif
+}
+inline bool cpu_has_amx_bf16() { return cpuid_bit(0, 3, 22); }
+inline bool cpu_has_avx512_bf16() { return cpuid_bit(1, 0, 5); }
+
+// Whether the small-batch path multiplies bfloat16 weights with AVX512-BF16 (bf16_dot.h): the
+// CPU has it, the build's float registers are 16 wide, and RNNKIT_CPU_BF16_DOT is not 0.
+inline bool use_bf16_dot() {
+  static const bool use = [] {
+    const char* env = std::getenv("RNNKIT_CPU_BF16_DOT");
+    return bf16_dot::kAvailable && at::vec::Vectorized<float>::size() == bf16_dot::V &&
+           cpu_has_avx512_bf16() && !(env != nullptr && std::strcmp(env, "0") == 0);
+  }();
+  return use;
+}
+
+template <typename scalar_t>
+ReducedPath reduced_path() {
+  static const ReducedPath path = [] {
+    const bool mkl = cblas_gemm_bf16bf16f32 != nullptr && cblas_gemm_f16f16f32 != nullptr;
+    const char* env = std::getenv("RNNKIT_CPU_BF16_PATH");
+    if (env != nullptr && std::strcmp(env, "float32") == 0) return ReducedPath::Float32;
+    if (env != nullptr && std::strcmp(env, "onednn") == 0) return ReducedPath::OneDnn;
+    if (env != nullptr && std::strcmp(env, "mkl") == 0 && mkl) return ReducedPath::Mkl;
+    if (mkl && cpu_has_amx_bf16()) return ReducedPath::Mkl;
+    if (std::is_same_v<scalar_t, c10::BFloat16> && cpu_has_avx512_bf16())
+      return ReducedPath::OneDnn;
+    return ReducedPath::Float32;
+  }();
+  return path;
+}
+
+// For rnnkit.build_info()["cpu_bf16_path"]: the products with a weight, then the small-batch path.
+inline const char* reduced_path_name() {
+  static const std::string name = [] {
+    std::string s;
+    switch (reduced_path<c10::BFloat16>()) {
+      case ReducedPath::Mkl: s = "mkl bf16->f32 (cblas_gemm_bf16bf16f32)"; break;
+      case ReducedPath::OneDnn: s = "onednn bf16 (at::mm), widened"; break;
+      default: s = "f32 sgemm on widened bf16"; break;
+    }
+    return s + (use_bf16_dot() ? "; small batches: avx512_bf16 dot, bf16 weights"
+                               : "; small batches: own SIMD, f32 weights");
+  }();
+  return name.c_str();
+}
+
+// dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted.
+template <typename To, typename From>
+void convert_rows(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* dst) {
+  for (int64_t r = 0; r < rows; ++r) at::vec::convert(src + r * ld_src, dst + r * K, K);
+}
+
+template <typename scalar_t, typename compute_t>
+class WeightB;
+
+// Storage = compute type: MKL's packed sgemm where PackedB packs, else gemm().
+template <typename scalar_t>
+class WeightB<scalar_t, scalar_t> {
+ public:
+  // op(B): [K, Nc] (B is [Nc, K] when trans_b), row stride ldb; A has at most max_m rows.
+  WeightB(bool trans_b, int64_t max_m, int64_t Nc, int64_t K, const scalar_t* B, int64_t ldb,
+          bool pack)
+      : b_(trans_b, max_m, Nc, K, B, ldb, pack) {}
+  // C = A op(B) + beta C; A: [M, K] (row stride lda), C: [M, Nc] (row stride ldc).
+  void multiply(int64_t M, const scalar_t* A, int64_t lda, scalar_t beta, scalar_t* C,
+                int64_t ldc) const {
+    b_.multiply(M, A, lda, beta, C, ldc);
+  }
+
+ private:
+  PackedB<scalar_t> b_;
+};
+
+// bfloat16 and float16 storage, float32 results. A may be in either type. Not thread-safe: the
+// conversion buffers are the object's own (the time loops multiply from one thread).
+template <typename scalar_t>
+  requires kReduced<scalar_t>
+class WeightB<scalar_t, float> {
+ public:
+  WeightB(bool trans_b, int64_t max_m, int64_t Nc, int64_t K, const scalar_t* B, int64_t ldb,
+          bool pack)
+      : trans_b_(trans_b), Nc_(Nc), K_(K), B_(B), ldb_(ldb), path_(reduced_path<scalar_t>()) {
+    if (B == nullptr) return;  // an absent weight (no projection): never multiplied
+    if (path_ == ReducedPath::Float32) {
+      const int64_t rows = trans_b ? Nc : K, cols = trans_b ? K : Nc;
+      b32_.resize(size_t(rows * cols));
+      convert_rows(B, ldb, rows, cols, b32_.data());
+      packed_.emplace(trans_b, max_m, Nc, K, b32_.data(), cols, pack);
+    }
+  }
+
+  template <typename A_t>
+  void multiply(int64_t M, const A_t* A, int64_t lda, float beta, float* C, int64_t ldc) const {
+    static_assert(std::is_same_v<A_t, float> || std::is_same_v<A_t, scalar_t>);
+    if (M <= 0 || Nc_ == 0) return;
+    if (path_ == ReducedPath::Float32) {
+      if constexpr (std::is_same_v<A_t, float>) {
+        packed_->multiply(M, A, lda, beta, C, ldc);
+      } else {
+        a32_.resize(size_t(M * K_));
+        convert_rows(A, lda, M, K_, a32_.data());
+        packed_->multiply(M, a32_.data(), K_, beta, C, ldc);
+      }
+      return;
+    }
+    const scalar_t* a = nullptr;
+    if constexpr (std::is_same_v<A_t, float>) {
+      a16_.resize(size_t(M * K_));
+      convert_rows(A, lda, M, K_, a16_.data());
+      a = a16_.data();
+      lda = K_;
+    } else {
+      a = A;
+    }
+    if (path_ == ReducedPath::Mkl) {
+      mkl_gemm(M, a, lda, beta, C, ldc);
+    } else {
+      onednn_gemm(M, a, lda, beta, C, ldc);
+    }
+  }
+
+ private:
+  // C = widen(round(A op(B))) + beta C, the product by ATen in the reduced type.
+  void onednn_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
+                   int64_t ldc) const {
+    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+    const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, 1}, options);
+    const at::Tensor b =
+        trans_b_ ? at::from_blob(const_cast<scalar_t*>(B_), {Nc_, K_}, {ldb_, 1}, options).t()
+                 : at::from_blob(const_cast<scalar_t*>(B_), {K_, Nc_}, {ldb_, 1}, options);
+    c16_.resize(size_t(M * Nc_));
+    at::Tensor c = at::from_blob(c16_.data(), {M, Nc_}, options);
+    at::mm_out(c, a, b);
+    for (int64_t m = 0; m < M; ++m) {
+      const scalar_t* src = c16_.data() + m * Nc_;
+      float* dst = C + m * ldc;
+      if (beta == 0.0f) {
+        at::vec::convert(src, dst, Nc_);
+      } else {
+        for (int64_t n = 0; n < Nc_; ++n) dst[n] = beta * dst[n] + static_cast<float>(src[n]);
+      }
+    }
+  }
+
+  void mkl_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
+                int64_t ldc) const {
+    constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+    auto* f = std::is_same_v<scalar_t, c10::BFloat16> ? cblas_gemm_bf16bf16f32
+                                                      : cblas_gemm_f16f16f32;
+    if (K_ == 0) {  // nothing to multiply: C = beta * C
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < Nc_; ++n)
+          C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+      return;
+    }
+    f(kRowMajor, kNoTrans, trans_b_ ? kTrans : kNoTrans, int(M), int(Nc_), int(K_), 1.0f,
+      reinterpret_cast<const uint16_t*>(A), int(lda), reinterpret_cast<const uint16_t*>(B_),
+      int(ldb_), beta, C, int(ldc));
+  }
+
+  bool trans_b_;
+  int64_t Nc_, K_;
+  const scalar_t* B_;
+  int64_t ldb_;
+  ReducedPath path_;
+  std::vector<float> b32_;               // Float32: B widened
+  std::optional<PackedB<float>> packed_;  // Float32: its product
+  mutable std::vector<float> a32_;       // Float32: A widened
+  mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed (when it comes in float32)
+  mutable std::vector<scalar_t> c16_;    // OneDnn: the rounded product
+};
+
+}  // namespace cpu
+}  // namespace rnnkit
