@@ -43,19 +43,29 @@ def refuse_forward_ad(op: str, *tensors: Optional[Tensor]) -> None:
             "(torch.autograd.grad or backward, exact at every order), or torch.nn's module.")
 
 
-def _lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True):
-    out, (h, c) = lstm_layer(input, batch_sizes, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), reverse)
+def _zoneout(mask: Optional[Tensor], p: float):
+    """One state's zoneout as the reference layers take it: the mask, else the probability."""
+    return mask if mask is not None else p
+
+
+def _lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True,
+          zoneout_h=None, zoneout_h_p=0.0, zoneout_c=None, zoneout_c_p=0.0):
+    out, (h, c) = lstm_layer(input, batch_sizes, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), reverse,
+                             (_zoneout(zoneout_h, zoneout_h_p), _zoneout(zoneout_c, zoneout_c_p)))
     return out, h, c
 
 
-def _gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True):
-    out, (h,) = gru_layer(input, batch_sizes, (h0,), (w_ih, w_hh, b_ih, b_hh, None), reverse)
+def _gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True, zoneout_h=None,
+         zoneout_h_p=0.0):
+    out, (h,) = gru_layer(input, batch_sizes, (h0,), (w_ih, w_hh, b_ih, b_hh, None), reverse,
+                          (_zoneout(zoneout_h, zoneout_h_p),))
     return out, h
 
 
-def _rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
+def _rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse, zoneout_h=None,
+         zoneout_h_p=0.0):
     out, (h,) = rnn_layer(nonlinearity)(input, batch_sizes, (h0,), (w_ih, w_hh, b_ih, b_hh, None),
-                                        reverse)
+                                        reverse, (_zoneout(zoneout_h, zoneout_h_p),))
     return out, h
 
 

@@ -264,9 +264,14 @@ _VARIANTS_DOC = """
     - ``chrono_init`` (T_max, an integer >= 3; gated cells only): chrono initialisation of the
       gate biases, see ``rnnkit.init.chrono_init_``.
 
+    - ``zoneout`` (p in [0, 1)), and ``zoneout_cell`` for the LSTM's c (None: ``zoneout``'s):
+      zoneout of the states inside the fused time loops, see ``rnnkit.functional``. Its masks
+      are drawn after the weight_hh masks, per layer and direction, after that layer's
+      variational mask.
+
     Both init options are applied by ``reset_parameters``; they cannot be combined. A module
-    with ``weight_drop`` or ``variational_dropout`` has no torch.nn equivalent (``to_torch``
-    refuses it).
+    with ``weight_drop``, ``variational_dropout`` or zoneout has no torch.nn equivalent
+    (``to_torch`` refuses it).
 """
 
 
@@ -275,7 +280,8 @@ class _RNNBase(nn.Module):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None, *,
                  weight_drop: float = 0.0, variational_dropout: float = 0.0,
-                 forget_bias: Optional[float] = None, chrono_init: Optional[int] = None) -> None:
+                 forget_bias: Optional[float] = None, chrono_init: Optional[int] = None,
+                 zoneout: float = 0.0, zoneout_cell: Optional[float] = None) -> None:
         super().__init__()
         name = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
         self.weight_drop = _dropout.check_probability(weight_drop, f"{name}: weight_drop")
@@ -329,6 +335,12 @@ class _RNNBase(nn.Module):
                              f"proj_size={proj_size}, hidden_size={hidden_size}")
         if proj_size and mode != "LSTM":
             _refuse_proj_size(name, proj_size)
+        # Zoneout (rnnkit's own, not torch.nn's): checked here so a bad value fails at once.
+        self._zoneout_probs = RF.zoneout_probs(name, zoneout, zoneout_cell,
+                                               cell_state=mode == "LSTM")
+        self.zoneout = float(zoneout)
+        if mode == "LSTM":
+            self.zoneout_cell = None if zoneout_cell is None else float(zoneout_cell)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -409,12 +421,16 @@ class _RNNBase(nn.Module):
         for arg in ("weight_drop", "variational_dropout", "forget_bias", "chrono_init"):
             if getattr(self, arg) not in (None, 0.0):
                 s += f", {arg}={getattr(self, arg)}"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
+        if getattr(self, "zoneout_cell", None) is not None:
+            s += f", zoneout_cell={self.zoneout_cell}"
         return s
 
     def to_torch(self) -> nn.Module:
         """The torch.nn equivalent of this layer, with the same weights. Refuses a layer with
-        weight_drop or variational_dropout, which torch.nn has not (the init options are just
-        values and convert)."""
+        weight_drop, variational_dropout or zoneout, which torch.nn has not (the init options
+        are just values and convert)."""
         for arg in ("weight_drop", "variational_dropout"):
             if getattr(self, arg) > 0:
                 raise ValueError(f"{type(self).__name__}.to_torch: torch.nn has no {arg}; "
@@ -503,7 +519,8 @@ class _RNNBase(nn.Module):
 
         out, finals = RF.stack_layers(self._layer(), x, batch_sizes, states, self._run_params(),
                                       self.num_layers, self.bidirectional, self.dropout,
-                                      self.training, variational_dropout=self.variational_dropout)
+                                      self.training, self._zoneout_probs,
+                                      variational_dropout=self.variational_dropout)
         if packed:
             if unsorted_indices is not None:
                 finals = [f.index_select(1, unsorted_indices) for f in finals]
@@ -526,7 +543,7 @@ class RNN(_RNNBase):
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  weight_drop: float = 0.0, variational_dropout: float = 0.0,
                  forget_bias: Optional[float] = None, chrono_init: Optional[int] = None,
-                 **unexpected) -> None:
+                 zoneout: float = 0.0, **unexpected) -> None:
         _refuse_unexpected("RNN", unexpected)
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
@@ -535,7 +552,7 @@ class RNN(_RNNBase):
         super().__init__(modes[nonlinearity], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype,
                          weight_drop=weight_drop, variational_dropout=variational_dropout,
-                         forget_bias=forget_bias, chrono_init=chrono_init)
+                         forget_bias=forget_bias, chrono_init=chrono_init, zoneout=zoneout)
 
     def forward(self, input, hx: Optional[Tensor] = None):
         out, (h,) = self._run(input, (hx,))
@@ -554,11 +571,12 @@ class LSTM(_RNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0,
                  variational_dropout: float = 0.0, forget_bias: Optional[float] = None,
-                 chrono_init: Optional[int] = None) -> None:
+                 chrono_init: Optional[int] = None, zoneout: float = 0.0,
+                 zoneout_cell: Optional[float] = None) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, weight_drop=weight_drop,
                          variational_dropout=variational_dropout, forget_bias=forget_bias,
-                         chrono_init=chrono_init)
+                         chrono_init=chrono_init, zoneout=zoneout, zoneout_cell=zoneout_cell)
 
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
         states = (None, None) if hx is None else tuple(hx)
@@ -577,12 +595,13 @@ class GRU(_RNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, weight_drop: float = 0.0,
                  variational_dropout: float = 0.0, forget_bias: Optional[float] = None,
-                 chrono_init: Optional[int] = None, **unexpected) -> None:
+                 chrono_init: Optional[int] = None, zoneout: float = 0.0,
+                 **unexpected) -> None:
         _refuse_unexpected("GRU", unexpected)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, weight_drop=weight_drop,
                          variational_dropout=variational_dropout, forget_bias=forget_bias,
-                         chrono_init=chrono_init)
+                         chrono_init=chrono_init, zoneout=zoneout)
 
     def forward(self, input, hx: Optional[Tensor] = None):
         out, (h,) = self._run(input, (hx,))
@@ -607,12 +626,28 @@ def _config(module: nn.Module) -> dict:
     config = {k: getattr(module, k) for k in keys}
     if isinstance(module, (nn.RNNCell, RNNCell, nn.RNN, RNN)):
         config["nonlinearity"] = module.nonlinearity
+    if isinstance(module, _RNNBase):  # rnnkit's own options
+        config["zoneout"] = module.zoneout
+        if isinstance(module, LSTM):
+            config["zoneout_cell"] = module.zoneout_cell
     return config
+
+
+_OWN_OPTIONS = ("zoneout", "zoneout_cell")
 
 
 def _convert(module: nn.Module, target: type) -> nn.Module:
     p = next(module.parameters())
-    out = target(**_config(module), device=p.device, dtype=p.dtype)
+    config = _config(module)
+    if not issubclass(target, (_CellBase, _RNNBase)):
+        # torch.nn has no zoneout: a module that zones out would run differently there.
+        own = {k: v for k, v in config.items() if k in _OWN_OPTIONS and v}
+        if own:
+            raise ValueError(f"to_torch: torch.nn.{target.__name__} has no zoneout, and this "
+                             f"{type(module).__name__} has {own}; build it with zoneout=0 (and "
+                             f"zoneout_cell=None) to convert it")
+        config = {k: v for k, v in config.items() if k not in _OWN_OPTIONS}
+    out = target(**config, device=p.device, dtype=p.dtype)
     out.load_state_dict(module.state_dict(), strict=True)
     return out.train(module.training)
 

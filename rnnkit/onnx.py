@@ -71,6 +71,12 @@ def _unsupported_reason(op: str, args: dict[str, Any]) -> Optional[str]:
     if op == "lstm" and args.get("w_hr") is not None:
         return ("rnnkit.onnx: LSTM with proj_size > 0 cannot be exported to ONNX (ONNX's LSTM "
                 "operator has no projection of the hidden state); export a model with proj_size=0")
+    masks = [args.get(n) for n in ("zoneout_h", "zoneout_c")]
+    probs = [args.get(n) for n in ("zoneout_h_p", "zoneout_c_p")]
+    if any(m is not None for m in masks) or any(
+            isinstance(p, (int, float)) and p != 0 for p in probs):
+        return (f"rnnkit.onnx: {op} with zoneout cannot be exported to ONNX (ONNX's recurrent "
+                "operators have no zoneout); export a model with zoneout=0")
     return None
 
 
@@ -198,21 +204,27 @@ def _no_workspace(input):
 
 
 def lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool,
-         train: bool = True):
+         train: bool = True, zoneout_h=None, zoneout_h_p: float = 0.0, zoneout_c=None,
+         zoneout_c_p: float = 0.0):
     """rnnkit::lstm -> ONNX LSTM. Returns (output, h_n, c_n, workspace)."""
-    _check("lstm", {"w_hr": w_hr})
+    _check("lstm", {"w_hr": w_hr, "zoneout_h": zoneout_h, "zoneout_h_p": zoneout_h_p,
+                    "zoneout_c": zoneout_c, "zoneout_c_p": zoneout_c_p})
     y, (h, c) = _run_layer("lstm", input, batch_sizes, (h0, c0), w_ih, w_hh, b_ih, b_hh, reverse)
     return y, h, c, _no_workspace(input)
 
 
-def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool, train: bool = True):
+def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool, train: bool = True,
+        zoneout_h=None, zoneout_h_p: float = 0.0):
     """rnnkit::gru -> ONNX GRU (linear_before_reset=1). Returns (output, h_n, workspace)."""
+    _check("gru", {"zoneout_h": zoneout_h, "zoneout_h_p": zoneout_h_p})
     y, (h,) = _run_layer("gru", input, batch_sizes, (h0,), w_ih, w_hh, b_ih, b_hh, reverse)
     return y, h, _no_workspace(input)
 
 
-def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity: str, reverse: bool):
+def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity: str, reverse: bool,
+        zoneout_h=None, zoneout_h_p: float = 0.0):
     """rnnkit::rnn -> ONNX RNN (Tanh or Relu). Returns (output, h_n)."""
+    _check("rnn", {"zoneout_h": zoneout_h, "zoneout_h_p": zoneout_h_p})
     y, (h,) = _run_layer("rnn", input, batch_sizes, (h0,), w_ih, w_hh, b_ih, b_hh, reverse,
                          nonlinearity)
     return y, h

@@ -9,7 +9,9 @@ implementation that gives output shapes without computing, for torch.compile and
 Workspace widths (values per packed row saved for backward) come from the kernels' own cell
 descriptions (csrc/common/cells/) through ``rnnkit._C.workspace_width``; the Elman RNN saves none
 (backward reads the output). The LSTM and GRU layer operators take ``train``: with False
-(inference) they keep no workspace and return an empty one, (0,).
+(inference) they keep no workspace and return an empty one, (0,). The layer operators and their
+backward take the zoneout arguments last (zoneout_h, zoneout_h_p, and the LSTM's zoneout_c,
+zoneout_c_p: a mask, or else a probability; csrc/common/zoneout.h); backward gets the forward's.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def _workspace(input, batch_sizes, width: int, train: bool) -> torch.Tensor:
 
 
 @_fake("lstm")
-def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True):
+def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True,
+      zoneout_h=None, zoneout_h_p=0.0, zoneout_c=None, zoneout_c_p=0.0):
     H, R = c0.shape[-1], h0.shape[-1]  # c0: (N, H); h0: (N, R), R = proj_size or H
     ws = _workspace(input, batch_sizes, _width("lstm", H, w_hr is not None), train)
     return _out(input, R), torch.empty_like(h0), torch.empty_like(c0), ws
@@ -111,7 +114,7 @@ def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=T
 
 @_fake("lstm_backward")
 def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output,
-      workspace, reverse):
+      workspace, reverse, zoneout_h=None, zoneout_h_p=0.0, zoneout_c=None, zoneout_c_p=0.0):
     grad_w_hr = input.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)),
@@ -132,13 +135,15 @@ def _(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, hy, workspace):
 
 
 @_fake("gru")
-def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True):
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train=True, zoneout_h=None,
+      zoneout_h_p=0.0):
     H = h0.shape[-1]
     return _out(input, H), torch.empty_like(h0), _workspace(input, batch_sizes, _width("gru", H), train)
 
 
 @_fake("gru_backward")
-def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, reverse):
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, reverse,
+      zoneout_h=None, zoneout_h_p=0.0):
     G = w_ih.shape[0]
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty((G,)), w_ih.new_empty((G,)))
@@ -159,12 +164,14 @@ def _(grad_hy, input, hx, w_ih, w_hh, hy, workspace):
 
 
 @_fake("rnn")
-def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse):
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse, zoneout_h=None,
+      zoneout_h_p=0.0):
     return _out(input, w_ih.shape[0]), torch.empty_like(h0)
 
 
 @_fake("rnn_backward")
-def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, nonlinearity, reverse):
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, nonlinearity, reverse,
+      zoneout_h=None, zoneout_h_p=0.0):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
 
@@ -227,19 +234,23 @@ def _lstm_setup(ctx, inputs, output):
     _unused_grads_none(ctx, output[3])
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
+    ctx.zoneout_p = (a.get("zoneout_h_p", 0.0), a.get("zoneout_c_p", 0.0))
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"], a["w_hh"],
-                          a["w_hr"], output[0], output[3], a["b_ih"], a["b_hh"])
+                          a["w_hr"], output[0], output[3], a["b_ih"], a["b_hh"],
+                          a.get("zoneout_h"), a.get("zoneout_c"))
 
 
 def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     _require_train("lstm", ctx)
-    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace, b_ih, b_hh = ctx.saved_tensors
-    args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, True)
+    (input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace, b_ih, b_hh, zoneout_h,
+     zoneout_c) = ctx.saved_tensors
+    zoneout = (zoneout_h, ctx.zoneout_p[0], zoneout_c, ctx.zoneout_p[1])
+    args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, True, *zoneout)
     grads = (grad_output, grad_h_n, grad_c_n)
     if _exact.wanted(grads, args):
         return _exact.backward("lstm", ctx.needs_input_grad, grads, args)
     g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
-                          w_hh, w_hr, output, workspace, ctx.reverse)
+                          w_hh, w_hr, output, workspace, ctx.reverse, *zoneout)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = g
     grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
     return _input_grads(ops.lstm.default, input=grad_input, h0=grad_h0, c0=grad_c0,
@@ -279,18 +290,20 @@ def _gru_setup(ctx, inputs, output):
     _unused_grads_none(ctx, output[2])
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
+    ctx.zoneout_p = a.get("zoneout_h_p", 0.0)
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
-                          output[2], a["b_ih"], a["b_hh"])
+                          output[2], a["b_ih"], a["b_hh"], a.get("zoneout_h"))
 
 
 def _gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
     _require_train("gru", ctx)
-    input, batch_sizes, h0, w_ih, w_hh, output, workspace, b_ih, b_hh = ctx.saved_tensors
-    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.reverse, True)
+    input, batch_sizes, h0, w_ih, w_hh, output, workspace, b_ih, b_hh, zoneout_h = ctx.saved_tensors
+    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.reverse, True, zoneout_h,
+            ctx.zoneout_p)
     if _exact.wanted((grad_output, grad_h_n), args):
         return _exact.backward("gru", ctx.needs_input_grad, (grad_output, grad_h_n), args)
     g = ops.gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
-                         workspace, ctx.reverse)
+                         workspace, ctx.reverse, zoneout_h, ctx.zoneout_p)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = g
     grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_b_ih, grad_b_hh)
     return _input_grads(ops.gru.default, input=grad_input, h0=grad_h0, w_ih=grad_w_ih,
@@ -329,17 +342,19 @@ def _rnn_setup(ctx, inputs, output):
     _setup_biases(ctx, a)
     ctx.reverse = a["reverse"]
     ctx.nonlinearity = a["nonlinearity"]
+    ctx.zoneout_p = a.get("zoneout_h_p", 0.0)
     ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["w_ih"], a["w_hh"], output[0],
-                          a["b_ih"], a["b_hh"])
+                          a["b_ih"], a["b_hh"], a.get("zoneout_h"))
 
 
 def _rnn_backward(ctx, grad_output, grad_h_n):
-    input, batch_sizes, h0, w_ih, w_hh, output, b_ih, b_hh = ctx.saved_tensors
-    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, ctx.reverse)
+    input, batch_sizes, h0, w_ih, w_hh, output, b_ih, b_hh, zoneout_h = ctx.saved_tensors
+    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, ctx.reverse,
+            zoneout_h, ctx.zoneout_p)
     if _exact.wanted((grad_output, grad_h_n), args):
         return _exact.backward("rnn", ctx.needs_input_grad, (grad_output, grad_h_n), args)
     g = ops.rnn_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
-                         ctx.nonlinearity, ctx.reverse)
+                         ctx.nonlinearity, ctx.reverse, zoneout_h, ctx.zoneout_p)
     grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = g
     grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
     return _input_grads(ops.rnn.default, input=grad_input, h0=grad_h0, w_ih=grad_w_ih,

@@ -15,6 +15,9 @@ LN(v; γ, β) = γ ⊙ (v - mean(v)) / sqrt(var(v) + 1e-5) + β over the whole r
     LSTM: a = LN(W_ih x; γ_x) + LN(W_hh h; γ_h) + b_ih + b_hh, gates as above,
           c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(LN(c'; γ_c, β_c))
     GRU:  x_ = LN(W_ih x; γ_x) + b_ih,  h_ = LN(W_hh h; γ_h) + b_hh, then the GRU on x_ and h_
+Zoneout (Krueger et al. 2016) of each state s (h, and c for the LSTM) after the cell's step:
+    s' = m ⊙ s + (1 − m) ⊙ s~     m: a mask of zeros and ones (training) or the probability p
+                                   (evaluation, the expectation); the layer outputs the mixed h
 
 It imports torch only, and stacks its layers and handles its inputs (padded, packed, batch-first,
 unbatched) on its own, so that what it judges (rnnkit.functional, rnnkit.nn) shares none of its
@@ -23,7 +26,7 @@ code; tests/test_architecture.py holds it to that.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -116,11 +119,13 @@ def layernorm_gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: O
 
 # ---- one layer in one direction, by a loop over time ------------------------------------------
 def run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tensor, ...],
-               reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+               reverse: bool, zoneout: Sequence = ()) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Loops step(x_t, states_t) -> new states (h first) over time.
 
     Padded x: (T, N, I). Packed x: (P, I) with batch_sizes (T,): step t sees the first
     batch_sizes[t] sequences, and a sequence's final state is the state after its last step.
+    zoneout: per state (h first), a mask (T, N, F), a probability, or None: each new state is
+    mixed with the old one, m ⊙ s + (1 − m) ⊙ s~ (mask rows past batch_sizes[t] unused).
     """
     if batch_sizes is None:
         inputs = list(x.unbind(0))
@@ -130,7 +135,10 @@ def run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tens
     order = range(len(inputs) - 1, -1, -1) if reverse else range(len(inputs))
     for t in order:
         n = inputs[t].shape[0]
-        new = step(inputs[t], tuple(s[:n] for s in states))
+        old = tuple(s[:n] for s in states)
+        new = step(inputs[t], old)
+        new = tuple(_zoneout(z, t, n, s_old, s_new)
+                    for z, s_old, s_new in zip(list(zoneout) + [None] * len(new), old, new))
         states = tuple(torch.cat([a, s[n:]], 0) for a, s in zip(new, states))
         outputs[t] = new[0]
     if not outputs:
@@ -141,24 +149,32 @@ def run_layer(step, x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tens
     return output, states
 
 
-def lstm_layer(x, batch_sizes, states, params: LayerParams, reverse: bool):
+def _zoneout(z, t: int, n: int, old: Tensor, new: Tensor) -> Tensor:
+    """One state's zoneout at step t over its first n rows: z a mask (T, N, F), p, or None."""
+    if z is None or (not isinstance(z, Tensor) and z == 0):
+        return new
+    m = z[t, :n] if isinstance(z, Tensor) else z
+    return m * old + (1 - m) * new
+
+
+def lstm_layer(x, batch_sizes, states, params: LayerParams, reverse: bool, zoneout: Sequence = ()):
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     return run_layer(lambda xt, s: lstm_cell(xt, s[0], s[1], w_ih, w_hh, b_ih, b_hh, w_hr),
-                     x, batch_sizes, states, reverse)
+                     x, batch_sizes, states, reverse, zoneout)
 
 
-def gru_layer(x, batch_sizes, states, params: LayerParams, reverse: bool):
+def gru_layer(x, batch_sizes, states, params: LayerParams, reverse: bool, zoneout: Sequence = ()):
     w_ih, w_hh, b_ih, b_hh, _ = params
     return run_layer(lambda xt, s: (gru_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh),),
-                     x, batch_sizes, states, reverse)
+                     x, batch_sizes, states, reverse, zoneout)
 
 
 def rnn_layer(nonlinearity: str):
-    def layer(x, batch_sizes, states, params: LayerParams, reverse: bool):
+    def layer(x, batch_sizes, states, params: LayerParams, reverse: bool, zoneout: Sequence = ()):
         w_ih, w_hh, b_ih, b_hh, _ = params
         return run_layer(
             lambda xt, s: (rnn_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),),
-            x, batch_sizes, states, reverse)
+            x, batch_sizes, states, reverse, zoneout)
 
     return layer
 
@@ -179,14 +195,28 @@ def layernorm_gru_layer(x, batch_sizes, states, params, reverse: bool):
 
 
 # ---- stacks of layers -------------------------------------------------------------------------
+def _draw_zoneout(x: Tensor, batch_sizes: Optional[Tensor], states: tuple[Tensor, ...],
+                  probs: Sequence[float], training: bool) -> list:
+    """One layer-direction's zoneout per state: in training a mask (T, N, F) per state with p > 0,
+    torch.empty(T, N, F).bernoulli_(p) in x's dtype, h's before c's; else the probabilities."""
+    if not training:
+        return list(probs)
+    T = x.shape[0] if batch_sizes is None else len(batch_sizes)
+    N = states[0].shape[0]
+    return [x.new_empty((T, N, s.shape[-1])).bernoulli_(p) if p > 0 else None
+            for s, p in zip(states, probs)]
+
+
 def stack_layers(layer, input: Tensor, batch_sizes: Optional[Tensor], states, params,
-                 num_layers: int, bidirectional: bool, dropout: float, training: bool):
+                 num_layers: int, bidirectional: bool, dropout: float, training: bool,
+                 zoneout: Sequence[float] = ()):
     """Runs num_layers layers, each in one or two directions, time-major.
 
     input: (T, N, I), or packed (P, I) with batch_sizes (T,); states: one (L*D, N, *) tensor per
     state kind (h, then c for the LSTM), rows layer by layer, forward before reverse; params: L*D
     LayerParams in the same order. Layer l + 1 reads both directions of layer l side by side;
-    dropout acts on every layer's output but the last's, in training only. Returns the last
+    dropout acts on every layer's output but the last's, in training only; zoneout: a probability
+    per state kind (h, then c), drawn per layer and direction by _draw_zoneout. Returns the last
     layer's output, (T, N, D*R) or (P, D*R), and the final states, one (L*D, N, *) per kind.
     """
     directions = 2 if bidirectional else 1
@@ -196,8 +226,12 @@ def stack_layers(layer, input: Tensor, batch_sizes: Optional[Tensor], states, pa
         outputs = []
         for direction in range(directions):
             row = index * directions + direction
-            out, final = layer(x, batch_sizes, tuple(s[row] for s in states), params[row],
-                               direction == 1)
+            layer_states = tuple(s[row] for s in states)
+            if any(p > 0 for p in zoneout):
+                z = _draw_zoneout(x, batch_sizes, layer_states, zoneout, training)
+                out, final = layer(x, batch_sizes, layer_states, params[row], direction == 1, z)
+            else:
+                out, final = layer(x, batch_sizes, layer_states, params[row], direction == 1)
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)
@@ -208,26 +242,27 @@ def stack_layers(layer, input: Tensor, batch_sizes: Optional[Tensor], states, pa
 
 
 def lstm(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, training=False,
-         batch_sizes=None):
+         batch_sizes=None, zoneout=0.0, zoneout_cell=None):
     """Same arguments and results as rnnkit.functional.lstm."""
+    probs = (zoneout, zoneout if zoneout_cell is None else zoneout_cell)
     out, (h, c) = stack_layers(lstm_layer, input, batch_sizes, hx, params, num_layers,
-                               bidirectional, dropout, training)
+                               bidirectional, dropout, training, probs)
     return out, (h, c)
 
 
 def gru(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, training=False,
-        batch_sizes=None):
+        batch_sizes=None, zoneout=0.0):
     """Same arguments and results as rnnkit.functional.gru."""
     out, (h,) = stack_layers(gru_layer, input, batch_sizes, (hx,), params, num_layers,
-                             bidirectional, dropout, training)
+                             bidirectional, dropout, training, (zoneout,))
     return out, h
 
 
 def rnn(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, training=False,
-        batch_sizes=None, nonlinearity="tanh"):
+        batch_sizes=None, nonlinearity="tanh", zoneout=0.0):
     """Same arguments and results as rnnkit.functional.rnn."""
     out, (h,) = stack_layers(rnn_layer(nonlinearity), input, batch_sizes, (hx,), params,
-                             num_layers, bidirectional, dropout, training)
+                             num_layers, bidirectional, dropout, training, (zoneout,))
     return out, h
 
 

@@ -12,6 +12,10 @@
 //   forward<Cell>(call)        the forward time loop; returns the workspace [P, W] (training),
 //                              or anything (inference, or a cell that saves none)
 //   backward<Cell>(call)       backward through time: fills call.da, da_rec, dh, dc, dr
+//   replay_zoneout(prev, cand, init, mask, p, plan)
+//                              zoneout::replay over every unit: the mixed states [P, F] each
+//                              step read, from the candidates cand [P, F] (a column slice);
+//                              prev, cand and init in the compute dtype, mask in the input's
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,6 +27,7 @@
 #include "plan.h"
 #include "shapes.h"
 #include "weight_grads.h"
+#include "zoneout.h"
 
 namespace rnnkit {
 
@@ -53,6 +58,83 @@ const char* op_name(bool backward) {
   return backward ? backward_name.c_str() : forward.c_str();
 }
 
+// ---- zoneout (zoneout.h) --------------------------------------------------------------------
+// The zoneout arguments of a layer operator and its backward, for h and (cell state) c: a mask
+// [T, N, F] of the dtype and device of input (training), or else a probability in [0, 1) to mix
+// with its expectation (evaluation); neither (no mask, p = 0): no zoneout.
+struct ZoneoutArgs {
+  optional<Tensor> mask_h, mask_c;
+  double p_h = 0, p_c = 0;
+};
+
+// The checked zoneout of a call; masks contiguous, undefined where absent.
+struct ZoneoutCall {
+  Tensor mask_h, mask_c;  // [T, N, R], [T, N, H]
+  double p_h = 0, p_c = 0;
+  bool h() const { return mask_h.defined() || p_h != 0; }
+  bool c() const { return mask_c.defined() || p_c != 0; }
+  bool on() const { return h() || c(); }
+};
+
+inline Tensor checked_mask(const optional<Tensor>& mask, double p, const Tensor& input,
+                           at::IntArrayRef shape, const char* op, const char* name,
+                           const char* p_name) {
+  TORCH_CHECK(p >= 0 && p < 1, op, ": expected ", p_name, " in [0, 1), got ", p);
+  if (!mask.has_value()) return Tensor();
+  TORCH_CHECK(p == 0, op, ": expected either ", name, " (training) or ", p_name,
+              " (evaluation), got both (", p_name, " = ", p, ")");
+  checks::shape(*mask, shape, op, name);
+  checks::like(*mask, input, op, name);
+  return mask->contiguous();
+}
+
+template <typename Cell>
+ZoneoutCall checked_zoneout(const ZoneoutArgs& z, const Tensor& input, const SequencePlan& plan,
+                            const LayerShape& d, const char* op) {
+  ZoneoutCall c;
+  c.mask_h = checked_mask(z.mask_h, z.p_h, input, {plan.T(), plan.N, d.R}, op,
+                          "zoneout_h (T, N, R)", "zoneout_h_p");
+  c.p_h = z.p_h;
+  if constexpr (Cell::kCellState) {
+    c.mask_c = checked_mask(z.mask_c, z.p_c, input, {plan.T(), plan.N, d.H}, op,
+                            "zoneout_c (T, N, H)", "zoneout_c_p");
+    c.p_c = z.p_c;
+  }
+  return c;
+}
+
+// One step's zoneout as the pointwise code reads it (zoneout::Step): the rows of time index t.
+// h_by_loop: the time loop mixes h itself (after a projection), so the unit code leaves it.
+template <typename scalar_t, typename compute_t = scalar_t>
+zoneout::Step<scalar_t, compute_t> step_zoneout(const ZoneoutCall& z, int64_t t, int64_t N,
+                                                int64_t R, int64_t H, bool h_by_loop) {
+  const auto state = [&](const Tensor& mask, double p, int64_t F, bool on) {
+    zoneout::State<scalar_t> s;
+    s.F = F;
+    if (!on) return s;
+    if (mask.defined()) s.mask = ptr<scalar_t>(mask) + t * N * F;
+    s.p = static_cast<at::opmath_type<scalar_t>>(mask.defined() ? 0.0 : p);
+    return s;
+  };
+  return {state(z.mask_h, z.p_h, R, z.h() && !h_by_loop), state(z.mask_c, z.p_c, H, z.c()),
+          nullptr};
+}
+
+// The masks of a zoned-out state in the packed row order, [P, F] (row r: the mask of the unit
+// that row r's step mixed), or the probability as a 0-D tensor without a mask.
+inline Tensor packed_mask(const Tensor& mask, double p, const SequencePlan& plan,
+                          const Tensor& like) {
+  if (!mask.defined()) return at::scalar_tensor(p, like.options());
+  const int64_t F = mask.size(2);
+  if (plan.T() == 0 || plan.batch_sizes.front() == plan.batch_sizes.back())
+    return mask.view({plan.P, F});
+  Tensor rows = at::empty({plan.P, F}, mask.options());
+  for (int64_t t = 0; t < plan.T(); ++t)
+    rows.narrow(0, plan.offsets[t], plan.batch_sizes[t])
+        .copy_(mask[t].narrow(0, 0, plan.batch_sizes[t]));
+  return rows;
+}
+
 // ---- forward --------------------------------------------------------------------------------
 // A layer's arguments as the operators take them (the shapes of rnnkit.cpp's schemas).
 struct LayerArgs {
@@ -67,6 +149,7 @@ struct LayerArgs {
   bool train = true;
   const std::string* nonlinearity = nullptr;  // the Elman RNN's
   Tensor norm;                     // [Layout::norm_params()] (row-norm cells; else undefined)
+  ZoneoutArgs zoneout;
 };
 
 // What the forward time loop reads and writes; tensors contiguous, undefined where absent.
@@ -84,6 +167,7 @@ struct ForwardCall {
   Tensor h;                        // [N, R]: h0 in, h_n out
   Tensor c;                        // [N, H]: c0 in, c_n out (cell state)
   Tensor norm;                     // [Layout::norm_params()] (row-norm cells)
+  ZoneoutCall zoneout;
 };
 
 struct LayerResult {
@@ -127,6 +211,7 @@ LayerResult layer_forward(const LayerArgs& a) {
   }
   call.proj = a.w_hr.has_value();
   call.train = a.train;
+  call.zoneout = checked_zoneout<Cell>(a.zoneout, a.input, call.plan, call.d, op);
   call.W = typename Cell::Layout{H, call.proj}.width();
   if constexpr (row_norm<Cell>()) {
     call.norm = norm_argument<Cell>(a.norm, a.input, H,
@@ -171,6 +256,7 @@ struct LayerGradArgs {
   bool reverse = false;
   const std::string* nonlinearity = nullptr;
   Tensor norm;                    // as in LayerArgs
+  ZoneoutArgs zoneout;            // as the forward took it
 };
 
 // What backward through time reads and writes; tensors contiguous, undefined where absent.
@@ -195,6 +281,8 @@ struct BackwardCall {
   Tensor dh_pre;        // [N, H] scratch with a projection
   Tensor norm;          // [Layout::norm_params()] (row-norm cells)
   Tensor dp;            // [P, Wn] out (row-norm cells): StepBackward::dp of every row
+  ZoneoutCall zoneout;
+  Tensor carry_h;       // [N, R] scratch with zoneout on h: the part of dh carried past a step
 };
 
 // The buffers of a backward call as a step's pointwise code reads them, at packed row 0
@@ -243,6 +331,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   const LayerShape& d = call.d = layer_shape(op, Cell::kGates, a.input, plan, a.h0, a.w_ih,
                                              a.w_hh, c10::nullopt, c10::nullopt, a.w_hr);
   call.proj = a.w_hr.has_value();
+  call.zoneout = checked_zoneout<Cell>(a.zoneout, a.input, plan, d, op);
   const typename Cell::Layout layout{d.H, call.proj};
   call.W = layout.width();
   if constexpr (Cell::kCellState) {
@@ -272,10 +361,26 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   call.output = a.output.contiguous().view({plan.P, d.R});
   if constexpr (!Cell::kGatesInOutput) call.ws = a.workspace.contiguous();
   call.h_prev = previous_states(call.output, a.h0.contiguous(), plan);
+  if constexpr (Cell::kGatesInOutput) {
+    // The cell's backward reads its new state, the candidate, from the output, which holds the
+    // mixed state; where m = 1 the candidate's gradient is zero and any finite value serves.
+    // Recovered in the compute dtype (with p itself, not p rounded), then rounded to the output's.
+    if (call.zoneout.h()) {
+      const Tensor out = call.output.to(compute), prev = call.h_prev.to(compute);
+      const Tensor m = packed_mask(call.zoneout.mask_h, call.zoneout.p_h, plan, out);
+      call.output = at::where(m == 1, out, (out - m * prev) / (1 - m)).to(dtype);
+    }
+  }
   if constexpr (Cell::kCellState) {
-    call.c_prev =
-        previous_states(call.ws.narrow(1, layout.c(), d.H), a.c0.contiguous().to(compute), plan)
-            .contiguous();
+    const Tensor cand = call.ws.narrow(1, layout.c(), d.H);  // the workspace saves c~
+    const Tensor c0 = a.c0.contiguous().to(compute);
+    if (call.zoneout.c()) {
+      // The mixed c each step read, replayed from the candidates (zoneout::replay).
+      call.c_prev = Backend::buffer({plan.P, d.H}, coptions);
+      Backend::replay_zoneout(call.c_prev, cand, c0, call.zoneout.mask_c, call.zoneout.p_c, plan);
+    } else {
+      call.c_prev = previous_states(cand, c0, plan).contiguous();
+    }
     call.dc = a.grad_c_n.has_value() ? widened(a.grad_c_n->contiguous())
                                      : at::zeros(a.c0.sizes(), coptions);
   }
@@ -285,6 +390,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
                                    : at::zeros(a.h0.sizes(), coptions);
   call.da = Backend::buffer({plan.P, d.G}, coptions);
   call.da_rec = Cell::kRecurrentApart ? Backend::buffer({plan.P, d.G}, coptions) : call.da;
+  if (call.zoneout.h()) call.carry_h = at::empty({plan.N, d.R}, coptions);
   if (call.proj) {
     call.dr = Backend::buffer({plan.P, d.R}, coptions);
     call.dh_pre = at::empty({plan.N, d.H}, coptions);

@@ -97,8 +97,10 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<compute_t>& buf
     return io;
   };
   const auto body_of = [&](const StepState<scalar_t, compute_t>& st) {
-    return [io = io_of(st)](int64_t n, int64_t j, auto lanes) {
-      if constexpr (!row_norm<Cell>()) Cell::template forward<decltype(lanes)>(io, n, j);
+    const zoneout::Step<scalar_t, compute_t> z =
+        step_zoneout<scalar_t, compute_t>(call.zoneout, st.t, plan.N, R, H, project);
+    return [io = io_of(st), z](int64_t n, int64_t j, auto lanes) {
+      if constexpr (!row_norm<Cell>()) zoneout::forward<Cell, decltype(lanes)>(io, z, n, j);
     };
   };
   const auto acc_of = [&](const StepState<scalar_t, compute_t>& st) {
@@ -113,11 +115,21 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<compute_t>& buf
   const auto finish = [&](const StepState<scalar_t, compute_t>& st) {
     scalar_t* out_t = out + st.row * R;  // [bs, R]
     const compute_t* h_pre = call.train ? st.gates + h_pre_at : buf.h_pre;
+    // zoneout mixes the projected h, in the compute type (before the rounding to storage)
+    const auto mix_h = [&](compute_t* y) {
+      const auto z = step_zoneout<scalar_t>(call.zoneout, st.t, plan.N, R, H, false).h;
+      for (int64_t n = 0; n < st.bs; ++n)
+        for (int64_t r = 0; r < R; ++r)
+          y[n * R + r] = zoneout::mix(z.template at<Lanes<compute_t, compute_t>>(n, r),
+                                      static_cast<compute_t>(st.h_prev[n * R + r]), y[n * R + r]);
+    };
     if constexpr (kWidened<scalar_t, compute_t>) {
       w_hr.multiply(st.bs, h_pre, base.ld_h_pre, 0, projected.data(), R);
+      if (call.zoneout.h()) mix_h(projected.data());
       at::vec::convert(projected.data(), out_t, st.bs * R);
     } else {
       w_hr.multiply(st.bs, h_pre, base.ld_h_pre, 0, out_t, R);
+      if (call.zoneout.h()) mix_h(out_t);
     }
     std::memcpy(st.h_next, out_t, sizeof(scalar_t) * st.bs * R);
   };
@@ -170,6 +182,7 @@ void backward_steps(const BackwardCall& call) {
   compute_t* dh = ptr<compute_t>(call.dh);
   compute_t* da_rec = ptr<compute_t>(call.da_rec);
   compute_t* dh_pre = ptr<compute_t>(call.dh_pre);
+  compute_t* carry_h = ptr<compute_t>(call.carry_h);
   const WeightB<scalar_t, compute_t> w_hh(/*trans_b=*/false, plan.N, R, G,
                                           ptr<scalar_t>(call.w_hh), R,
                                           plan.T() >= kPackFromSteps);
@@ -181,12 +194,25 @@ void backward_steps(const BackwardCall& call) {
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     StepBackward<scalar_t, compute_t> io = first.at_row(row, R, G);
+    zoneout::Step<scalar_t, compute_t> z =
+        step_zoneout<scalar_t, compute_t>(call.zoneout, t, plan.N, R, H, project);
+    z.carry_h = carry_h;
     if (project) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       compute_t* dr_t = ptr<compute_t>(call.dr) + row * R;
       const compute_t* gout_t = io.dh_out;
       for (int64_t k = 0; k < bs * R; ++k)
         dr_t[k] = dh[k] + (gout_t ? gout_t[k] : compute_t(0));
+      if (call.zoneout.h()) {  // through the mix of the projected h (forward's finish)
+        const auto zh = step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, false).h;
+        for (int64_t n = 0; n < bs; ++n)
+          for (int64_t r = 0; r < R; ++r) {
+            const auto s = zoneout::split(zh.template at<Lanes<compute_t, compute_t>>(n, r),
+                                          dr_t[n * R + r]);
+            carry_h[n * R + r] = s.carry;
+            dr_t[n * R + r] = s.cand;
+          }
+      }
       w_hr.multiply(bs, dr_t, R, 0, dh_pre, H);
       io.dh_out = dh_pre;
       io.dh = nullptr;
@@ -197,11 +223,13 @@ void backward_steps(const BackwardCall& call) {
       });
     } else {
       for_each_unit<compute_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
-        Cell::template backward<decltype(lanes)>(io, n, j);
+        zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
       });
     }
-    // dh_prev = da_rec w_hh (+ the direct part the pointwise pass stored)
+    // dh_prev = da_rec w_hh (+ the direct part the pointwise pass stored) (+ zoneout's carry)
     w_hh.multiply(bs, da_rec + row * G, G, Cell::kDirectGrad ? 1 : 0, dh, R);
+    if (call.zoneout.h())
+      for (int64_t k = 0; k < bs * R; ++k) dh[k] += carry_h[k];
   }
 }
 
@@ -266,6 +294,26 @@ struct Backend {
                                       backward_steps<Cell, scalar_t, at::opmath_type<scalar_t>>(
                                           call);
                                     });
+  }
+
+  // prev, cand and init in the compute dtype; mask in the storage dtype (the input's), which the
+  // dispatch goes by. Without a mask only p is read, and the compute dtype serves as storage.
+  static void replay_zoneout(const at::Tensor& prev, const at::Tensor& cand,
+                             const at::Tensor& init, const at::Tensor& mask, double p,
+                             const SequencePlan& plan) {
+    const at::ScalarType dtype = mask.defined() ? mask.scalar_type() : prev.scalar_type();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "rnnkit_cpu_replay_zoneout",
+                                    [&] {
+      using compute_t = at::opmath_type<scalar_t>;
+      const zoneout::Replay<scalar_t, compute_t> r{
+          ptr<compute_t>(cand), cand.stride(0),      ptr<compute_t>(init),
+          ptr<scalar_t>(mask),  compute_t(p),        ptr<compute_t>(prev),
+          plan.batch_sizes.data(), plan.offsets.data(), plan.T(), plan.N, prev.size(1),
+          plan.reverse};
+      for_each_unit<compute_t>(plan.N, prev.size(1), [&](int64_t n, int64_t j, auto lanes) {
+        zoneout::replay<decltype(lanes)>(r, n, j);
+      });
+    });
   }
 };
 

@@ -15,6 +15,7 @@
 
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "../common/layer.h"
 #include "blas.cuh"
@@ -27,16 +28,40 @@ namespace cuda {
 template <typename Cell, typename scalar_t>
 struct ForwardUnit {
   StepForward<scalar_t> io;
+  zoneout::Step<scalar_t> z;
   __device__ void operator()(int64_t n, int64_t j) const {
-    Cell::template forward<DeviceLanes<scalar_t>>(io, n, j);
+    zoneout::forward<Cell, DeviceLanes<scalar_t>>(io, z, n, j);
   }
 };
 
 template <typename Cell, typename scalar_t>
 struct BackwardUnit {
   StepBackward<scalar_t> io;
+  zoneout::Step<scalar_t> z;
   __device__ void operator()(int64_t n, int64_t j) const {
-    Cell::template backward<DeviceLanes<scalar_t>>(io, n, j);
+    zoneout::backward<Cell, DeviceLanes<scalar_t>>(io, z, n, j);
+  }
+};
+
+template <typename scalar_t>
+struct ReplayUnit {
+  zoneout::Replay<scalar_t> r;
+  __device__ void operator()(int64_t n, int64_t j) const {
+    zoneout::replay<DeviceLanes<scalar_t>>(r, n, j);
+  }
+};
+
+// Zoneout of the projected h (the time loop's, after the projection): out = mix(m, h, out), h
+// [bs, R] still the previous state.
+template <typename scalar_t>
+struct MixUnit {
+  zoneout::State<scalar_t> z;
+  const scalar_t* h;
+  scalar_t* out;
+  __device__ void operator()(int64_t n, int64_t r) const {
+    using L = DeviceLanes<scalar_t>;
+    const int64_t k = n * z.F + r;
+    L::store(out + k, zoneout::mix(z.template at<L>(n, r), L::load(h + k), L::load(out + k)));
   }
 };
 
@@ -120,11 +145,16 @@ void forward_steps(const ForwardCall& call, scalar_t* gates, int64_t ld, scalar_
     if constexpr (row_norm<Cell>()) {
       for_each_row(bs, ForwardRow<Cell, scalar_t>{io});
     } else {
-      for_each_unit(bs, H, ForwardUnit<Cell, scalar_t>{io});
+      for_each_unit(bs, H, ForwardUnit<Cell, scalar_t>{
+                               io, step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, project)});
     }
     if (project) {
       scalar_t* out_t = out + row * R;  // [bs, R]
       gemm<scalar_t>(false, true, bs, R, H, 1, gates_t + h_pre_at, ld, w_hr, H, 0, out_t, R);
+      if (call.zoneout.h())
+        for_each_unit(bs, R, MixUnit<scalar_t>{
+                                 step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, false).h,
+                                 h, out_t});
       C10_CUDA_CHECK(cudaMemcpyAsync(h, out_t, sizeof(scalar_t) * bs * R,
                                      cudaMemcpyDeviceToDevice, at::cuda::getCurrentCUDAStream()));
     }
@@ -143,7 +173,10 @@ void backward_steps(const BackwardCall& call) {
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     StepBackward<scalar_t> io = first.at_row(row, R, G);
-    if (Cell::kProjection && call.proj) {
+    const bool project = Cell::kProjection && call.proj;
+    zoneout::Step<scalar_t> z = step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, project);
+    z.carry_h = ptr<scalar_t>(call.carry_h);
+    if (project) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       at::Tensor dr_t = call.dr.narrow(0, row, bs);
       const at::Tensor dh_t = call.dh.narrow(0, 0, bs);
@@ -151,6 +184,14 @@ void backward_steps(const BackwardCall& call) {
         at::add_out(dr_t, dh_t, call.grad_output.narrow(0, row, bs));
       } else {
         dr_t.copy_(dh_t);
+      }
+      if (call.zoneout.h()) {  // through the mix of the projected h (forward)
+        const at::Tensor m = call.zoneout.mask_h.defined()
+                                 ? call.zoneout.mask_h[t].narrow(0, 0, bs)
+                                 : at::scalar_tensor(call.zoneout.p_h, dr_t.options());
+        at::Tensor carry_t = call.carry_h.narrow(0, 0, bs);
+        at::mul_out(carry_t, dr_t, m);
+        dr_t.mul_(1 - m);
       }
       gemm<scalar_t>(false, false, bs, H, R, 1, ptr<scalar_t>(call.dr) + row * R, R, w_hr, H, 0,
                      ptr<scalar_t>(call.dh_pre), H);
@@ -160,11 +201,12 @@ void backward_steps(const BackwardCall& call) {
     if constexpr (row_norm<Cell>()) {
       for_each_row(bs, BackwardRow<Cell, scalar_t>{io});
     } else {
-      for_each_unit(bs, H, BackwardUnit<Cell, scalar_t>{io});
+      for_each_unit(bs, H, BackwardUnit<Cell, scalar_t>{io, z});
     }
-    // dh_prev = da_rec w_hh (+ the direct part the pointwise kernel stored)
+    // dh_prev = da_rec w_hh (+ the direct part the pointwise kernel stored) (+ zoneout's carry)
     gemm<scalar_t>(false, false, bs, R, G, 1, da_rec + row * G, G, w_hh, R,
                    Cell::kDirectGrad ? 1 : 0, dh, R);
+    if (call.zoneout.h()) call.dh.narrow(0, 0, bs).add_(call.carry_h.narrow(0, 0, bs));
   }
 }
 
@@ -231,7 +273,8 @@ struct Backend {
     // The one place where a call chooses its path: the persistent loop (one cooperative launch
     // for every step, cuda/persistent.cu) where it is switched on and the shape fits, else the
     // step loop below.
-    if (persistent_forward<Cell>(call, ws)) return ws;
+    // Zoneout is a step of the step loop only: the persistent loop has no masks.
+    if (!call.zoneout.on() && persistent_forward<Cell>(call, ws)) return ws;
     RNNKIT_DISPATCH_CUDA(call.x.scalar_type(), "rnnkit_cuda_forward", [&] {
       forward_steps<Cell, scalar_t>(call, ptr<scalar_t>(gates), gates.size(1),
                                     ptr<scalar_t>(rec));
@@ -244,9 +287,35 @@ struct Backend {
   template <typename Cell>
   static void backward(const BackwardCall& call) {
     // The one place where backward chooses its path, as forward above.
-    if (persistent_backward<Cell>(call)) return;
+    if (!call.zoneout.on() && persistent_backward<Cell>(call)) return;
     RNNKIT_DISPATCH_CUDA(call.output.scalar_type(), "rnnkit_cuda_backward",
                          [&] { backward_steps<Cell, scalar_t>(call); });
+  }
+
+  static void replay_zoneout(const at::Tensor& prev, const at::Tensor& cand,
+                             const at::Tensor& init, const at::Tensor& mask, double p,
+                             const SequencePlan& plan) {
+    // The plan's batch sizes and offsets on the device: one copy, [2, T].
+    std::vector<int64_t> host(plan.batch_sizes);
+    host.insert(host.end(), plan.offsets.begin(), plan.offsets.end());
+    const at::Tensor steps =
+        at::tensor(host, at::TensorOptions().dtype(at::kLong)).to(prev.device());
+    RNNKIT_DISPATCH_CUDA(prev.scalar_type(), "rnnkit_cuda_replay_zoneout", [&] {
+      const int64_t* sizes = steps.data_ptr<int64_t>();
+      const zoneout::Replay<scalar_t> r{ptr<scalar_t>(cand),
+                                        cand.stride(0),
+                                        ptr<scalar_t>(init),
+                                        ptr<scalar_t>(mask),
+                                        static_cast<at::opmath_type<scalar_t>>(p),
+                                        ptr<scalar_t>(prev),
+                                        sizes,
+                                        sizes + plan.T(),
+                                        plan.T(),
+                                        plan.N,
+                                        prev.size(1),
+                                        plan.reverse};
+      for_each_unit(plan.N, prev.size(1), ReplayUnit<scalar_t>{r});
+    });
   }
 };
 

@@ -49,11 +49,24 @@ def test_layer_options_are_saved(tmp_path):
     assert again.exit_code == 0, again.output
 
 
+def test_zoneout_trains_evaluates_and_refuses_export(tmp_path):
+    out = tmp_path / "run"
+    result = _train("--out", str(out), "--zoneout", "0.2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["config"]["zoneout"] == 0.2
+    again = CliRunner().invoke(main, ["eval", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    line = one_line_error(CliRunner().invoke(main, ["export", str(out)]))
+    assert "--zoneout do not export" in line
+
+
 @pytest.mark.parametrize("args,words,code", [
     (["--weight-drop", "1"], "--weight-drop", 2),
     (["--chrono", "2"], "--chrono", 2),
     (["--forget-bias", "nan"], "--forget-bias", 2),
     (["--weight-drop", "0.1", "--impl", "torch"], "--weight-drop: the torch LSTM layer", 1),
+    (["--zoneout", "1"], "--zoneout", 2),
+    (["--zoneout", "0.1", "--impl", "torch"], "--zoneout: the torch LSTM layer", 1),
     (["--forget-bias", "1", "--cell", "rnn"], "need a gated cell", 1),
     (["--forget-bias", "1", "--chrono", "9"], "both set the forget gate's bias", 1),
 ])

@@ -78,6 +78,8 @@ def valid_args(spec: dict) -> tuple[list[str], list[Any]]:
         "b_ih": rand(G) if spec.get("bias", True) else None,
         "b_hh": rand(G) if spec.get("bias", True) else None,
         "w_hr": rand(R, H) if proj else None, "nonlinearity": spec.get("nonlinearity", "tanh"),
+        # zoneout off (tests/library/test_zoneout.py checks its arguments)
+        "zoneout_h": None, "zoneout_h_p": 0.0, "zoneout_c": None, "zoneout_c_p": 0.0,
     }
     fwd = op.replace("_backward", "")
     if op.endswith("_backward"):

@@ -40,7 +40,9 @@ def mgu_reference(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=False):
 
 
 def _setup(ctx, inputs, output):
-    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train = inputs
+    # The zoneout arguments follow (csrc/common/operators.h); these tests leave them off.
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, train = inputs[:9]
+    ctx.extra = len(inputs) - 9
     ctx.mark_non_differentiable(output[2])
     ctx.reverse = reverse
     ctx.biases = (b_ih is not None, b_hh is not None)
@@ -52,7 +54,7 @@ def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
     g_in, g_h0, g_w_ih, g_w_hh, g_b_ih, g_b_hh = testing.mgu_backward(
         grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, ctx.reverse)
     return (g_in, None, g_h0, g_w_ih, g_w_hh, g_b_ih if ctx.biases[0] else None,
-            g_b_hh if ctx.biases[1] else None, None, None)
+            g_b_hh if ctx.biases[1] else None, None, None) + (None,) * ctx.extra
 
 
 torch.library.register_autograd("rnnkit_testing::mgu", _backward, setup_context=_setup)

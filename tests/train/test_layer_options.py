@@ -3,7 +3,6 @@ initialisation and the LayerNorm cells; from the config to the model and back fr
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 
@@ -19,7 +18,6 @@ from rnnkit.train.runs import load_run
 from rnnkit.train.trainer import train
 
 HAS_LAYERNORM = hasattr(rnnkit, "LayerNormLSTM")
-HAS_ZONEOUT = "zoneout" in inspect.signature(rnnkit.LSTM).parameters
 
 
 def _model(**kw):
@@ -120,17 +118,41 @@ def test_layernorm_cells_train(tmp_path, cell, cls):
     assert type(model.rnn) is getattr(rnnkit, cls)
 
 
-@pytest.mark.skipif(HAS_ZONEOUT, reason="rnnkit.LSTM takes zoneout: the next test runs it")
-def test_zoneout_says_it_is_missing():
-    with pytest.raises(UserError, match="^--zoneout: the rnnkit LSTM layer .* has no zoneout"):
-        _model(zoneout=0.1)
-
-
-@pytest.mark.skipif(not HAS_ZONEOUT, reason="rnnkit.LSTM has no zoneout argument (the zoneout "
-                                            "branch is not merged)")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_zoneout_reaches_the_layer(cell):
     rnn = _model(cell=cell, zoneout=0.25).rnn
     assert rnn.zoneout == 0.25
     if cell == "lstm":
         assert rnn.zoneout_cell == 0.25
+    else:
+        assert not hasattr(rnn, "zoneout_cell")
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_zoneout_needs_rnnkit_layers(impl):
+    with pytest.raises(UserError, match=f"^--zoneout: the {impl} LSTM layer .* has no zoneout, "
+                                        f"zoneout_cell argument; use --impl rnnkit"):
+        _model(impl=impl, zoneout=0.1)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_zoneout_run_trains_and_evaluates_with_it(tmp_path, cell):
+    """Zoneout changes evaluation too (the layers mix with p), so the loaded model keeps it and
+    its evaluation differs from the same weights without zoneout."""
+    result = train(_tiny(tmp_path / "run", cell=cell, zoneout=0.3), progress=False,
+                   echo=lambda s: None)
+    assert result.step == 8
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["zoneout"] == 0.3
+    _, _, model, _ = load_run(str(tmp_path / "run"))
+    assert model.rnn.zoneout == 0.3
+    model.eval()
+    x = torch.randint(0, model.spec.vocab_size, (5, 2))
+    with torch.no_grad():
+        with_zoneout = model(x)[0]
+        plain = type(model.rnn)(model.rnn.input_size, model.rnn.hidden_size)
+        plain.load_state_dict(model.rnn.state_dict())
+        model.rnn = plain.eval()
+        without = model(x)[0]
+    assert torch.isfinite(with_zoneout).all()
+    assert not torch.allclose(with_zoneout, without)
