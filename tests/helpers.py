@@ -73,3 +73,14 @@ def one_line_error(result, code=1):
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1, result.output
     return error[0]
+
+
+def assert_inference_equals_training(module, x) -> None:
+    """module(x) without autograd (inference: no workspace, chunked projection) gives exactly what
+    training's forward gives, in x's dtype."""
+    with torch.no_grad():
+        inference = tensors_of(module(x))
+    training = tensors_of(module(x.clone().requires_grad_()))
+    for a, b in zip(inference, training, strict=True):
+        assert a.dtype == x.dtype
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)

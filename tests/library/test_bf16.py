@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 
-from ..helpers import tensors_of
+from ..helpers import assert_inference_equals_training, tensors_of
 
 LAYERS = ("LSTM", "GRU", "RNN")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -122,13 +122,7 @@ def test_inference_equals_training_forward(kind, N, kwargs):
     """Inference (no workspace, chunked projection) computes what training's forward does."""
     torch.manual_seed(0)
     m = getattr(rnnkit, kind)(6, 9, bidirectional=True, **kwargs).to(torch.bfloat16)
-    x = torch.randn(40, N, 6).bfloat16()
-    with torch.no_grad():
-        inf = tensors_of(m(x))
-    train = tensors_of(m(x.clone().requires_grad_()))
-    for a, b in zip(inf, train, strict=True):
-        assert a.dtype == torch.bfloat16
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    assert_inference_equals_training(m, torch.randn(40, N, 6).bfloat16())
 
 
 def test_double_backward_in_bf16():

@@ -14,7 +14,7 @@ import rnnkit
 from rnnkit import functional as RF
 from rnnkit import reference as ref
 
-from ..helpers import tensors_of
+from ..helpers import assert_inference_equals_training
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 LAYERS = {"lstm": (RF.lstm_layer, ref.lstm_layer), "gru": (RF.gru_layer, ref.gru_layer),
@@ -121,13 +121,7 @@ def test_bf16_inference_equals_training_forward(kind, N, kwargs):
     torch.manual_seed(0)
     m = getattr(rnnkit, kind)(6, 9, bidirectional=True, zoneout=0.3, **kwargs)
     m = m.to(torch.bfloat16).eval()
-    x = torch.randn(40, N, 6).bfloat16()
-    with torch.no_grad():
-        inf = tensors_of(m(x))
-    train = tensors_of(m(x.clone().requires_grad_()))
-    for a, b in zip(inf, train, strict=True):
-        assert a.dtype == torch.bfloat16
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    assert_inference_equals_training(m, torch.randn(40, N, 6).bfloat16())
 
 
 def test_bf16_module_trains_with_masks():
