@@ -23,9 +23,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -113,10 +115,49 @@ inline const char* reduced_path_name() {
   return name.c_str();
 }
 
-// dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted.
+// Rows per task of a row-parallel conversion: about 32K values each, so that a step's few rows
+// stay on one thread and a whole sequence's (thousands of rows) splits over all of them.
+inline int64_t conversion_grain(int64_t cols) {
+  return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cols, 1));
+}
+
+// dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted; rows split over
+// threads (inline inside a parallel region).
 template <typename To, typename From>
 void convert_rows(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* dst) {
-  for (int64_t r = 0; r < rows; ++r) at::vec::convert(src + r * ld_src, dst + r * K, K);
+  at::parallel_for(0, rows, conversion_grain(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) at::vec::convert(src + r * ld_src, dst + r * K, K);
+  });
+}
+
+// C[m, :cols] = widen(src[m, :cols]) + beta C[m, :cols] for m < rows (row strides cols and ldc),
+// vectorised, rows split over threads.
+template <typename From>
+void widen_rows_into(const From* src, int64_t rows, int64_t cols, float beta, float* C,
+                     int64_t ldc) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t kChunk = 256;  // widened through a stack buffer of this many values
+  at::parallel_for(0, rows, conversion_grain(cols), [&](int64_t m0, int64_t m1) {
+    float wide[kChunk];
+    for (int64_t m = m0; m < m1; ++m) {
+      const From* row = src + m * cols;
+      float* dst = C + m * ldc;
+      if (beta == 0.0f) {
+        at::vec::convert(row, dst, cols);
+        continue;
+      }
+      for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+        const int64_t n = std::min(kChunk, cols - c0);
+        at::vec::convert(row + c0, wide, n);
+        int64_t c = 0;
+        for (; c + Vec::size() <= n; c += Vec::size()) {
+          const Vec sum = at::vec::fmadd(Vec(beta), Vec::loadu(dst + c0 + c), Vec::loadu(wide + c));
+          sum.store(dst + c0 + c);
+        }
+        for (; c < n; ++c) dst[c0 + c] = beta * dst[c0 + c] + wide[c];
+      }
+    }
+  });
 }
 
 template <typename scalar_t, typename compute_t>
@@ -200,15 +241,7 @@ class WeightB<scalar_t, float> {
     c16_.resize(size_t(M * Nc_));
     at::Tensor c = at::from_blob(c16_.data(), {M, Nc_}, options);
     at::mm_out(c, a, b);
-    for (int64_t m = 0; m < M; ++m) {
-      const scalar_t* src = c16_.data() + m * Nc_;
-      float* dst = C + m * ldc;
-      if (beta == 0.0f) {
-        at::vec::convert(src, dst, Nc_);
-      } else {
-        for (int64_t n = 0; n < Nc_; ++n) dst[n] = beta * dst[n] + static_cast<float>(src[n]);
-      }
-    }
+    widen_rows_into(c16_.data(), M, Nc_, beta, C, ldc);
   }
 
   void mkl_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,

@@ -126,8 +126,6 @@ FILE = click.Path(exists=True, dir_okay=False)
 RUN = click.Path(exists=True, file_okay=False)
 
 
-
-
 def cell_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     bad = [n for n in names if n not in CELLS]

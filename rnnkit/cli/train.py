@@ -60,7 +60,7 @@ _SELECT_HELP = "; ".join(f"{task}: {', '.join(metrics)}" for task, metrics in SE
                    "by all time steps (--impl rnnkit); adds to --dropout.")
 @click.option("--zoneout", type=bounded("zoneout"), default=default("zoneout"),
               help="Zoneout probability of the hidden state (LSTM: and of the cell state).")
-@click.option("--forget-bias", type=FiniteFloatRange(), default=None,
+@click.option("--forget-bias", type=bounded("forget_bias"), default=None,
               help="Initial forget-gate bias (LSTM f, GRU z) [default: torch.nn's init].")
 @click.option("--chrono", type=bounded("chrono"), default=None, metavar="T_MAX",
               help="Chrono initialisation of the gate biases for dependencies up to T_MAX "
