@@ -16,7 +16,6 @@ normalisation of c acts on the candidate c~, the state the next step reads is th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -66,10 +65,11 @@ def layernorm_gru_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Ten
 def layernorm_lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: Sequence[NormLayerParams],
                    num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
                    training: bool = False, batch_sizes: Tensor | None = None,
-                   zoneout: float = 0.0, zoneout_cell: Optional[float] = None):
+                   zoneout: float = 0.0, zoneout_cell: float | None = None):
     """A stack of layer-normalised LSTM layers. input: (T, N, I), or (P, I) with batch_sizes;
     hx: (h0, c0), each (L*D, N, H). Returns output (T, N, D*H) or (P, D*H) and (h_n, c_n).
-    zoneout: the probability for h, zoneout_cell for c (None: zoneout's), as rnnkit.functional.lstm."""
+    zoneout: the probability for h, zoneout_cell for c (None: zoneout's), as
+    rnnkit.functional.lstm."""
     probs = zoneout_probs("layernorm_lstm", zoneout, zoneout_cell, cell_state=True)
     out, (h, c) = stack_layers(layernorm_lstm_layer, input, batch_sizes, hx, params, num_layers,
                                bidirectional, dropout, training, probs)

@@ -7,8 +7,9 @@
 //       -> (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_norm)
 // c0 is the cell state of a cell that has one and None otherwise; then c_n and grad_c0 are empty,
 // [0], and zoneout_c must be None and zoneout_c_p 0. The zoneout arguments are layer.h's
-// (ZoneoutArgs, defaults: none). norm is the cell's norm parameters in one vector, [Layout::norm_params()] (the Python
-// modules keep them as separate parameters and concatenate them). A one-step cell is the layer
+// (ZoneoutArgs, defaults: none). norm is the cell's norm parameters in one vector,
+// [Layout::norm_params()] (the Python modules keep them as separate parameters and concatenate
+// them). A one-step cell is the layer
 // over a sequence of length 1 (rnnkit/layernorm.py), so there are no *_cell operators.
 #pragma once
 
@@ -34,7 +35,8 @@ struct NormOps {
     m.def((n + "_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
                "Tensor input, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, "
                "Tensor w_hh, Tensor norm, Tensor output, Tensor workspace, bool reverse" +
-               zoneout_schema(true) + ") -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
+               zoneout_schema(true) +
+               ") -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
                "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_norm)")
               .c_str());
   }

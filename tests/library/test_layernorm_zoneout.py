@@ -89,7 +89,8 @@ def test_layer_matches_reference(case, training, device):
     got = _run(ours_fn, cell, x, bs, leaves, reverse, zone)
     want = _run(ref_fn, cell, x, bs, leaves, reverse, zone)
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"result {k}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10,
+                                   msg=lambda m, k=k: f"result {k}: {m}")
 
 
 @pytest.mark.parametrize("probs", [(0.5, 0.0), (0.0, 0.5)], ids=["h_only", "c_only"])
@@ -159,9 +160,10 @@ def _reference_stack(m, x, batch_sizes, training):
 
 
 @pytest.mark.parametrize("cls,kw", [
-    ("LayerNormLSTM", dict(zoneout=0.3, zoneout_cell=0.6, num_layers=2, bidirectional=True)),
-    ("LayerNormLSTM", dict(zoneout=0.2)),
-    ("LayerNormGRU", dict(zoneout=0.4, num_layers=2, bidirectional=True))])
+    ("LayerNormLSTM", {"zoneout": 0.3, "zoneout_cell": 0.6, "num_layers": 2,
+                       "bidirectional": True}),
+    ("LayerNormLSTM", {"zoneout": 0.2}),
+    ("LayerNormGRU", {"zoneout": 0.4, "num_layers": 2, "bidirectional": True})])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
 def test_module_matches_reference_stack(cls, kw, training, packed):
@@ -188,7 +190,7 @@ def test_eval_is_the_expectation():
     x = torch.rand(1, 2, 3, dtype=F64)
     h0, c0 = torch.rand(1, 2, 5, dtype=F64), torch.rand(1, 2, 5, dtype=F64)
     lstm = rnnkit.LayerNormLSTM(3, 5, dtype=F64, zoneout=0.25, zoneout_cell=0.5).eval()
-    out, (h, c) = lstm(x, (h0, c0))
+    out, (_, c) = lstm(x, (h0, c0))
     (w_ih, w_hh, b_ih, b_hh, norm), = lstm._layer_params()
     h_cand, c_cand = R.layernorm_lstm_cell(x[0], h0[0], c0[0], w_ih, w_hh, b_ih, b_hh, norm)
     torch.testing.assert_close(c[0], 0.5 * c0[0] + 0.5 * c_cand)
@@ -217,7 +219,7 @@ def test_training_zones_out_a_fraction_p_of_units(cls):
 
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
 def test_zero_probability_is_the_plain_layer_exactly(cls):
-    kw = dict(zoneout_cell=0.0) if cls == "LayerNormLSTM" else {}
+    kw = {"zoneout_cell": 0.0} if cls == "LayerNormLSTM" else {}
     torch.manual_seed(0)
     plain = getattr(rnnkit, cls)(3, 5, dtype=F64)
     torch.manual_seed(0)
@@ -320,7 +322,7 @@ def _check_low_precision(dtype, cell, T, N, I, H, packed, reverse, training):
     zone = _zoneout(cell, T, N, H, (0.3, 0.5), training, seed=T + H)
     ours_fn, ref_fn = LAYERS[cell]
     want = _run(ref_fn, cell, x, bs, leaves, reverse, zone)  # _run's seeds are fixed
-    low = lambda t: t.to(dtype)  # noqa: E731
+    low = lambda t: t.to(dtype)
     zone_low = tuple(z.to(dtype) if isinstance(z, torch.Tensor) else z for z in zone)
     ref_low = _run(ref_fn, cell, low(x), bs, [low(t) for t in leaves], reverse, zone_low)
     got = _run(ours_fn, cell, low(x), bs, [low(t) for t in leaves], reverse, zone_low)
