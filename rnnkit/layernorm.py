@@ -20,7 +20,9 @@ function (normalising changes what the layer computes).
 Dtypes as rnnkit.LSTM's: float32 and float64, and bfloat16 and float16 (on the CPU stored as they
 come and computed in float32, the normalisations included); under torch.autocast the operators
 run in the autocast dtype. The layers also take rnnkit.LSTM's keyword-only options
-(``weight_drop``, ``variational_dropout``, ``forget_bias``, ``chrono_init``).
+(``weight_drop``, ``variational_dropout``, ``forget_bias``, ``chrono_init``, ``zoneout`` and, for
+LayerNormLSTM, ``zoneout_cell``), with the same meaning; zoneout mixes the states after the
+cell's step, so LN(c) normalises the candidate c~ and the next step reads the mixed c.
 """
 
 from __future__ import annotations
@@ -151,12 +153,13 @@ class LayerNormLSTM(_LayerNormRNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0,
                  variational_dropout: float = 0.0, forget_bias: float | None = None,
-                 chrono_init: int | None = None) -> None:
+                 chrono_init: int | None = None, zoneout: float = 0.0,
+                 zoneout_cell: float | None = None) -> None:
         _refuse_proj_size("LayerNormLSTM", proj_size)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, weight_drop=weight_drop,
                          variational_dropout=variational_dropout, forget_bias=forget_bias,
-                         chrono_init=chrono_init)
+                         chrono_init=chrono_init, zoneout=zoneout, zoneout_cell=zoneout_cell)
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         states = (None, None) if hx is None else tuple(hx)
@@ -180,7 +183,7 @@ class LayerNormGRU(_LayerNormRNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, weight_drop: float = 0.0,
                  variational_dropout: float = 0.0, forget_bias: float | None = None,
-                 chrono_init: int | None = None, **unexpected) -> None:
+                 chrono_init: int | None = None, zoneout: float = 0.0, **unexpected) -> None:
         if "proj_size" in unexpected:  # refused even when 0, as torch.nn.GRU does
             raise ValueError(f"LayerNormGRU: proj_size is not supported (got "
                              f"proj_size={unexpected['proj_size']!r}); only rnnkit.LSTM has it")
@@ -190,7 +193,7 @@ class LayerNormGRU(_LayerNormRNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, weight_drop=weight_drop,
                          variational_dropout=variational_dropout, forget_bias=forget_bias,
-                         chrono_init=chrono_init)
+                         chrono_init=chrono_init, zoneout=zoneout)
 
     def forward(self, input, hx: Tensor | None = None):
         out, (h,) = self._run(input, (hx,))

@@ -283,7 +283,7 @@ class _RNNBase(nn.Module):
                  forget_bias: Optional[float] = None, chrono_init: Optional[int] = None,
                  zoneout: float = 0.0, zoneout_cell: Optional[float] = None) -> None:
         super().__init__()
-        name = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+        name = type(self).__name__  # as forward's errors: LayerNormLSTM's say LayerNormLSTM
         self.weight_drop = _dropout.check_probability(weight_drop, f"{name}: weight_drop")
         self.variational_dropout = _dropout.check_probability(
             variational_dropout, f"{name}: variational_dropout")

@@ -179,19 +179,21 @@ def rnn_layer(nonlinearity: str):
     return layer
 
 
-def layernorm_lstm_layer(x, batch_sizes, states, params, reverse: bool):
-    """params: (w_ih, w_hh, b_ih, b_hh, norm), norm as layernorm_lstm_cell's."""
+def layernorm_lstm_layer(x, batch_sizes, states, params, reverse: bool, zoneout: Sequence = ()):
+    """params: (w_ih, w_hh, b_ih, b_hh, norm), norm as layernorm_lstm_cell's; zoneout as
+    run_layer's (h, c)."""
     w_ih, w_hh, b_ih, b_hh, norm = params
     return run_layer(
         lambda xt, s: layernorm_lstm_cell(xt, s[0], s[1], w_ih, w_hh, b_ih, b_hh, norm),
-        x, batch_sizes, states, reverse)
+        x, batch_sizes, states, reverse, zoneout)
 
 
-def layernorm_gru_layer(x, batch_sizes, states, params, reverse: bool):
-    """params: (w_ih, w_hh, b_ih, b_hh, norm), norm as layernorm_gru_cell's."""
+def layernorm_gru_layer(x, batch_sizes, states, params, reverse: bool, zoneout: Sequence = ()):
+    """params: (w_ih, w_hh, b_ih, b_hh, norm), norm as layernorm_gru_cell's; zoneout as
+    run_layer's (h)."""
     w_ih, w_hh, b_ih, b_hh, norm = params
     return run_layer(lambda xt, s: (layernorm_gru_cell(xt, s[0], w_ih, w_hh, b_ih, b_hh, norm),),
-                     x, batch_sizes, states, reverse)
+                     x, batch_sizes, states, reverse, zoneout)
 
 
 # ---- stacks of layers -------------------------------------------------------------------------
@@ -267,18 +269,19 @@ def rnn(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0, train
 
 
 def layernorm_lstm(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0,
-                   training=False, batch_sizes=None):
+                   training=False, batch_sizes=None, zoneout=0.0, zoneout_cell=None):
     """Same arguments and results as rnnkit.layernorm_functional.layernorm_lstm."""
+    probs = (zoneout, zoneout if zoneout_cell is None else zoneout_cell)
     out, (h, c) = stack_layers(layernorm_lstm_layer, input, batch_sizes, hx, params, num_layers,
-                               bidirectional, dropout, training)
+                               bidirectional, dropout, training, probs)
     return out, (h, c)
 
 
 def layernorm_gru(input, hx, params, num_layers=1, bidirectional=False, dropout=0.0,
-                  training=False, batch_sizes=None):
+                  training=False, batch_sizes=None, zoneout=0.0):
     """Same arguments and results as rnnkit.layernorm_functional.layernorm_gru."""
     out, (h,) = stack_layers(layernorm_gru_layer, input, batch_sizes, (hx,), params, num_layers,
-                             bidirectional, dropout, training)
+                             bidirectional, dropout, training, (zoneout,))
     return out, h
 
 

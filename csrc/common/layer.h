@@ -76,6 +76,14 @@ struct ZoneoutCall {
   bool on() const { return h() || c(); }
 };
 
+// The zoneout arguments (ZoneoutArgs) in an operator's schema, last, with defaults that switch it
+// off: h's, and c's for an operator that can take a cell state.
+inline std::string zoneout_schema(bool cell_state) {
+  std::string s = ", Tensor? zoneout_h=None, float zoneout_h_p=0.0";
+  if (cell_state) s += ", Tensor? zoneout_c=None, float zoneout_c_p=0.0";
+  return s;
+}
+
 inline Tensor checked_mask(const optional<Tensor>& mask, double p, const Tensor& input,
                            at::IntArrayRef shape, const char* op, const char* name,
                            const char* p_name) {
@@ -116,8 +124,10 @@ zoneout::Step<scalar_t, compute_t> step_zoneout(const ZoneoutCall& z, int64_t t,
     s.p = static_cast<at::opmath_type<scalar_t>>(mask.defined() ? 0.0 : p);
     return s;
   };
-  return {state(z.mask_h, z.p_h, R, z.h() && !h_by_loop), state(z.mask_c, z.p_c, H, z.c()),
-          nullptr};
+  zoneout::Step<scalar_t, compute_t> step;
+  step.h = state(z.mask_h, z.p_h, R, z.h() && !h_by_loop);
+  step.c = state(z.mask_c, z.p_c, H, z.c());
+  return step;
 }
 
 // The masks of a zoned-out state in the packed row order, [P, F] (row r: the mask of the unit
@@ -168,6 +178,8 @@ struct ForwardCall {
   Tensor c;                        // [N, H]: c0 in, c_n out (cell state)
   Tensor norm;                     // [Layout::norm_params()] (row-norm cells)
   ZoneoutCall zoneout;
+  Tensor prev_c;                   // [N, H] scratch, row-norm cells with zoneout on c
+                                   // (zoneout::Step::prev_c)
 };
 
 struct LayerResult {
@@ -214,8 +226,9 @@ LayerResult layer_forward(const LayerArgs& a) {
   call.zoneout = checked_zoneout<Cell>(a.zoneout, a.input, call.plan, call.d, op);
   call.W = typename Cell::Layout{H, call.proj}.width();
   if constexpr (row_norm<Cell>()) {
-    call.norm = norm_argument<Cell>(a.norm, a.input, H,
-                                    Backend::compute_dtype(a.input.scalar_type()), op);
+    const at::ScalarType compute = Backend::compute_dtype(a.input.scalar_type());
+    call.norm = norm_argument<Cell>(a.norm, a.input, H, compute, op);
+    if (call.zoneout.c()) call.prev_c = at::empty({N, H}, a.input.options().dtype(compute));
   }
   const auto contiguous = [](const optional<Tensor>& t) {
     return t.has_value() ? t->contiguous() : Tensor();
@@ -283,6 +296,7 @@ struct BackwardCall {
   Tensor dp;            // [P, Wn] out (row-norm cells): StepBackward::dp of every row
   ZoneoutCall zoneout;
   Tensor carry_h;       // [N, R] scratch with zoneout on h: the part of dh carried past a step
+  Tensor carry_c;       // [N, H] scratch, row-norm cells with zoneout on c (zoneout::Step)
 };
 
 // The buffers of a backward call as a step's pointwise code reads them, at packed row 0
@@ -400,6 +414,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   if constexpr (row_norm<Cell>()) {
     call.norm = norm_argument<Cell>(a.norm, a.input, d.H, compute, op);
     call.dp = Backend::buffer({plan.P, layout.norm_width()}, coptions);
+    if (call.zoneout.c()) call.carry_c = at::empty({plan.N, d.H}, coptions);
   }
   Backend::template backward<Cell>(call);
 

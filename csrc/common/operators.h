@@ -24,14 +24,11 @@
 
 namespace rnnkit {
 
-// The zoneout arguments (layer.h's ZoneoutArgs) that every layer operator and its backward take
-// last, with defaults that switch it off: h's, and c's for a cell with a cell state. The one-step
-// *_cell operators take none.
+// The zoneout arguments (layer.h's zoneout_schema) that every layer operator and its backward
+// take last: h's, and c's for a cell with a cell state. The one-step *_cell operators take none.
 template <typename Cell>
 std::string zoneout_schema() {
-  std::string s = ", Tensor? zoneout_h=None, float zoneout_h_p=0.0";
-  if (Cell::kCellState) s += ", Tensor? zoneout_c=None, float zoneout_c_p=0.0";
-  return s;
+  return zoneout_schema(Cell::kCellState);
 }
 
 // ---- with a cell state (LSTM) ---------------------------------------------------------------

@@ -7,8 +7,9 @@
 // probability p (evaluation: the expectation of the mask). Backward through the mix:
 //   ds_{t-1} += m_t ⊙ ds_t,   ds~_t = (1 − m_t) ⊙ ds_t.
 // The time loops call zoneout::forward and zoneout::backward in place of the cell's own forward
-// and backward for one unit; with a projection (proj_size) h is mixed after the projection by the
-// time loop (mix, split), since the cell writes h before the projection only.
+// and backward for one unit, and zoneout::forward_row and backward_row in place of a row-norm
+// cell's row passes (common/row_norm.h); with a projection (proj_size) h is mixed after the
+// projection by the time loop (mix, split), since the cell writes h before the projection only.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -61,10 +62,13 @@ struct State {
 // Both states' zoneout in one step. h.on() is false when the time loop mixes h itself (after a
 // projection). The masks are in the storage type scalar_t (the input's dtype); the gradients in
 // the compute type (cell.h).
+// A row-norm cell's rows keep what a unit's pass keeps in registers in two scratch rows of c.
 template <typename scalar_t, typename compute_t = scalar_t>
 struct Step {
   State<scalar_t> h, c;
   compute_t* carry_h = nullptr;  // backward: [N, R] scratch, m ⊙ dh, added after the product
+  compute_t* prev_c = nullptr;   // forward, row-norm cells, zoneout on c: [N, H] scratch, c_prev
+  compute_t* carry_c = nullptr;  // backward, row-norm cells, zoneout on c: [N, H] scratch, m ⊙ dc
 };
 
 // The cell's forward of unit (n, j), then the mix of its new states.
@@ -112,6 +116,80 @@ RNNKIT_HD void backward(const StepBackward<scalar_t, compute_t>& io,
   L::store(io.dc + k, s.cand);
   Cell::template backward<L>(cell_io, n, j);
   L::store(io.dc + k, L::load(io.dc + k) + s.carry);
+}
+
+// A row-norm cell's forward of row n (common/row_norm.h), then the mix of its new states. The
+// cell normalises its candidate c~ over the whole row, so the mix follows the cell's whole pass:
+// c_prev is copied to z.prev_c first (the cell overwrites c in place), and the cell writes h~ to
+// the output row alone, which leaves h_prev for the mix (on CUDA h_prev is h_next, in place).
+// With neither state zoned out it is the cell's pass and nothing more.
+template <typename Cell, typename Ops, typename scalar_t, typename compute_t>
+RNNKIT_HD void forward_row(const StepForward<scalar_t, compute_t>& io,
+                           const Step<scalar_t, compute_t>& z, int64_t n, const Ops& ops) {
+  const bool zh = z.h.on(), zc = Cell::kCellState && z.c.on();
+  if (!zh && !zc) {
+    Cell::template forward_row<Ops>(io, n, ops);
+    return;
+  }
+  const int64_t H = io.H;  // = R: row-norm cells have no projection
+  compute_t* c = io.c + n * H;
+  if (zc) {
+    ops.units(H, [&](int64_t j, auto lanes) {
+      using L = decltype(lanes);
+      L::store(z.prev_c + n * H + j, L::load(c + j));
+    });
+  }
+  StepForward<scalar_t, compute_t> cell_io = io;
+  if (zh) cell_io.h_next = io.out;
+  Cell::template forward_row<Ops>(cell_io, n, ops);
+  ops.units(H, [&](int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    const int64_t k = n * H + j;
+    if (zc) L::store(c + j, mix(z.c.template at<L>(n, j), L::load(z.prev_c + k), L::load(c + j)));
+    if (zh) {
+      const auto h = mix(z.h.template at<L>(n, j), L::load(io.h_prev + k), L::load(io.out + k));
+      L::store(io.out + k, h);
+      L::store(io.h_next + k, h);
+    }
+  });
+}
+
+// A row-norm cell's backward of row n through the mix, as backward's: the candidates' parts of
+// the gradients go through the cell's row pass, the carried parts wait in z.carry_h (added by the
+// time loop after the recurrent product) and z.carry_c (added to dc_prev after the cell's pass).
+template <typename Cell, typename Ops, typename scalar_t, typename compute_t>
+RNNKIT_HD void backward_row(const StepBackward<scalar_t, compute_t>& io,
+                            const Step<scalar_t, compute_t>& z, int64_t n, const Ops& ops) {
+  const bool zh = z.h.on(), zc = Cell::kCellState && z.c.on();
+  if (!zh && !zc) {
+    Cell::template backward_row<Ops>(io, n, ops);
+    return;
+  }
+  const int64_t H = io.H;
+  ops.units(H, [&](int64_t j, auto lanes) {
+    using L = decltype(lanes);
+    const int64_t k = n * H + j;
+    if (zh) {
+      const auto s = split(z.h.template at<L>(n, j), io.template grad_h<L>(n, j));
+      L::store(z.carry_h + k, s.carry);
+      L::store(io.dh + k, s.cand);
+    }
+    if (zc) {
+      const auto s = split(z.c.template at<L>(n, j), L::load(io.dc + k));
+      L::store(z.carry_c + k, s.carry);
+      L::store(io.dc + k, s.cand);
+    }
+  });
+  StepBackward<scalar_t, compute_t> cell_io = io;
+  if (zh) cell_io.dh_out = nullptr;  // folded into dh above
+  Cell::template backward_row<Ops>(cell_io, n, ops);
+  if (zc) {
+    ops.units(H, [&](int64_t j, auto lanes) {
+      using L = decltype(lanes);
+      const int64_t k = n * H + j;
+      L::store(io.dc + k, L::load(io.dc + k) + L::load(z.carry_c + k));
+    });
+  }
 }
 
 // The mixed states every step started from, replayed for backward from the candidates the

@@ -157,8 +157,11 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<compute_t>& buf
       };
       const auto rows = [&](const StepState<scalar_t, compute_t>& st) {
         const StepForward<scalar_t, compute_t> io = io_of(st);
+        zoneout::Step<scalar_t, compute_t> z =
+            step_zoneout<scalar_t, compute_t>(call.zoneout, st.t, plan.N, R, H, false);
+        z.prev_c = ptr<compute_t>(call.prev_c);
         for_each_row(st.bs, H, [&](int64_t n) {
-          Cell::template forward_row<HostRow<compute_t>>(io, n, HostRow<compute_t>{});
+          zoneout::forward_row<Cell>(io, z, n, HostRow<compute_t>{});
         });
       };
       rec.run_steps(s0, s1, state_at, acc_of, ld_acc, false, no_body, rows);
@@ -197,6 +200,7 @@ void backward_steps(const BackwardCall& call) {
     zoneout::Step<scalar_t, compute_t> z =
         step_zoneout<scalar_t, compute_t>(call.zoneout, t, plan.N, R, H, project);
     z.carry_h = carry_h;
+    z.carry_c = ptr<compute_t>(call.carry_c);
     if (project) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       compute_t* dr_t = ptr<compute_t>(call.dr) + row * R;
@@ -219,7 +223,7 @@ void backward_steps(const BackwardCall& call) {
     }
     if constexpr (row_norm<Cell>()) {
       for_each_row(bs, H, [&](int64_t n) {
-        Cell::template backward_row<HostRow<compute_t>>(io, n, HostRow<compute_t>{});
+        zoneout::backward_row<Cell>(io, z, n, HostRow<compute_t>{});
       });
     } else {
       for_each_unit<compute_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {

@@ -69,16 +69,18 @@ struct MixUnit {
 template <typename Cell, typename scalar_t>
 struct ForwardRow {
   StepForward<scalar_t> io;
+  zoneout::Step<scalar_t> z;
   __device__ void operator()(int64_t n) const {
-    Cell::template forward_row<DeviceRow<scalar_t>>(io, n, DeviceRow<scalar_t>{});
+    zoneout::forward_row<Cell>(io, z, n, DeviceRow<scalar_t>{});
   }
 };
 
 template <typename Cell, typename scalar_t>
 struct BackwardRow {
   StepBackward<scalar_t> io;
+  zoneout::Step<scalar_t> z;
   __device__ void operator()(int64_t n) const {
-    Cell::template backward_row<DeviceRow<scalar_t>>(io, n, DeviceRow<scalar_t>{});
+    zoneout::backward_row<Cell>(io, z, n, DeviceRow<scalar_t>{});
   }
 };
 
@@ -143,7 +145,9 @@ void forward_steps(const ForwardCall& call, scalar_t* gates, int64_t ld, scalar_
     io.out = out + row * R;
     io.h_pre = project ? gates_t + h_pre_at : nullptr;
     if constexpr (row_norm<Cell>()) {
-      for_each_row(bs, ForwardRow<Cell, scalar_t>{io});
+      zoneout::Step<scalar_t> z = step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, false);
+      z.prev_c = ptr<scalar_t>(call.prev_c);
+      for_each_row(bs, ForwardRow<Cell, scalar_t>{io, z});
     } else {
       for_each_unit(bs, H, ForwardUnit<Cell, scalar_t>{
                                io, step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, project)});
@@ -176,6 +180,7 @@ void backward_steps(const BackwardCall& call) {
     const bool project = Cell::kProjection && call.proj;
     zoneout::Step<scalar_t> z = step_zoneout<scalar_t>(call.zoneout, t, plan.N, R, H, project);
     z.carry_h = ptr<scalar_t>(call.carry_h);
+    z.carry_c = ptr<scalar_t>(call.carry_c);
     if (project) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       at::Tensor dr_t = call.dr.narrow(0, row, bs);
@@ -199,7 +204,7 @@ void backward_steps(const BackwardCall& call) {
       io.dh = nullptr;
     }
     if constexpr (row_norm<Cell>()) {
-      for_each_row(bs, BackwardRow<Cell, scalar_t>{io});
+      for_each_row(bs, BackwardRow<Cell, scalar_t>{io, z});
     } else {
       for_each_unit(bs, H, BackwardUnit<Cell, scalar_t>{io, z});
     }

@@ -60,6 +60,27 @@ def test_zoneout_trains_evaluates_and_refuses_export(tmp_path):
     assert "--zoneout do not export" in line
 
 
+@pytest.mark.parametrize("cell,cls", [("layernorm-lstm", "LayerNormLSTM"),
+                                      ("layernorm-gru", "LayerNormGRU")])
+def test_zoneout_on_the_layernorm_cells_trains_and_survives_resume(tmp_path, cell, cls):
+    """--zoneout reaches rnnkit.LayerNormLSTM/GRU (it was refused before they took it), is saved
+    in config.json, and a resumed run keeps it."""
+    from rnnkit.train.runs import load_run
+
+    out = tmp_path / "run"
+    result = _train("--out", str(out), "--cell", cell, "--zoneout", "0.1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["config"]["zoneout"] == 0.1
+    again = CliRunner().invoke(main, ["train", "--resume", str(out), "--steps", "6", "-q"])
+    assert again.exit_code == 0, again.output
+    assert "at step 4 of 6" in again.output and "done: 6 steps" in again.output, again.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["zoneout"], config["cell"]) == (0.1, cell)
+    _, _, model, _ = load_run(str(out))
+    assert type(model.rnn).__name__ == cls and model.rnn.zoneout == 0.1
+    assert getattr(model.rnn, "zoneout_cell", None) == (0.1 if cell == "layernorm-lstm" else None)
+
+
 @pytest.mark.parametrize("args,words,code", [
     (["--weight-drop", "1"], "--weight-drop", 2),
     (["--chrono", "2"], "--chrono", 2),

@@ -118,6 +118,29 @@ def test_layernorm_cells_train(tmp_path, cell, cls):
     assert type(model.rnn) is getattr(rnnkit, cls)
 
 
+@pytest.mark.skipif(not HAS_LAYERNORM, reason="rnnkit.LayerNormLSTM is missing (the LayerNorm "
+                                              "branch is not merged)")
+@pytest.mark.parametrize("cell", ["layernorm-lstm", "layernorm-gru"])
+def test_a_layernorm_zoneout_run_resumes_exactly(tmp_path, cell):
+    """The LayerNorm layers take --zoneout; its masks come from the RNG a checkpoint saves, so a
+    run cut at step 4 and resumed ends with the weights of the run that went through."""
+    from rnnkit.train.runs import resume_config
+
+    whole = train(_tiny(tmp_path / "whole", cell=cell, zoneout=0.3), progress=False,
+                  echo=lambda s: None)
+    cut = train(_tiny(tmp_path / "cut", cell=cell, zoneout=0.3), progress=False,
+                echo=lambda s: None, should_stop=lambda step: step == 4)
+    assert cut.interrupted and whole.step == 8
+    train(resume_config(str(tmp_path / "cut"), {}), resume=True, progress=False,
+          echo=lambda s: None)
+    a = C.load_last(str(tmp_path / "whole"))["model"]
+    b = C.load_last(str(tmp_path / "cut"))["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    _, _, model, _ = load_run(str(tmp_path / "cut"))
+    assert model.rnn.zoneout == 0.3
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_zoneout_reaches_the_layer(cell):
     rnn = _model(cell=cell, zoneout=0.25).rnn
