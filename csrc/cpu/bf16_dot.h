@@ -9,6 +9,7 @@
 // W_hh stays in its cache at twice the hidden size. The sums are float32.
 #pragma once
 
+#include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -32,22 +33,37 @@ constexpr bool kAvailable = RNNKIT_BF16_DOT;
 
 inline int64_t pairs(int64_t R) { return (R + 1) / 2; }
 
-// Block b of W_hh ([K * H, R]) in the layout above; block: [pairs(R), K, V, 2].
-inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t R, int64_t b,
-                       uint16_t* block) {
-  const int64_t P = pairs(R), units = std::min<int64_t>(V, H - b * V);
-  std::fill(block, block + P * K * V * 2, uint16_t(0));
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t v = 0; v < units; ++v) {
-      const c10::BFloat16* row = w_hh + (k * H + b * V + v) * R;
-      for (int64_t r = 0; r < R; ++r) block[(((r / 2) * K + k) * V + v) * 2 + r % 2] = row[r].x;
-    }
-}
-
 // The pair (h[2p], h[2p + 1]) of a row of R values as one 32-bit lane value (zero past R).
 inline uint32_t pair_at(const c10::BFloat16* h, int64_t p, int64_t R) {
   const uint32_t lo = h[2 * p].x, hi = 2 * p + 1 < R ? h[2 * p + 1].x : 0;
   return lo | (hi << 16);
+}
+
+// Block b of W_hh ([K * H, R]) in the layout above; block: [pairs(R), K, V, 2]. Read as 32-bit
+// words (a pair of adjacent weights of one row each), a gate's rows of the block [units, P]
+// transposed are its slice of the block [P, V], so with R even the words go through ATen's
+// 16 x 16 register transpose (a bit-exact move, as for float32 weights in recurrent.h); an odd R
+// pads each row's last pair, one word at a time. This runs once per call: packed one value at a
+// time, a whole W_hh at N = 1 cost as much as tens of steps.
+inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t R, int64_t b,
+                       uint16_t* block) {
+  const int64_t P = pairs(R), units = std::min<int64_t>(V, H - b * V);
+  if (units < V) std::fill(block, block + P * K * V * 2, uint16_t(0));
+  const bool words = R % 2 == 0 && reinterpret_cast<std::uintptr_t>(w_hh) % sizeof(float) == 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const c10::BFloat16* rows = w_hh + (k * H + b * V) * R;  // [units, R]
+    if (words) {
+      at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(rows), P,
+                                    reinterpret_cast<float*>(block) + k * V, K * V, int(units),
+                                    int(P));
+      continue;
+    }
+    for (int64_t v = 0; v < units; ++v)
+      for (int64_t p = 0; p < P; ++p) {
+        const uint32_t word = pair_at(rows + v * R, p, R);
+        std::memcpy(block + ((p * K + k) * V + v) * 2, &word, sizeof(word));
+      }
+  }
 }
 
 #if RNNKIT_BF16_DOT
