@@ -68,30 +68,44 @@ inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t 
 
 #if RNNKIT_BF16_DOT
 // acc[n * ld_acc + k * H + j + v] (+)= sum_r h[n * R + r] W_hh[k * H + j + v][r] for n < ROWS,
-// v < width, from the packed block.
+// v < width, from the packed block. With one or two rows, the even and odd pairs go to separate
+// sums (CHAINS = 2), so that twice as many dot products are in flight: a single row's K sums
+// would each wait for the previous pair's result.
+template <int K, int ROWS>
+__attribute__((target("avx512f,avx512bf16"), always_inline)) inline void accumulate_pair(
+    const uint16_t* block, int64_t R, const c10::BFloat16* h, int64_t p, __m512 (&sum)[ROWS][K]) {
+  __m512i w[K];
+  for (int k = 0; k < K; ++k)
+    w[k] = _mm512_loadu_si512(static_cast<const void*>(block + (p * K + k) * V * 2));
+  for (int n = 0; n < ROWS; ++n) {
+    const __m512i hp = _mm512_set1_epi32(int(pair_at(h + n * R, p, R)));
+    for (int k = 0; k < K; ++k)
+      sum[n][k] = _mm512_dpbf16_ps(sum[n][k], (__m512bh)hp, (__m512bh)w[k]);
+  }
+}
+
 template <int K, int ROWS>
 __attribute__((target("avx512f,avx512bf16"))) void product_rows(
     const uint16_t* block, int64_t R, const c10::BFloat16* h, float* acc, int64_t ld_acc,
     int64_t H, int64_t j, int64_t width, bool accumulate) {
-  __m512 sum[ROWS][K];
-  for (int n = 0; n < ROWS; ++n)
-    for (int k = 0; k < K; ++k) sum[n][k] = _mm512_setzero_ps();
+  constexpr int CHAINS = ROWS <= 2 ? 2 : 1;
+  __m512 sum[CHAINS][ROWS][K];
+  for (int c = 0; c < CHAINS; ++c)
+    for (int n = 0; n < ROWS; ++n)
+      for (int k = 0; k < K; ++k) sum[c][n][k] = _mm512_setzero_ps();
   const int64_t P = pairs(R);
-  for (int64_t p = 0; p < P; ++p) {
-    __m512i w[K];
-    for (int k = 0; k < K; ++k)
-      w[k] = _mm512_loadu_si512(static_cast<const void*>(block + (p * K + k) * V * 2));
-    for (int n = 0; n < ROWS; ++n) {
-      const __m512i hp = _mm512_set1_epi32(int(pair_at(h + n * R, p, R)));
-      for (int k = 0; k < K; ++k)
-        sum[n][k] = _mm512_dpbf16_ps(sum[n][k], (__m512bh)hp, (__m512bh)w[k]);
-    }
+  int64_t p = 0;
+  for (; p + CHAINS <= P; p += CHAINS) {
+    accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
+    if constexpr (CHAINS == 2) accumulate_pair<K, ROWS>(block, R, h, p + 1, sum[CHAINS - 1]);
   }
+  for (; p < P; ++p) accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
   const __mmask16 mask = width >= V ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
   for (int n = 0; n < ROWS; ++n)
     for (int k = 0; k < K; ++k) {
       float* dst = acc + n * ld_acc + k * H + j;
-      __m512 total = sum[n][k];
+      __m512 total = sum[0][n][k];
+      for (int c = 1; c < CHAINS; ++c) total = _mm512_add_ps(total, sum[c][n][k]);
       if (accumulate) total = _mm512_add_ps(total, _mm512_maskz_loadu_ps(mask, dst));
       _mm512_mask_storeu_ps(dst, mask, total);
     }
