@@ -19,7 +19,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-from .reference import gru_cell, gru_layer, lstm_cell, lstm_layer, rnn_cell, rnn_layer
+from .reference import (gru_cell, gru_layer, layernorm_gru_layer, layernorm_lstm_layer, lstm_cell,
+                        lstm_layer, rnn_cell, rnn_layer)
 
 
 def wanted(grads: Sequence[Optional[Tensor]], saved: Sequence[Optional[Tensor]]) -> bool:
@@ -69,6 +70,25 @@ def _rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse, 
     return out, h
 
 
+def _layernorm_lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, norm, reverse, train=True,
+                    zoneout_h=None, zoneout_h_p=0.0, zoneout_c=None, zoneout_c_p=0.0):
+    H = c0.shape[-1]
+    gains = norm.split([4 * H, 4 * H, H, H])  # γ_x, γ_h, γ_c, β_c (layernorm_ops.py)
+    out, (h, c) = layernorm_lstm_layer(
+        input, batch_sizes, (h0, c0), (w_ih, w_hh, b_ih, b_hh, gains), reverse,
+        (_zoneout(zoneout_h, zoneout_h_p), _zoneout(zoneout_c, zoneout_c_p)))
+    return out, h, c
+
+
+def _layernorm_gru(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, norm, reverse, train=True,
+                   zoneout_h=None, zoneout_h_p=0.0, zoneout_c=None, zoneout_c_p=0.0):
+    H = h0.shape[-1]
+    out, (h,) = layernorm_gru_layer(input, batch_sizes, (h0,),
+                                    (w_ih, w_hh, b_ih, b_hh, norm.split([3 * H, 3 * H])), reverse,
+                                    (_zoneout(zoneout_h, zoneout_h_p),))
+    return out, h
+
+
 #: Operator name -> its forward in differentiable torch operations: the operator's arguments in
 #: schema order -> its differentiable outputs in order (the workspace, never differentiated, left
 #: out).
@@ -76,6 +96,8 @@ FORWARDS: dict[str, Callable[..., tuple[Tensor, ...]]] = {
     "lstm": _lstm,
     "gru": _gru,
     "rnn": _rnn,
+    "layernorm_lstm": _layernorm_lstm,
+    "layernorm_gru": _layernorm_gru,
     "lstm_cell": lstm_cell,
     "gru_cell": lambda *args: (gru_cell(*args),),
     "rnn_cell": lambda *args: (rnn_cell(*args),),

@@ -8,7 +8,8 @@ GRU takes ``c0=None`` and returns an empty ``c_n``, (0,). Both take, and their b
 from the forward, the zoneout arguments of rnnkit/ops.py's operators last (zoneout_h, zoneout_h_p,
 zoneout_c, zoneout_c_p: a mask, or else a probability); the GRU's c ones stay None and 0.
 
-Double backward (create_graph=True through these operators) is not implemented and raises.
+Double backward (create_graph=True through these operators) recomputes the layer through
+rnnkit.reference in rnnkit/double_backward.py, as for the plain operators: exact at every order.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _setup(op: str):
         ctx.zoneout_p = (a.get("zoneout_h_p", 0.0), a.get("zoneout_c_p", 0.0))
         ctx.save_for_backward(a["input"], a["batch_sizes"], a["h0"], a["c0"], a["w_ih"],
                               a["w_hh"], a["norm"], output[0], output[3], a.get("zoneout_h"),
-                              a.get("zoneout_c"))
+                              a.get("zoneout_c"), a["b_ih"], a["b_hh"])
 
     return setup
 
@@ -65,15 +66,16 @@ def _backward(op: str):
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
         _ops._require_train(op, ctx)
         (input, batch_sizes, h0, c0, w_ih, w_hh, norm, output, workspace, zoneout_h,
-         zoneout_c) = ctx.saved_tensors
+         zoneout_c, b_ih, b_hh) = ctx.saved_tensors
         zoneout = (zoneout_h, ctx.zoneout_p[0], zoneout_c, ctx.zoneout_p[1])
+        # The GRU's c_n is an empty placeholder, and not among its exact forward's outputs.
+        grads = (grad_output, grad_h_n) if c0 is None else (grad_output, grad_h_n, grad_c_n)
+        args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, norm, ctx.reverse, True,
+                *zoneout)
+        if _exact.wanted(grads, args):
+            return _exact.backward(op, ctx.needs_input_grad, grads, args)
         if c0 is None:
             grad_c_n = None
-        grads = (grad_output, grad_h_n, grad_c_n)
-        if _exact.wanted(grads, (input, h0, c0, w_ih, w_hh, norm)):
-            raise NotImplementedError(
-                f"rnnkit::{op}: double backward (create_graph=True) is not implemented for the "
-                "layer-normalised layers; differentiate once, or use rnnkit.reference's loop")
         g = getattr(ops, f"{op}_backward")(grad_output, grad_h_n, grad_c_n, input, batch_sizes,
                                            h0, c0, w_ih, w_hh, norm, output, workspace,
                                            ctx.reverse, *zoneout)

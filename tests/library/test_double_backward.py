@@ -110,6 +110,76 @@ def test_gradgradcheck_layer_operators(device, form):
     assert torch.autograd.gradgradcheck(call, tensors, fast_mode=True)
 
 
+# One layer-normalised operator call: (name, lengths, reverse, zoneout masks).
+LAYERNORM_FORMS = [
+    ("layernorm_lstm", [1], False, False),
+    ("layernorm_lstm", [4, 2, 1], True, True),
+    ("layernorm_lstm", [3, 3], False, True),
+    ("layernorm_gru", [5, 5], True, False),
+    ("layernorm_gru", [4, 2, 1], False, True),
+]
+
+
+def _layernorm_call(form, device: str, seed: int):
+    """(function of the differentiable tensors, those tensors) for one layer-normalised form;
+    zoneout masks, when on, are fixed 0/1 tensors (not differentiated)."""
+    op, lengths, reverse, zoneout = form
+    gen = torch.Generator().manual_seed(seed)
+    I, H = 2, 3
+    lstm = op == "layernorm_lstm"
+    G = (4 if lstm else 3) * H
+    equal = len(set(lengths)) == 1
+    bs = None if equal else _batch_sizes(lengths)
+    N, T = len(lengths), lengths[0]
+    x = _rand(gen, device, T, N, I) if equal else _rand(gen, device, sum(lengths), I)
+    h0 = _rand(gen, device, N, H)
+    c0 = _rand(gen, device, N, H) if lstm else None
+    w_ih, w_hh, b_ih, b_hh = (_rand(gen, device, G, I), _rand(gen, device, G, H),
+                              _rand(gen, device, G), _rand(gen, device, G))
+    norm = _rand(gen, device, (10 if lstm else 6) * H)
+    masks = [(torch.rand(T, N, H, generator=gen) < 0.5).to(device, F64) if zoneout else None
+             for _ in range(2 if lstm else 1)]
+    zone = (masks[0], 0.0, masks[1], 0.0) if lstm else (masks[0], 0.0, None, 0.0)
+    tensors = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, norm) if t is not None]
+
+    def call(*ts):
+        it = iter(ts)
+        a = [next(it) if t is not None else None
+             for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, norm)]
+        out = getattr(ops, op)(a[0], bs, *a[1:], reverse, True, *zone)
+        return out[:3] if lstm else out[:2]
+
+    return call, tensors
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("form", LAYERNORM_FORMS,
+                         ids=[f"{f[0]} {f[1]} reverse={f[2]} zoneout={f[3]}"
+                              for f in LAYERNORM_FORMS])
+def test_gradgradcheck_layernorm_operators(device, form):
+    """The layer-normalised operators, norm gains and zoneout masks included."""
+    call, tensors = _layernorm_call(form, device, seed=LAYERNORM_FORMS.index(form))
+    assert torch.autograd.gradgradcheck(call, tensors, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layernorm_exact_first_gradient_matches_the_fused_one(kind):
+    """Under create_graph the first gradient comes from the recomputation: it must equal the
+    fused kernel's (2-layer bidirectional, packed), and the penalty's gradient must reach every
+    parameter."""
+    torch.manual_seed(3)
+    m = getattr(rnnkit, kind)(2, 3, num_layers=2, bidirectional=True, dtype=F64)
+    x, wrap = _input(packed=True)
+    fused = torch.autograd.grad(m(wrap(x))[0].data.pow(2).sum(), [x, *m.parameters()])
+    exact = torch.autograd.grad(m(wrap(x))[0].data.pow(2).sum(), [x, *m.parameters()],
+                                create_graph=True)
+    for a, b in zip(fused, exact, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    penalty = sum(g.pow(2).sum() for g in exact)
+    second = torch.autograd.grad(penalty, [x, *m.parameters()])
+    assert all(g is not None and g.abs().sum() > 0 for g in second)
+
+
 CELL_FORMS = [("lstm_cell", None), ("gru_cell", None), ("rnn_cell", "tanh"), ("rnn_cell", "relu")]
 
 

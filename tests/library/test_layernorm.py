@@ -295,12 +295,6 @@ def test_bad_input_errors_name_expected_and_got():
         ops.layernorm_gru(x, None, h0, c0, *gru[:4], torch.cat(gru[4]), False)
 
 
-def test_double_backward_is_refused():
-    m = rnnkit.LayerNormGRU(2, 3, dtype=F64)
-    x = torch.randn(2, 1, 2, dtype=F64, requires_grad=True)
-    with pytest.raises(NotImplementedError, match="double backward"):
-        torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
-
 
 def _run_layer(fn, cell, x, batch_sizes, leaves, reverse):
     """fn's output, final states and the gradients of a loss wrt leaves ([*states, *weights])."""

@@ -139,13 +139,6 @@ def test_inference_path_matches_reference(cell, N):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_double_backward_is_still_refused_with_zoneout():
-    m = rnnkit.LayerNormLSTM(2, 3, dtype=F64, zoneout=0.3).train()
-    x = torch.randn(2, 1, 2, dtype=F64, requires_grad=True)
-    with pytest.raises(NotImplementedError, match="double backward"):
-        torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
-
-
 # ---- modules --------------------------------------------------------------------------------
 def _reference_stack(m, x, batch_sizes, training):
     """The module's stack through rnnkit.reference, drawing the masks in the same order."""
