@@ -68,9 +68,7 @@ inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t 
 
 #if RNNKIT_BF16_DOT
 // acc[n * ld_acc + k * H + j + v] (+)= sum_r h[n * R + r] W_hh[k * H + j + v][r] for n < ROWS,
-// v < width, from the packed block. With one or two rows, the even and odd pairs go to separate
-// sums (CHAINS = 2), so that twice as many dot products are in flight: a single row's K sums
-// would each wait for the previous pair's result.
+// v < width, from the packed block (below: product_rows; first, its step over one pair p).
 template <int K, int ROWS>
 __attribute__((target("avx512f,avx512bf16"), always_inline)) inline void accumulate_pair(
     const uint16_t* block, int64_t R, const c10::BFloat16* h, int64_t p, __m512 (&sum)[ROWS][K]) {
@@ -84,6 +82,9 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) inline void accumul
   }
 }
 
+// With one or two rows, the even and odd pairs go to separate sums (CHAINS = 2), so that twice
+// as many dot products are in flight: a single row's K sums would each wait for the previous
+// pair's result (docs/kernels.md gives what it measured).
 template <int K, int ROWS>
 __attribute__((target("avx512f,avx512bf16"))) void product_rows(
     const uint16_t* block, int64_t R, const c10::BFloat16* h, float* acc, int64_t ld_acc,

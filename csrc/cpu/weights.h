@@ -115,8 +115,9 @@ inline const char* reduced_path_name() {
   return name.c_str();
 }
 
-// Rows per task of a row-parallel conversion: about 32K values each, so that a step's few rows
-// stay on one thread and a whole sequence's (thousands of rows) splits over all of them.
+// Rows per task of a row-parallel conversion: about 32K values each, so that a small one (a
+// cell's step, a few rows) stays on the calling thread and a large one (a step at N = 64 and
+// H = 512, a whole sequence) splits over the threads.
 inline int64_t conversion_grain(int64_t cols) {
   return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cols, 1));
 }
