@@ -43,6 +43,7 @@
 #include "bf16_dot.h"
 #include "blas.h"
 #include "loops.h"
+#include "onednn_linear.h"
 
 extern "C" {
 // MKL's products of reduced inputs into float32 (CBLAS, LP64: int sizes; the enums as ints;
@@ -84,6 +85,18 @@ inline bool use_bf16_dot() {
   return use;
 }
 
+// Whether the OneDnn path multiplies the per-step weights reordered once (onednn_linear.h):
+// bfloat16, this torch has the operators, and RNNKIT_CPU_BF16_REORDER is not 0.
+template <typename scalar_t>
+bool use_onednn_reorder() {
+  static const bool use = [] {
+    const char* env = std::getenv("RNNKIT_CPU_BF16_REORDER");
+    return std::is_same_v<scalar_t, c10::BFloat16> && onednn_linear::available() &&
+           !(env != nullptr && std::strcmp(env, "0") == 0);
+  }();
+  return use;
+}
+
 template <typename scalar_t>
 ReducedPath reduced_path() {
   static const ReducedPath path = [] {
@@ -106,7 +119,11 @@ inline const char* reduced_path_name() {
     std::string s;
     switch (reduced_path<c10::BFloat16>()) {
       case ReducedPath::Mkl: s = "mkl bf16->f32 (cblas_gemm_bf16bf16f32)"; break;
-      case ReducedPath::OneDnn: s = "onednn bf16 (at::mm), widened"; break;
+      case ReducedPath::OneDnn:
+        s = use_onednn_reorder<c10::BFloat16>()
+                ? "onednn bf16 (at::mm; step products on a weight reordered once), widened"
+                : "onednn bf16 (at::mm), widened";
+        break;
       default: s = "f32 sgemm on widened bf16"; break;
     }
     return s + (use_bf16_dot() ? "; small batches: avx512_bf16 dot, bf16 weights"
@@ -198,6 +215,15 @@ class WeightB<scalar_t, float> {
       convert_rows(B, ldb, rows, cols, b32_.data());
       packed_.emplace(trans_b, max_m, Nc, K, b32_.data(), cols, pack);
     }
+    // A weight multiplied at every step (pack) is reordered once for oneDNN, when it can be.
+    if (path_ == ReducedPath::OneDnn && pack && use_onednn_reorder<scalar_t>() && Nc > 0 &&
+        K > 0) {
+      const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+      const at::Tensor w =  // [Nc, K], as a linear layer's weight
+          trans_b ? at::from_blob(const_cast<scalar_t*>(B), {Nc, K}, {ldb, 1}, options)
+                  : at::from_blob(const_cast<scalar_t*>(B), {K, Nc}, {ldb, 1}, options).t();
+      reordered_ = onednn_linear::reorder(w, max_m);
+    }
   }
 
   template <typename A_t>
@@ -235,6 +261,13 @@ class WeightB<scalar_t, float> {
   void onednn_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
                    int64_t ldc) const {
     const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+    if (reordered_.has_value()) {
+      at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, 1}, options);
+      if (lda != K_) a = a.contiguous();
+      const at::Tensor c = onednn_linear::multiply(a, *reordered_);
+      widen_rows_into(c.const_data_ptr<scalar_t>(), M, Nc_, beta, C, ldc);
+      return;
+    }
     const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, 1}, options);
     const at::Tensor b =
         trans_b_ ? at::from_blob(const_cast<scalar_t*>(B_), {Nc_, K_}, {ldb_, 1}, options).t()
@@ -271,6 +304,7 @@ class WeightB<scalar_t, float> {
   mutable std::vector<float> a32_;       // Float32: A widened
   mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed (when it comes in float32)
   mutable std::vector<scalar_t> c16_;    // OneDnn: the rounded product
+  std::optional<at::Tensor> reordered_;  // OneDnn with pack: B^T reordered (onednn_linear.h)
 };
 
 }  // namespace cpu

@@ -180,17 +180,19 @@ def test_opcheck_reduced(op, dtype):
     torch.library.opcheck(getattr(torch.ops.rnnkit, op).default, args)
 
 
-@pytest.mark.parametrize("path,dot", [("float32", "1"), ("mkl", "1"), ("onednn", "1"),
-                                      ("onednn", "0")])
-def test_every_product_path(path, dot):
+@pytest.mark.parametrize("path,dot,reorder", [("float32", "1", "1"), ("mkl", "1", "1"),
+                                              ("onednn", "1", "1"), ("onednn", "0", "0")])
+def test_every_product_path(path, dot, reorder):
     """RNNKIT_CPU_BF16_PATH chooses the product path, RNNKIT_CPU_BF16_DOT=0 turns the small-batch
-    dot products off (both read once per process: a child)."""
+    dot products off, RNNKIT_CPU_BF16_REORDER=0 the oneDNN weight reordered once (all read once
+    per process: a child). The batch of 20 takes the per-step products, over 40 steps."""
     code = ("import torch, rnnkit, tests.library.test_bf16 as t;"
             "print(rnnkit.build_info()['cpu_bf16_path']);"
             "t._check(t._errors('LSTM', torch.bfloat16, 40, 20, 5, 24, proj_size=7));"
             "t._check(t._errors('GRU', torch.bfloat16, 40, 20, 5, 24, packed=True));"
             "t._check(t._errors('LSTM', torch.bfloat16, 40, 2, 5, 33, bidirectional=True))")
-    env = {**os.environ, "RNNKIT_CPU_BF16_PATH": path, "RNNKIT_CPU_BF16_DOT": dot}
+    env = {**os.environ, "RNNKIT_CPU_BF16_PATH": path, "RNNKIT_CPU_BF16_DOT": dot,
+           "RNNKIT_CPU_BF16_REORDER": reorder}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=False,
                           timeout=300, cwd=ROOT)
@@ -199,6 +201,9 @@ def test_every_product_path(path, dot):
     assert first.split()[0] == {"float32": "f32"}.get(path, path), first
     if dot == "0":
         assert first.endswith("small batches: own SIMD, f32 weights"), first
+    if path == "onednn":
+        reorders = reorder == "1" and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        assert ("reordered once" in first) == reorders, first
 
 
 def test_build_info_names_the_bf16_path():
