@@ -10,6 +10,9 @@ Candidates (GFLOP/s, 2 M N K / time):
   widen_sgemm     what rnnkit's "f32" path does per product: A widened from bf16 to float32,
                   B widened once beforehand (not timed), then sgemm with beta = 1
   mm_bf16_add     torch.mm in bf16 (oneDNN) and the rounded result added onto the float32 C
+  reordered_bf16  torch.ops.mkldnn._linear_pointwise on a weight reordered once by
+                  torch.ops.mkldnn._reorder_linear_weight (bf16 -> bf16; what rnnkit's `onednn`
+                  path does for the per-step products), plus the add onto the float32 C
   onednn_bf16f32  at::native::mkldnn_matmul with a float32 result: torch refuses it (it wants
                   the result in the inputs' dtype), reported as such
 The kernels choose among them (csrc/cpu/weights.h, docs/kernels.md).
@@ -101,6 +104,13 @@ def check(ext):
     return errors
 
 
+def _reordered(a16, b16, c, reps):
+    """oneDNN's linear on a weight reordered once (not timed), the result added onto c."""
+    w = torch.ops.mkldnn._reorder_linear_weight(b16, a16.shape[0])
+    return timed(lambda: c.add_(torch.ops.mkldnn._linear_pointwise(a16, w, None, "none", [], "")),
+                 reps)
+
+
 def _candidates(ext, a32, b32, a16, b16, ah, bh, c, reps):
     """name -> a function timing one candidate (seconds per product)."""
     return {
@@ -110,6 +120,7 @@ def _candidates(ext, a32, b32, a16, b16, ah, bh, c, reps):
         "mkl_f16f32": lambda: ext.mkl(ah, bh, c, reps),
         "widen_sgemm": lambda: timed(lambda: c.addmm_(a16.float(), b32.t()), reps),
         "mm_bf16_add": lambda: timed(lambda: c.add_(torch.mm(a16, b16.t())), reps),
+        "reordered_bf16": lambda: _reordered(a16, b16, c, reps),
         "onednn_bf16f32": lambda: ext.onednn(a16, b16, c, reps),
     }
 
@@ -118,6 +129,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--note", default="", help="how quiet the machine was, for the saved file")
     args = p.parse_args()
     ext = build()
     errors = check(ext)
@@ -152,7 +164,7 @@ def main() -> None:
         meta = {"date": day, "machine": platform.processor() or platform.machine(),
                 "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "command": "python benchmarks/bench_bf16_products.py", "errors": errors,
-                "note": "shared, loaded 2-core machine: rough"}
+                "note": args.note}
         path = args.out / f"bf16-products-{day}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         print("wrote", path)
