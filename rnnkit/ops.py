@@ -23,6 +23,7 @@ import torch
 from . import _library  # noqa: F401  (loads the operators, or says how to build them)
 from . import _C  # after _library, whose import guard explains a missing build
 from . import double_backward as _exact
+from . import lstm_second_order as _second_order
 
 ops = torch.ops.rnnkit
 
@@ -248,6 +249,8 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse, True, *zoneout)
     grads = (grad_output, grad_h_n, grad_c_n)
     if _exact.wanted(grads, args):
+        if _second_order.supports(input, batch_sizes, c0, w_hr, workspace, zoneout):
+            return _lstm_grad(ctx, grads, input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, workspace)
         return _exact.backward("lstm", ctx.needs_input_grad, grads, args)
     g = ops.lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih,
                           w_hh, w_hr, output, workspace, ctx.reverse, *zoneout)
@@ -256,6 +259,21 @@ def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     return _input_grads(ops.lstm.default, input=grad_input, h0=grad_h0, c0=grad_c0,
                         w_ih=grad_w_ih, w_hh=grad_w_hh, b_ih=grad_b_ih, b_hh=grad_b_hh,
                         w_hr=grad_w_hr if w_hr is not None else None)
+
+
+def _lstm_grad(ctx, grads, input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, workspace):
+    """The first gradient as lstm_second_order.LstmGrad, differentiable by its own backward."""
+    grad_output, grad_h_n, grad_c_n = (torch.zeros_like(like) if g is None else g
+                                       for g, like in zip(grads, (output, h0, c0)))
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = _second_order.LstmGrad.apply(
+        input, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_output, grad_h_n, grad_c_n, output.detach(),
+        workspace, ctx.reverse)
+    grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
+    need = dict(zip((a.name for a in ops.lstm.default._schema.arguments), ctx.needs_input_grad))
+    return _input_grads(ops.lstm.default, **{
+        name: g for name, g in (("input", grad_input), ("h0", grad_h0), ("c0", grad_c0),
+                                ("w_ih", grad_w_ih), ("w_hh", grad_w_hh), ("b_ih", grad_b_ih),
+                                ("b_hh", grad_b_hh)) if need.get(name)})
 
 
 torch.library.register_autograd("rnnkit::lstm", _lstm_backward, setup_context=_lstm_setup)

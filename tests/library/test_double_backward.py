@@ -33,6 +33,7 @@ def _batch_sizes(lengths: list[int]) -> torch.Tensor:
 LAYER_FORMS = [
     ("lstm", "T=1", [1], False, False, True, None),
     ("lstm", "T=5, reverse", [5, 5], False, True, True, None),
+    ("lstm", "T=6, N=1, no bias", [6], False, False, False, None),
     ("lstm", "packed 4,2,1, proj_size", [4, 2, 1], True, False, True, None),
     ("lstm", "packed 3,1, reverse, proj_size, no bias", [3, 1], True, True, False, None),
     ("gru", "T=1", [1], False, False, True, None),
@@ -331,17 +332,18 @@ def test_third_derivative_matches_torch_nn():
 
 # ---- which backward runs ------------------------------------------------------------------------
 def test_first_order_backward_stays_on_the_fused_kernels(monkeypatch):
-    """Without create_graph the C++ backward runs; with it, the exact path."""
+    """Without create_graph the C++ backward runs; with it, the exact path (the padded LSTM's
+    own second-order path is tested in test_lstm_second_order.py)."""
     calls = []
     exact = double_backward.backward
     monkeypatch.setattr(double_backward, "backward",
                         lambda *a: calls.append(a[0]) or exact(*a))
-    ours, _ = _module_pair("LSTM")
+    ours, _ = _module_pair("GRU")
     x, _ = _input(packed=False)
     ours(x)[0].sum().backward()
     assert calls == []
     torch.autograd.grad(ours(x)[0].sum(), x, create_graph=True)
-    assert calls == ["lstm"]
+    assert calls == ["gru"]
 
 
 def test_the_warning_this_file_turns_into_an_error_is_real(monkeypatch):

@@ -1,0 +1,143 @@
+"""The padded LSTM's own second-order path (rnnkit/lstm_second_order.py): which calls take it,
+and that its backward equals the differentiable recomputation of double_backward.py and
+torch.nn's, in float64, at awkward sizes, for every input including the output gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit import lstm_second_order
+
+from ..conftest import ALL_DEVICES
+
+ops = torch.ops.rnnkit
+F64 = torch.float64
+TOL = 1e-10
+
+
+def _count_calls(monkeypatch) -> list[str]:
+    """Records 'forward' / 'backward' each time LstmGrad's run."""
+    calls: list[str] = []
+    for name in ("forward", "backward"):
+        fn = getattr(lstm_second_order.LstmGrad, name)
+        monkeypatch.setattr(lstm_second_order.LstmGrad, name,
+                            staticmethod(lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a)))
+    return calls
+
+
+def _penalty(module, x, h0=None, c0=None):
+    """A penalty on every first gradient (input, states, parameters), each weighted differently,
+    with the output gradient a function of the output (so it depends on x too); returns the
+    penalty's gradients of x, the states and the parameters."""
+    states = None if h0 is None else (h0, c0)
+    out, (h_n, c_n) = module(x, states)
+    loss = out.pow(3).sum() + (h_n * c_n).sum()
+    wrt = [x, *([] if h0 is None else [h0, c0]), *module.parameters()]
+    first = torch.autograd.grad(loss, wrt, create_graph=True)
+    penalty = sum((k + 1) * g.pow(2).sum() for k, g in enumerate(first))
+    return torch.autograd.grad(penalty, wrt)
+
+
+CASES = [  # T, N, I, H, bidirectional, bias, with states
+    (1, 1, 2, 3, False, True, True),
+    (6, 1, 3, 5, False, False, False),
+    (9, 4, 2, 7, True, True, True),
+    (4, 3, 5, 1, True, False, True),
+]
+
+
+@pytest.mark.parametrize("T, N, I, H, bidirectional, bias, with_states", CASES,
+                         ids=[f"T={c[0]} N={c[1]} I={c[2]} H={c[3]}"
+                              f"{' bidir' if c[4] else ''}{'' if c[5] else ' no bias'}"
+                              f"{' states' if c[6] else ''}" for c in CASES])
+def test_penalty_matches_the_recomputed_path_and_torch_nn(monkeypatch, T, N, I, H, bidirectional,
+                                                          bias, with_states):
+    torch.manual_seed(T * 100 + H)
+    theirs = torch.nn.LSTM(I, H, bias=bias, bidirectional=bidirectional).double()
+    ours = rnnkit.from_torch(theirs)
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, N, I, dtype=F64, requires_grad=True)
+    h0 = torch.randn(D, N, H, dtype=F64, requires_grad=True) if with_states else None
+    c0 = torch.randn(D, N, H, dtype=F64, requires_grad=True) if with_states else None
+    calls = _count_calls(monkeypatch)
+    fast = _penalty(ours, x, h0, c0)
+    assert calls.count("backward") == D  # one LstmGrad per direction
+    reference = _penalty(theirs, x, h0, c0)
+    monkeypatch.setattr(lstm_second_order, "supports", lambda *a: False)
+    recomputed = _penalty(ours, x, h0, c0)
+    for a, b, c in zip(fast, recomputed, reference):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+        torch.testing.assert_close(a, c, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_of_the_first_gradient_in_all_its_inputs(device, reverse):
+    """The first gradient as a function of the layer's inputs and of the output gradients:
+    gradcheck (numerical against LstmGrad's backward) in float64."""
+    gen = torch.Generator().manual_seed(3)
+    T, N, I, H = 3, 2, 2, 3
+
+    def rand(*shape):
+        return (torch.rand(shape, generator=gen, dtype=F64) * 2 - 1).to(device).requires_grad_()
+
+    x, h0, c0 = rand(T, N, I), rand(N, H), rand(N, H)
+    w_ih, w_hh, b_ih, b_hh = rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H)
+    dy, dh, dc = rand(T, N, H), rand(N, H), rand(N, H)
+
+    def first(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dy, dh, dc):
+        out, h_n, c_n, _ = ops.lstm(x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, reverse)
+        return torch.autograd.grad((out, h_n, c_n), (x, h0, c0, w_ih, w_hh, b_ih, b_hh),
+                                   (dy, dh, dc), create_graph=True)
+
+    assert torch.autograd.gradcheck(first, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, dy, dh, dc))
+
+
+def test_third_derivative_matches_torch_nn(monkeypatch):
+    """A third derivative takes the recomputed path from LstmGrad's backward: still exact."""
+    torch.manual_seed(5)
+    theirs = torch.nn.LSTM(2, 3).double()
+    ours = rnnkit.from_torch(theirs)
+    calls = _count_calls(monkeypatch)
+    results = []
+    for module in (ours, theirs):
+        x = torch.randn(4, 2, 2, dtype=F64, requires_grad=True)
+        x.data.copy_(torch.linspace(-1, 1, 16, dtype=F64).view(4, 2, 2))
+        (g,) = torch.autograd.grad(module(x)[0].pow(3).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(gg.sin().sum(), [x, *module.parameters()]))
+    assert "backward" in calls
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+
+
+def test_other_forms_take_the_recomputed_path(monkeypatch):
+    """Packed input, proj_size, zoneout, and the other cells are left to double_backward.py."""
+    calls = _count_calls(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2, dtype=F64, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2, 1])
+    for module, inp in ((rnnkit.LSTM(2, 3).double(), packed),
+                        (rnnkit.LSTM(2, 3, proj_size=2).double(), x),
+                        (rnnkit.LSTM(2, 3, zoneout=0.2).double().eval(), x),
+                        (rnnkit.GRU(2, 3).double(), x)):
+        out = module(inp)[0]
+        out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+    assert calls == []
+    rnnkit.LSTM(2, 3).double()(x)[0].sum().backward(create_graph=True)
+    assert calls == ["forward"]
+
+
+def test_float32_takes_it_and_bfloat16_does_not(monkeypatch):
+    calls = _count_calls(monkeypatch)
+    module = rnnkit.LSTM(2, 3)
+    x = torch.randn(4, 3, 2, requires_grad=True)
+    torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
+    assert calls == ["forward"]
+    calls.clear()
+    xb = x.detach().bfloat16().requires_grad_()
+    torch.autograd.grad(module.bfloat16()(xb)[0].float().sum(), xb, create_graph=True)
+    assert calls == []
