@@ -47,6 +47,19 @@ def supports(input: Tensor, batch_sizes: Optional[Tensor], c0: Tensor, w_hr: Opt
             and not torch.compiler.is_compiling())
 
 
+def reached(t: Optional[Tensor]) -> bool:
+    """Whether the backward now running will use a gradient for t: False for a tensor that
+    requires none, or whose gradient edge the engine will not execute (torch.autograd.grad with
+    inputs that do not include it, as a gradient penalty's grad of the input alone). True when
+    the engine cannot say."""
+    if t is None or not t.requires_grad:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node)
+    except (RuntimeError, AttributeError):
+        return True
+
+
 class _Steps:
     """The saved forward of one padded layer call, arranged per step in processing order."""
 
@@ -155,22 +168,24 @@ def _zero_or(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 class LstmGrad(torch.autograd.Function):
     """(input, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_output, grad_h_n, grad_c_n; the forward's
-    output and workspace, reverse) -> the first gradients (input, h0, c0, w_ih, w_hh, bias).
-    Differentiable once more by its own backward. The bias gradient is that of b_ih and of b_hh
-    alike (either may be None); the output gradients must be tensors (zeros where none came)."""
+    output and workspace, reverse, which of (w_ih, w_hh, bias) need a gradient) -> the first
+    gradients (input, h0, c0, w_ih, w_hh, bias), None for a weight not wanted. Differentiable once
+    more by its own backward. The bias gradient is that of b_ih and of b_hh alike (either may be
+    None); the output gradients must be tensors (zeros where none came)."""
 
     @staticmethod
     def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_output, grad_h_n, grad_c_n,
-                output, workspace, reverse):
+                output, workspace, reverse, weights_wanted):
         s = _Steps(input, h0, c0, output, workspace, reverse)
         da, dh, dc = _adjoint(s, w_hh, s.order(grad_output), None, None, grad_h_n, grad_c_n)
         flat_da = _flat(da)
         grad_input = s.order(da @ w_ih)
         grad_h0 = da[0] @ w_hh
         grad_c0 = dc[0] * s.f[0]
-        grad_w_ih = flat_da.t() @ _flat(s.x)
-        grad_w_hh = flat_da.t() @ _flat(s.h_prev)
-        grad_bias = flat_da.sum(0)
+        want_w_ih, want_w_hh, want_bias = weights_wanted
+        grad_w_ih = flat_da.t() @ _flat(s.x) if want_w_ih else None
+        grad_w_hh = flat_da.t() @ _flat(s.h_prev) if want_w_hh else None
+        grad_bias = flat_da.sum(0) if want_bias else None
         ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_output, grad_h_n,
                               grad_c_n, output, workspace, da, dh, dc)
         ctx.reverse = reverse
@@ -207,7 +222,7 @@ class LstmGrad(torch.autograd.Function):
         g_h_n = h_dot[-1] if needs[8] else None
         g_c_n = c_dot[-1] if needs[9] else None
         if not any(needs[:7]):
-            return (None,) * 7 + (g_output, g_h_n, g_c_n) + (None,) * 3
+            return (None,) * 7 + (g_output, g_h_n, g_c_n) + (None,) * 4
 
         # Second-derivative sources of the backward through the forward: ∂/∂(gates, c, h_prev)
         # of ⟨δ, tangent⟩. On the pre-activations of gates i, f, g, o:
@@ -257,7 +272,7 @@ class LstmGrad(torch.autograd.Function):
         if needs[5] or needs[6]:
             g_bias = flat_lam.sum(0)
         return (g_input, g_h0, g_c0, g_w_ih, g_w_hh, g_bias if needs[5] else None,
-                g_bias if needs[6] else None, g_output, g_h_n, g_c_n, None, None, None)
+                g_bias if needs[6] else None, g_output, g_h_n, g_c_n, None, None, None, None)
 
 
 def _third_order(ctx, cotangents):
@@ -281,7 +296,7 @@ def _third_order(ctx, cotangents):
         got = torch.autograd.grad([o for o, _ in pairs], [wrt[k] for k in targets],
                                   [v for _, v in pairs], create_graph=True,
                                   allow_unused=True) if pairs and targets else ()
-    result: list[Optional[Tensor]] = [None] * 13
+    result: list[Optional[Tensor]] = [None] * 14
     for k, g in zip(targets, got):
         result[k] = g
     return tuple(result)

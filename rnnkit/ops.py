@@ -265,11 +265,14 @@ def _lstm_grad(ctx, grads, input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, worksp
     """The first gradient as lstm_second_order.LstmGrad, differentiable by its own backward."""
     grad_output, grad_h_n, grad_c_n = (torch.zeros_like(like) if g is None else g
                                        for g, like in zip(grads, (output, h0, c0)))
+    need = dict(zip((a.name for a in ops.lstm.default._schema.arguments), ctx.needs_input_grad))
+    reached = {name: need.get(name, False) and _second_order.reached(t)
+               for name, t in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh))}
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = _second_order.LstmGrad.apply(
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_output, grad_h_n, grad_c_n, output.detach(),
-        workspace, ctx.reverse)
+        workspace, ctx.reverse, (reached["w_ih"], reached["w_hh"],
+                                 reached["b_ih"] or reached["b_hh"]))
     grad_b_ih, grad_b_hh = _bias_grads(ctx, grad_bias, grad_bias)
-    need = dict(zip((a.name for a in ops.lstm.default._schema.arguments), ctx.needs_input_grad))
     return _input_grads(ops.lstm.default, **{
         name: g for name, g in (("input", grad_input), ("h0", grad_h0), ("c0", grad_c0),
                                 ("w_ih", grad_w_ih), ("w_hh", grad_w_hh), ("b_ih", grad_b_ih),

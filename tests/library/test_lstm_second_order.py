@@ -141,3 +141,23 @@ def test_float32_takes_it_and_bfloat16_does_not(monkeypatch):
     xb = x.detach().bfloat16().requires_grad_()
     torch.autograd.grad(module.bfloat16()(xb)[0].float().sum(), xb, create_graph=True)
     assert calls == []
+
+
+def test_weight_gradients_the_engine_will_not_use_are_skipped(monkeypatch):
+    """A penalty's grad of the input alone asks for no weight gradient: none is computed (the
+    engine's own execution plan says so); a full backward with create_graph gets them all."""
+    wanted = []
+    forward = lstm_second_order.LstmGrad.forward
+    monkeypatch.setattr(lstm_second_order.LstmGrad, "forward",
+                        staticmethod(lambda *a: wanted.append(a[-1]) or forward(*a)))
+    torch.manual_seed(0)
+    module = rnnkit.LSTM(2, 3).double()
+    x = torch.randn(4, 3, 2, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+    assert wanted == [(False, False, False)]
+    grads = torch.autograd.grad(g.pow(2).sum(), list(module.parameters()))
+    assert all(p.abs().sum() > 0 for p in grads)
+    wanted.clear()
+    module(x)[0].pow(2).sum().backward(create_graph=True)
+    assert wanted == [(True, True, True)]
+    assert all(p.grad is not None and p.grad.requires_grad for p in module.parameters())
