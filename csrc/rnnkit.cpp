@@ -29,6 +29,13 @@ const char* cpu_bf16_path();
 
 TORCH_LIBRARY(rnnkit, m) {
   rnnkit::Cells::for_each([&]<typename Cell>() { rnnkit::define_operators<Cell>(m); });
+  // The LSTM layer's second-order recurrences (rnnkit/lstm_second_order.py; CPU kernels in
+  // cpu/lstm_second_order.h, which states the equations). Not differentiable themselves.
+  m.def("lstm_adjoint_steps(Tensor? src_h, Tensor? src_c, Tensor? src_a, Tensor? dh_last, "
+        "Tensor? dc_last, Tensor k, Tensor f, Tensor coef, Tensor w_hh) -> (Tensor da, "
+        "Tensor dh, Tensor dc)");
+  m.def("lstm_tangent_steps(Tensor a_in, Tensor h0_dot, Tensor c0_dot, Tensor k, Tensor f, "
+        "Tensor coef, Tensor w_hh) -> (Tensor a_dot, Tensor c_dot, Tensor h_dot)");
 }
 
 // TEST ONLY: cells that exist to test the cell machinery (common/registry.h); not rnnkit's API.

@@ -47,6 +47,11 @@ def supports(input: Tensor, batch_sizes: Optional[Tensor], c0: Tensor, w_hr: Opt
             and not torch.compiler.is_compiling())
 
 
+#: Whether the CPU runs the two recurrences in C++ (tests switch it off to check the loops of
+#: torch operations that other backends run).
+NATIVE_CPU_LOOPS = True
+
+
 def reached(t: Optional[Tensor]) -> bool:
     """Whether the backward now running will use a gradient for t: False for a tensor that
     requires none, or whose gradient edge the engine will not execute (torch.autograd.grad with
@@ -89,6 +94,11 @@ class _Steps:
         self.coef3 = self.coef[..., :3 * H].view(T, N, 3, H)  # i, f, g
         self.coef_o = self.coef[..., 3 * H:]
         self.T, self.N, self.H = T, N, H
+        # The recurrences run in C++ on the CPU (rnnkit::lstm_adjoint_steps, lstm_tangent_steps),
+        # as loops of torch operations elsewhere.
+        self.native = NATIVE_CPU_LOOPS and x.device.type == "cpu"
+        if self.native:
+            self.f_contiguous = f.contiguous()
 
     def second(self) -> Tensor:
         """coef's derivative through each gate's own activation: σ'' = σ'(1-2s), tanh'' =
@@ -104,6 +114,11 @@ def _adjoint(s: _Steps, w_hh: Tensor, src_h: Optional[Tensor], src_c: Optional[T
         da_t = [dc_t, dc_t, dc_t, dh_t] ⊙ coef_t (+ src_a[t]),
     with dh_last and dc_last added at the last step. A source given as None is zero.
     Returns da [T, N, 4H], dh [T, N, H], dc [T, N, H]."""
+    if s.native:
+        return torch.ops.rnnkit.lstm_adjoint_steps(
+            *(None if t is None else t.contiguous() for t in (src_h, src_c, src_a, dh_last,
+                                                                dc_last)),
+            s.k, s.f_contiguous, s.coef, w_hh.contiguous())
     T, N, H = s.T, s.N, s.H
     da = s.c.new_empty((T, N, 4 * H))
     dh = s.c.new_empty((T, N, H))
@@ -143,6 +158,10 @@ def _tangent(s: _Steps, w_hh: Tensor, a_in: Tensor, h0_dot: Tensor, c0_dot: Tens
         ȧ_t = a_in[t] + ḣ_{t-1} W_hhᵀ,  ċ_t = f ċ_{t-1} + (ȧ ⊙ act ⊙ [g, c_prev, i]) summed over gates,
         ḣ_t = ȧ_o act_o τ + k ċ_t.
     Returns ȧ [T, N, 4H], ċ [T, N, H], ḣ [T, N, H]."""
+    if s.native:
+        return torch.ops.rnnkit.lstm_tangent_steps(a_in.contiguous(), h0_dot.contiguous(),
+                                                   c0_dot.contiguous(), s.k, s.f_contiguous,
+                                                   s.coef, w_hh.contiguous())
     T, N, H = s.T, s.N, s.H
     a_dot = torch.empty_like(a_in)
     c_dot = a_in.new_empty((T, N, H))

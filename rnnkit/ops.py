@@ -122,6 +122,16 @@ def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w
             grad_w_hr)
 
 
+@torch.library.register_fake("rnnkit::lstm_adjoint_steps")
+def _(src_h, src_c, src_a, dh_last, dc_last, k, f, coef, w_hh):
+    return coef.new_empty(coef.shape), k.new_empty(k.shape), k.new_empty(k.shape)
+
+
+@torch.library.register_fake("rnnkit::lstm_tangent_steps")
+def _(a_in, h0_dot, c0_dot, k, f, coef, w_hh):
+    return a_in.new_empty(a_in.shape), k.new_empty(k.shape), k.new_empty(k.shape)
+
+
 @_fake("lstm_cell")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     ws = input.new_empty((input.shape[0], _width("lstm", hx.shape[1])),

@@ -1,10 +1,11 @@
 // The CPU kernels of every cell's operators: the one time loop (time_loop.h) for each cell of
-// common/registry.h.
+// common/registry.h; and the LSTM's second-order recurrences (lstm_second_order.h).
 #include <torch/library.h>
 
 #include "../common/operators.h"
 #include "../common/registry.h"
 #include "blas.h"
+#include "lstm_second_order.h"
 #include "time_loop.h"
 #include "weights.h"
 
@@ -20,6 +21,8 @@ const char* cpu_bf16_path() { return cpu::reduced_path_name(); }
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
   rnnkit::Cells::for_each(
       [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
+  m.impl("lstm_adjoint_steps", &rnnkit::cpu::second_order::adjoint_steps);
+  m.impl("lstm_tangent_steps", &rnnkit::cpu::second_order::tangent_steps);
 }
 
 // TEST ONLY: the cells of rnnkit_testing (common/registry.h).

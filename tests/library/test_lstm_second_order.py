@@ -48,12 +48,16 @@ CASES = [  # T, N, I, H, bidirectional, bias, with states
 ]
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["C++ loops", "torch loops"])
 @pytest.mark.parametrize("T, N, I, H, bidirectional, bias, with_states", CASES,
                          ids=[f"T={c[0]} N={c[1]} I={c[2]} H={c[3]}"
                               f"{' bidir' if c[4] else ''}{'' if c[5] else ' no bias'}"
                               f"{' states' if c[6] else ''}" for c in CASES])
 def test_penalty_matches_the_recomputed_path_and_torch_nn(monkeypatch, T, N, I, H, bidirectional,
-                                                          bias, with_states):
+                                                          bias, with_states, native):
+    """On the CPU the two recurrences run in C++ (rnnkit::lstm_adjoint_steps, tangent_steps);
+    the loops of torch operations that other devices run are checked here on the CPU too."""
+    monkeypatch.setattr(lstm_second_order, "NATIVE_CPU_LOOPS", native)
     torch.manual_seed(T * 100 + H)
     theirs = torch.nn.LSTM(I, H, bias=bias, bidirectional=bidirectional).double()
     ours = rnnkit.from_torch(theirs)
@@ -161,3 +165,22 @@ def test_weight_gradients_the_engine_will_not_use_are_skipped(monkeypatch):
     module(x)[0].pow(2).sum().backward(create_graph=True)
     assert wanted == [(True, True, True)]
     assert all(p.grad is not None and p.grad.requires_grad for p in module.parameters())
+
+
+@pytest.mark.parametrize("op, args, match", [
+    ("lstm_tangent_steps", lambda: (torch.zeros(2, 3, 8), torch.zeros(3, 2), torch.zeros(3, 2),
+                                    torch.zeros(2, 3, 2), torch.zeros(2, 3, 2),
+                                    torch.zeros(2, 3, 8), torch.zeros(8, 3)),
+     r"expected w_hh as a contiguous CPU tensor of shape \[8, 2\].*got shape \[8, 3\]"),
+    ("lstm_adjoint_steps", lambda: (None, None, None, None, None, torch.zeros(2, 3, 2),
+                                    torch.zeros(3, 2, 2).transpose(0, 1), torch.zeros(2, 3, 8),
+                                    torch.zeros(8, 2)),
+     r"expected f as a contiguous CPU tensor of shape \[2, 3, 2\]"),
+    ("lstm_adjoint_steps", lambda: (None, None, None, None, None, torch.zeros(2, 3, 2).half(),
+                                    torch.zeros(2, 3, 2), torch.zeros(2, 3, 8),
+                                    torch.zeros(8, 2)),
+     "expected float32 or float64, got Half"),
+])
+def test_the_recurrence_operators_name_what_they_expected(op, args, match):
+    with pytest.raises(RuntimeError, match=match):
+        getattr(ops, op)(*args())

@@ -1,0 +1,194 @@
+// The two recurrences of the LSTM layer's second-order path (rnnkit/lstm_second_order.py), on
+// the CPU: each step's product with W_hh through WeightB (MKL's packed sgemm, the weight packed
+// once per call) and the step's pointwise work in one pass over its rows. The Python module
+// arranges the inputs per step in processing order (step t is [t] of every [T, N, .] tensor)
+// and keeps a loop of torch operations for the other backends; its docstring has the equations.
+//
+//   lstm_adjoint_steps: per step, last to first,
+//     dh_t = src_h[t] + (t < T-1 ? da_{t+1} W_hh : dh_last)
+//     dc_t = dh_t k_t + src_c[t] + (t < T-1 ? dc_{t+1} f_{t+1} : dc_last)
+//     da_t = [dc_t, dc_t, dc_t, dh_t] * coef_t + src_a[t]
+//   lstm_tangent_steps: per step, first to last,
+//     a_t = a_in[t] + h_{t-1} W_hh^T
+//     c_t = f_t c_{t-1} + sum over gates i, f, g of a_t[gate] coef_t[gate]
+//     h_t = a_t[o] coef_t[o] + k_t c_t
+// with h_{-1} = h0, c_{-1} = c0. Absent sources (None) are zero.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+
+#include "weights.h"
+
+namespace rnnkit {
+namespace cpu {
+namespace second_order {
+
+// A tensor of `shape`, contiguous, on the CPU, in `dtype`; named in the error.
+inline void check(const char* op, const char* name, const at::Tensor& t,
+                  c10::IntArrayRef shape, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype && t.sizes() == shape &&
+                  t.is_contiguous(),
+              "rnnkit::", op, ": expected ", name, " as a contiguous CPU tensor of shape ", shape,
+              " and dtype ", dtype, ", got shape ", t.sizes(), ", dtype ", t.scalar_type(),
+              ", device ", t.device(), t.is_contiguous() ? "" : ", not contiguous");
+}
+
+inline void check(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                  c10::IntArrayRef shape, at::ScalarType dtype) {
+  if (t.has_value()) check(op, name, *t, shape, dtype);
+}
+
+template <typename T>
+const T* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+// Rows per task of the pointwise pass: small steps stay on one thread.
+inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1)); }
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
+    const std::optional<at::Tensor>& src_h, const std::optional<at::Tensor>& src_c,
+    const std::optional<at::Tensor>& src_a, const std::optional<at::Tensor>& dh_last,
+    const std::optional<at::Tensor>& dc_last, const at::Tensor& k, const at::Tensor& f,
+    const at::Tensor& coef, const at::Tensor& w_hh) {
+  constexpr const char* op = "lstm_adjoint_steps";
+  TORCH_CHECK(k.dim() == 3, "rnnkit::", op, ": expected k of shape [T, N, H], got ", k.sizes());
+  const int64_t T = k.size(0), N = k.size(1), H = k.size(2), G = 4 * H;
+  const auto dtype = k.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkit::", op,
+              ": expected float32 or float64, got ", dtype);
+  check(op, "k", k, {T, N, H}, dtype);
+  check(op, "f", f, {T, N, H}, dtype);
+  check(op, "coef", coef, {T, N, G}, dtype);
+  check(op, "w_hh", w_hh, {G, H}, dtype);
+  check(op, "src_h", src_h, {T, N, H}, dtype);
+  check(op, "src_c", src_c, {T, N, H}, dtype);
+  check(op, "src_a", src_a, {T, N, G}, dtype);
+  check(op, "dh_last", dh_last, {N, H}, dtype);
+  check(op, "dc_last", dc_last, {N, H}, dtype);
+  at::Tensor da = at::empty({T, N, G}, k.options());
+  at::Tensor dh = at::empty({T, N, H}, k.options());
+  at::Tensor dc = at::empty({T, N, H}, k.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, op, [&] {
+    using V = scalar_t;
+    const V *sh = data_or_null<V>(src_h), *sc = data_or_null<V>(src_c),
+            *sa = data_or_null<V>(src_a), *hl = data_or_null<V>(dh_last),
+            *cl = data_or_null<V>(dc_last);
+    const V *kp = k.const_data_ptr<V>(), *fp = f.const_data_ptr<V>(),
+            *cp = coef.const_data_ptr<V>();
+    V *dap = da.data_ptr<V>(), *dhp = dh.data_ptr<V>(), *dcp = dc.data_ptr<V>();
+    // da_{t+1} [N, 4H] times W_hh [4H, H]: op(B) = W_hh as stored, K = 4H, Nc = H.
+    const WeightB<V, V> w(/*trans_b=*/false, N, H, G, w_hh.const_data_ptr<V>(), H,
+                          /*pack=*/T > 1);
+    const int64_t NH = N * H, NG = N * G;
+    // One step's pointwise pass over rows [n0, n1), with the sources that are present.
+    const auto rows = [&]<bool kSrcC, bool kSrcA>(int64_t t, bool last, int64_t n0, int64_t n1) {
+      const V* carry_dc = last ? cl : dcp + (t + 1) * NH;  // dc_last, or dc_{t+1} ...
+      const V* carry_f = last ? nullptr : fp + (t + 1) * NH;  // ... times f_{t+1}
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t r = n * H;
+        const V* dhr = dhp + t * NH + r;
+        const V* kr = kp + t * NH + r;
+        V* dcr = dcp + t * NH + r;
+        for (int64_t j = 0; j < H; ++j) {
+          V v = dhr[j] * kr[j];
+          if constexpr (kSrcC) v += sc[t * NH + r + j];
+          if (carry_f != nullptr) v += carry_dc[r + j] * carry_f[r + j];
+          else if (carry_dc != nullptr) v += carry_dc[r + j];
+          dcr[j] = v;
+        }
+        const V* co = cp + t * NG + n * G;
+        V* dar = dap + t * NG + n * G;
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          const V* v = gate < 3 ? dcr : dhr;
+          for (int64_t j = 0; j < H; ++j) {
+            V d = v[j] * co[gate * H + j];
+            if constexpr (kSrcA) d += sa[t * NG + n * G + gate * H + j];
+            dar[gate * H + j] = d;
+          }
+        }
+      }
+    };
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const bool last = t == T - 1;
+      V* dh_t = dhp + t * NH;
+      if (sh != nullptr) std::copy(sh + t * NH, sh + (t + 1) * NH, dh_t);
+      else std::fill(dh_t, dh_t + NH, V(0));
+      if (last && hl != nullptr)
+        for (int64_t e = 0; e < NH; ++e) dh_t[e] += hl[e];
+      if (!last) w.multiply(N, dap + (t + 1) * NG, G, V(1), dh_t, H);
+      at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
+        if (sc != nullptr && sa != nullptr) rows.template operator()<true, true>(t, last, n0, n1);
+        else if (sc != nullptr) rows.template operator()<true, false>(t, last, n0, n1);
+        else if (sa != nullptr) rows.template operator()<false, true>(t, last, n0, n1);
+        else rows.template operator()<false, false>(t, last, n0, n1);
+      });
+    }
+  });
+  return {da, dh, dc};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
+    const at::Tensor& a_in, const at::Tensor& h0_dot, const at::Tensor& c0_dot,
+    const at::Tensor& k, const at::Tensor& f, const at::Tensor& coef, const at::Tensor& w_hh) {
+  constexpr const char* op = "lstm_tangent_steps";
+  TORCH_CHECK(k.dim() == 3, "rnnkit::", op, ": expected k of shape [T, N, H], got ", k.sizes());
+  const int64_t T = k.size(0), N = k.size(1), H = k.size(2), G = 4 * H;
+  const auto dtype = k.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkit::", op,
+              ": expected float32 or float64, got ", dtype);
+  check(op, "a_in", a_in, {T, N, G}, dtype);
+  check(op, "h0_dot", h0_dot, {N, H}, dtype);
+  check(op, "c0_dot", c0_dot, {N, H}, dtype);
+  check(op, "k", k, {T, N, H}, dtype);
+  check(op, "f", f, {T, N, H}, dtype);
+  check(op, "coef", coef, {T, N, G}, dtype);
+  check(op, "w_hh", w_hh, {G, H}, dtype);
+  at::Tensor a_dot = a_in.clone();
+  at::Tensor c_dot = at::empty({T, N, H}, k.options());
+  at::Tensor h_dot = at::empty({T, N, H}, k.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, op, [&] {
+    using V = scalar_t;
+    const V *kp = k.const_data_ptr<V>(), *fp = f.const_data_ptr<V>(),
+            *cp = coef.const_data_ptr<V>();
+    V *ap = a_dot.data_ptr<V>(), *cdp = c_dot.data_ptr<V>(), *hdp = h_dot.data_ptr<V>();
+    // h_{t-1} [N, H] times W_hh^T: W_hh is [4H, H] = [Nc, K], so trans_b.
+    const WeightB<V, V> w(/*trans_b=*/true, N, G, H, w_hh.const_data_ptr<V>(), H,
+                          /*pack=*/T > 1);
+    const int64_t NH = N * H, NG = N * G;
+    const V* h_prev = h0_dot.const_data_ptr<V>();
+    const V* c_prev = c0_dot.const_data_ptr<V>();
+    for (int64_t t = 0; t < T; ++t) {
+      V* a_t = ap + t * NG;
+      w.multiply(N, h_prev, H, V(1), a_t, G);
+      V* c_t = cdp + t * NH;
+      V* h_t = hdp + t * NH;
+      at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) {
+          const V* a = a_t + n * G;
+          const V* co = cp + t * NG + n * G;
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t e = t * NH + n * H + j;
+            const V c = fp[e] * c_prev[n * H + j] + a[j] * co[j] + a[H + j] * co[H + j] +
+                        a[2 * H + j] * co[2 * H + j];
+            c_t[n * H + j] = c;
+            h_t[n * H + j] = a[3 * H + j] * co[3 * H + j] + kp[e] * c;
+          }
+        }
+      });
+      h_prev = h_t;
+      c_prev = c_t;
+    }
+  });
+  return {a_dot, c_dot, h_dot};
+}
+
+}  // namespace second_order
+}  // namespace cpu
+}  // namespace rnnkit
