@@ -36,6 +36,8 @@ TORCH_LIBRARY(rnnkit, m) {
         "Tensor dh, Tensor dc)");
   m.def("lstm_tangent_steps(Tensor a_in, Tensor h0_dot, Tensor c0_dot, Tensor k, Tensor f, "
         "Tensor coef, Tensor w_hh) -> (Tensor a_dot, Tensor c_dot, Tensor h_dot)");
+  m.def("lstm_second_order_sources(Tensor steps, Tensor c_prev, Tensor tau, Tensor a_dot, "
+        "Tensor c_dot, Tensor c0_dot, Tensor dh, Tensor dc) -> (Tensor src_a, Tensor src_c)");
 }
 
 // TEST ONLY: cells that exist to test the cell machinery (common/registry.h); not rnnkit's API.

@@ -99,6 +99,7 @@ class _Steps:
         self.native = NATIVE_CPU_LOOPS and x.device.type == "cpu"
         if self.native:
             self.f_contiguous = f.contiguous()
+            self.rows = ws.contiguous()  # [T, N, 5H]: i, f, g, o, c per row
 
     def second(self) -> Tensor:
         """coef's derivative through each gate's own activation: σ'' = σ'(1-2s), tanh'' =
@@ -177,6 +178,33 @@ def _tangent(s: _Steps, w_hh: Tensor, a_in: Tensor, h0_dot: Tensor, c0_dot: Tens
     return a_dot, c_dot, h_dot
 
 
+def _sources(s: _Steps, a_dot: Tensor, c_dot: Tensor, c0_dot: Tensor, dh: Tensor, dc: Tensor):
+    """The second adjoint's sources, ∂/∂(gates, c) of ⟨δ, tangent⟩. On the pre-activations of
+    gates i, f, g, o:
+        src_a = [dc, dc, dc, dh] ⊙ (coef' ⊙ ȧ + act ⊙ [ġ, ċ_prev, i̇, tanh'(c) ċ])
+    (coef' = _Steps.second()); on c_t: src_c = dh tanh'(c) (ȯ - 2 o τ ċ) + dc_{t+1} ḟ_{t+1}.
+    (The source on h_{t-1}, da_t v_w_hh, is a product: LstmGrad.backward adds it.)"""
+    if s.native:
+        return torch.ops.rnnkit.lstm_second_order_sources(s.rows, s.c_prev, s.tau, a_dot, c_dot,
+                                                         c0_dot.contiguous(), dh, dc)
+    T, N, H = s.T, s.N, s.H
+    act = s.act
+    src_a = s.second().mul_(a_dot)
+    i_dot, f_dot, g_dot, o_dot = (a_dot[..., k * H:(k + 1) * H] * act[..., k * H:(k + 1) * H]
+                                  for k in range(4))
+    c_prev_dot = torch.cat([c0_dot.unsqueeze(0), c_dot[:-1]])
+    src_i, src_f, src_g, src_o = src_a.split(H, dim=-1)
+    src_i.addcmul_(act[..., :H], g_dot)
+    src_f.addcmul_(act[..., H:2 * H], c_prev_dot)
+    src_g.addcmul_(act[..., 2 * H:3 * H], i_dot)
+    src_o.addcmul_(act[..., 3 * H:], s.tanh_prime * c_dot)
+    src_a[..., :3 * H].view(T, N, 3, H).mul_(dc.unsqueeze(2))
+    src_o.mul_(dh)
+    src_c = (o_dot - 2 * s.o * s.tau * c_dot).mul_(s.tanh_prime).mul_(dh)
+    src_c[:-1].addcmul_(dc[1:], f_dot[1:])  # c_t multiplies ḟ_{t+1} in ċ_{t+1}
+    return src_a, src_c
+
+
 def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
@@ -243,25 +271,9 @@ class LstmGrad(torch.autograd.Function):
         if not any(needs[:7]):
             return (None,) * 7 + (g_output, g_h_n, g_c_n) + (None,) * 4
 
-        # Second-derivative sources of the backward through the forward: ∂/∂(gates, c, h_prev)
-        # of ⟨δ, tangent⟩. On the pre-activations of gates i, f, g, o:
-        #   [dc, dc, dc, dh] ⊙ (coef' ⊙ ȧ + act ⊙ [ġ, ċ_prev, i̇, tanh'(c) ċ])
-        # (coef' = _Steps.second()); on c_t: dh tanh'(c) (ȯ - 2 o τ ċ) + dc_{t+1} ḟ_{t+1}; on
-        # h_{t-1}: da_t v_w_hh.
-        act = s.act
-        src_a = s.second().mul_(a_dot)
-        i_dot, f_dot, g_dot, o_dot = (a_dot[..., k * H:(k + 1) * H] * act[..., k * H:(k + 1) * H]
-                                      for k in range(4))
-        c_prev_dot = torch.cat([c0_dot.unsqueeze(0), c_dot[:-1]])
-        src_i, src_f, src_g, src_o = src_a.split(H, dim=-1)
-        src_i.addcmul_(act[..., :H], g_dot)
-        src_f.addcmul_(act[..., H:2 * H], c_prev_dot)
-        src_g.addcmul_(act[..., 2 * H:3 * H], i_dot)
-        src_o.addcmul_(act[..., 3 * H:], s.tanh_prime * c_dot)
-        src_a[..., :3 * H].view(T, N, 3, H).mul_(dc.unsqueeze(2))
-        src_o.mul_(dh)
-        src_c = (o_dot - 2 * s.o * s.tau * c_dot).mul_(s.tanh_prime).mul_(dh)
-        src_c[:-1].addcmul_(dc[1:], f_dot[1:])  # c_t multiplies ḟ_{t+1} in ċ_{t+1}
+        # Second-derivative sources of the backward through the forward (_sources).
+        src_a, src_c = _sources(s, a_dot, c_dot, c0_dot, dh, dc)
+        f_dot0 = a_dot[0, :, H:2 * H] * s.act[0, :, H:2 * H]  # ḟ of the first step
         src_h = None
         if v_w_hh is not None:
             src_h = torch.zeros_like(dh)
@@ -280,7 +292,7 @@ class LstmGrad(torch.autograd.Function):
             if v_w_hh is not None:
                 g_h0.addmm_(da[0], v_w_hh)
         if needs[2]:
-            g_c0 = lam_c[0] * s.f[0] + dc[0] * f_dot[0]
+            g_c0 = lam_c[0] * s.f[0] + dc[0] * f_dot0
         if needs[3]:
             g_w_ih = flat_lam.t() @ _flat(s.x)
             if x_dot is not None:

@@ -132,6 +132,11 @@ def _(a_in, h0_dot, c0_dot, k, f, coef, w_hh):
     return a_in.new_empty(a_in.shape), k.new_empty(k.shape), k.new_empty(k.shape)
 
 
+@torch.library.register_fake("rnnkit::lstm_second_order_sources")
+def _(steps, c_prev, tau, a_dot, c_dot, c0_dot, dh, dc):
+    return a_dot.new_empty(a_dot.shape), c_dot.new_empty(c_dot.shape)
+
+
 @_fake("lstm_cell")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     ws = input.new_empty((input.shape[0], _width("lstm", hx.shape[1])),

@@ -189,6 +189,79 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
   return {a_dot, c_dot, h_dot};
 }
 
+// The sources of the second adjoint (rnnkit/lstm_second_order.py, LstmGrad.backward), in one
+// pass over every step: with the gates i, f, g, o and cell state c of the workspace rows
+// (steps [T, N, 5H]), τ = tanh(c), the activations' derivatives act = [i(1-i), f(1-f), 1-g²,
+// o(1-o)], their own derivatives coef' = act [g (1-2i), c_prev (1-2f), -2 g i, τ (1-2o)], the
+// tangents ȧ (a_dot) and ċ (c_dot, c0_dot before the first step), and the first backward's dh, dc:
+//   src_a = [dc, dc, dc, dh] * (coef' ȧ + act [ġ, ċ_prev, i̇, (1-τ²) ċ])
+//   src_c = dh (1-τ²) (ȯ - 2 o τ ċ) + dc_{t+1} ḟ_{t+1}
+// where i̇ = act_i ȧ_i and so on.
+inline std::tuple<at::Tensor, at::Tensor> sources(const at::Tensor& steps,
+                                                  const at::Tensor& c_prev,
+                                                  const at::Tensor& tau, const at::Tensor& a_dot,
+                                                  const at::Tensor& c_dot,
+                                                  const at::Tensor& c0_dot, const at::Tensor& dh,
+                                                  const at::Tensor& dc) {
+  constexpr const char* op = "lstm_second_order_sources";
+  TORCH_CHECK(tau.dim() == 3, "rnnkit::", op, ": expected tau of shape [T, N, H], got ",
+              tau.sizes());
+  const int64_t T = tau.size(0), N = tau.size(1), H = tau.size(2), G = 4 * H;
+  const auto dtype = tau.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkit::", op,
+              ": expected float32 or float64, got ", dtype);
+  check(op, "steps", steps, {T, N, 5 * H}, dtype);
+  check(op, "c_prev", c_prev, {T, N, H}, dtype);
+  check(op, "tau", tau, {T, N, H}, dtype);
+  check(op, "a_dot", a_dot, {T, N, G}, dtype);
+  check(op, "c_dot", c_dot, {T, N, H}, dtype);
+  check(op, "c0_dot", c0_dot, {N, H}, dtype);
+  check(op, "dh", dh, {T, N, H}, dtype);
+  check(op, "dc", dc, {T, N, H}, dtype);
+  at::Tensor src_a = at::empty({T, N, G}, tau.options());
+  at::Tensor src_c = at::empty({T, N, H}, tau.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, op, [&] {
+    using V = scalar_t;
+    const V *ws = steps.const_data_ptr<V>(), *cpp = c_prev.const_data_ptr<V>(),
+            *tp = tau.const_data_ptr<V>(), *ad = a_dot.const_data_ptr<V>(),
+            *cd = c_dot.const_data_ptr<V>(), *c0d = c0_dot.const_data_ptr<V>(),
+            *dhp = dh.const_data_ptr<V>(), *dcp = dc.const_data_ptr<V>();
+    V *sap = src_a.data_ptr<V>(), *scp = src_c.data_ptr<V>();
+    const int64_t NH = N * H;
+    at::parallel_for(0, T * N, grain(H), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {  // r = t * N + n
+        const int64_t t = r / N, n = r % N;
+        const V* w = ws + r * 5 * H;  // i, f, g, o, c
+        const V* w_next = t + 1 < T ? w + N * 5 * H : nullptr;
+        const V* a = ad + r * G;
+        const V* a_next = t + 1 < T ? a + N * G : nullptr;
+        const V* cdot_prev = t > 0 ? cd + (r - N) * H : c0d + n * H;
+        V* sa = sap + r * G;
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t e = r * H + j;
+          const V i = w[j], f = w[H + j], g = w[2 * H + j], o = w[3 * H + j];
+          const V ta = tp[e], tanh_prime = V(1) - ta * ta, cdot = cd[e];
+          const V act_i = i * (V(1) - i), act_f = f * (V(1) - f), act_g = V(1) - g * g,
+                  act_o = o * (V(1) - o);
+          const V ai = a[j], af = a[H + j], ag = a[2 * H + j], ao = a[3 * H + j];
+          const V dcv = dcp[e], dhv = dhp[e];
+          sa[j] = dcv * (act_i * g * (V(1) - 2 * i) * ai + act_i * act_g * ag);
+          sa[H + j] = dcv * (act_f * cpp[e] * (V(1) - 2 * f) * af + act_f * cdot_prev[j]);
+          sa[2 * H + j] = dcv * (-2 * act_g * g * i * ag + act_g * act_i * ai);
+          sa[3 * H + j] = dhv * (act_o * ta * (V(1) - 2 * o) * ao + act_o * tanh_prime * cdot);
+          V c = dhv * tanh_prime * (act_o * ao - 2 * o * ta * cdot);
+          if (w_next != nullptr) {
+            const V f_next = w_next[H + j];
+            c += dcp[e + NH] * f_next * (V(1) - f_next) * a_next[H + j];
+          }
+          scp[e] = c;
+        }
+      }
+    });
+  });
+  return {src_a, src_c};
+}
+
 }  // namespace second_order
 }  // namespace cpu
 }  // namespace rnnkit

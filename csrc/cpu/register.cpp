@@ -23,6 +23,7 @@ TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
       [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
   m.impl("lstm_adjoint_steps", &rnnkit::cpu::second_order::adjoint_steps);
   m.impl("lstm_tangent_steps", &rnnkit::cpu::second_order::tangent_steps);
+  m.impl("lstm_second_order_sources", &rnnkit::cpu::second_order::sources);
 }
 
 // TEST ONLY: the cells of rnnkit_testing (common/registry.h).
