@@ -32,10 +32,10 @@ TORCH_LIBRARY(rnnkit, m) {
   // The LSTM layer's second-order recurrences (rnnkit/lstm_second_order.py; CPU kernels in
   // cpu/lstm_second_order.h, which states the equations). Not differentiable themselves.
   m.def("lstm_adjoint_steps(Tensor? src_h, Tensor? src_c, Tensor? src_a, Tensor? dh_last, "
-        "Tensor? dc_last, Tensor k, Tensor f, Tensor coef, Tensor w_hh) -> (Tensor da, "
+        "Tensor? dc_last, Tensor steps, Tensor c_prev, Tensor tau, Tensor w_hh) -> (Tensor da, "
         "Tensor dh, Tensor dc)");
-  m.def("lstm_tangent_steps(Tensor a_in, Tensor h0_dot, Tensor c0_dot, Tensor k, Tensor f, "
-        "Tensor coef, Tensor w_hh) -> (Tensor a_dot, Tensor c_dot, Tensor h_dot)");
+  m.def("lstm_tangent_steps(Tensor a_in, Tensor h0_dot, Tensor c0_dot, Tensor steps, "
+        "Tensor c_prev, Tensor tau, Tensor w_hh) -> (Tensor a_dot, Tensor c_dot, Tensor h_dot)");
   m.def("lstm_second_order_sources(Tensor steps, Tensor c_prev, Tensor tau, Tensor a_dot, "
         "Tensor c_dot, Tensor c0_dot, Tensor dh, Tensor dc) -> (Tensor src_a, Tensor src_c)");
 }

@@ -27,6 +27,7 @@ tangent (ȧ, ċ, ḣ); δ the first backward's adjoints; λ the second backward'
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -84,22 +85,41 @@ class _Steps:
         self.h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
         self.c_prev = torch.cat([c0.unsqueeze(0), self.c[:-1]])
         self.tau = torch.tanh(self.c)
-        self.tanh_prime = 1 - self.tau * self.tau  # tanh'(c)
-        self.k = o * self.tanh_prime  # ∂h/∂c
-        # derivative of each activation at its pre-activation: σ' = s(1-s), tanh' = 1-g²
-        self.act = torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], dim=-1)
-        # ∂(i, f, g, o)/∂(pre-activation) times what multiplies each gate in c and h:
-        # da = [dc g σ'(i), dc c_prev σ'(f), dc i tanh'(g), dh τ σ'(o)]
-        self.coef = self.act * torch.cat([g, self.c_prev, i, self.tau], dim=-1)
-        self.coef3 = self.coef[..., :3 * H].view(T, N, 3, H)  # i, f, g
-        self.coef_o = self.coef[..., 3 * H:]
         self.T, self.N, self.H = T, N, H
-        # The recurrences run in C++ on the CPU (rnnkit::lstm_adjoint_steps, lstm_tangent_steps),
-        # as loops of torch operations elsewhere.
+        # The recurrences run in C++ on the CPU (rnnkit::lstm_adjoint_steps, lstm_tangent_steps,
+        # lstm_second_order_sources: they read the workspace rows and form the coefficients
+        # below themselves), as loops of torch operations elsewhere.
         self.native = NATIVE_CPU_LOOPS and x.device.type == "cpu"
         if self.native:
-            self.f_contiguous = f.contiguous()
             self.rows = ws.contiguous()  # [T, N, 5H]: i, f, g, o, c per row
+
+    @functools.cached_property
+    def tanh_prime(self) -> Tensor:
+        return 1 - self.tau * self.tau  # tanh'(c)
+
+    @functools.cached_property
+    def k(self) -> Tensor:
+        return self.o * self.tanh_prime  # ∂h/∂c
+
+    @functools.cached_property
+    def act(self) -> Tensor:
+        """The derivative of each activation at its pre-activation: σ' = s(1-s), tanh' = 1-g²."""
+        i, f, g, o = self.i, self.f, self.g, self.o
+        return torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], dim=-1)
+
+    @functools.cached_property
+    def coef(self) -> Tensor:
+        """∂(i, f, g, o)/∂(pre-activation) times what multiplies each gate in c and h:
+        da = [dc g σ'(i), dc c_prev σ'(f), dc i tanh'(g), dh τ σ'(o)]."""
+        return self.act * torch.cat([self.g, self.c_prev, self.i, self.tau], dim=-1)
+
+    @property
+    def coef3(self) -> Tensor:  # gates i, f, g: [T, N, 3, H]
+        return self.coef[..., :3 * self.H].view(self.T, self.N, 3, self.H)
+
+    @property
+    def coef_o(self) -> Tensor:
+        return self.coef[..., 3 * self.H:]
 
     def second(self) -> Tensor:
         """coef's derivative through each gate's own activation: σ'' = σ'(1-2s), tanh'' =
@@ -119,7 +139,7 @@ def _adjoint(s: _Steps, w_hh: Tensor, src_h: Optional[Tensor], src_c: Optional[T
         return torch.ops.rnnkit.lstm_adjoint_steps(
             *(None if t is None else t.contiguous() for t in (src_h, src_c, src_a, dh_last,
                                                                 dc_last)),
-            s.k, s.f_contiguous, s.coef, w_hh.contiguous())
+            s.rows, s.c_prev, s.tau, w_hh.contiguous())
     T, N, H = s.T, s.N, s.H
     da = s.c.new_empty((T, N, 4 * H))
     dh = s.c.new_empty((T, N, H))
@@ -161,8 +181,8 @@ def _tangent(s: _Steps, w_hh: Tensor, a_in: Tensor, h0_dot: Tensor, c0_dot: Tens
     Returns ȧ [T, N, 4H], ċ [T, N, H], ḣ [T, N, H]."""
     if s.native:
         return torch.ops.rnnkit.lstm_tangent_steps(a_in.contiguous(), h0_dot.contiguous(),
-                                                   c0_dot.contiguous(), s.k, s.f_contiguous,
-                                                   s.coef, w_hh.contiguous())
+                                                   c0_dot.contiguous(), s.rows, s.c_prev, s.tau,
+                                                   w_hh.contiguous())
     T, N, H = s.T, s.N, s.H
     a_dot = torch.empty_like(a_in)
     c_dot = a_in.new_empty((T, N, H))
@@ -273,7 +293,8 @@ class LstmGrad(torch.autograd.Function):
 
         # Second-derivative sources of the backward through the forward (_sources).
         src_a, src_c = _sources(s, a_dot, c_dot, c0_dot, dh, dc)
-        f_dot0 = a_dot[0, :, H:2 * H] * s.act[0, :, H:2 * H]  # ḟ of the first step
+        f0 = s.f[0]
+        f_dot0 = a_dot[0, :, H:2 * H] * f0 * (1 - f0)  # ḟ of the first step
         src_h = None
         if v_w_hh is not None:
             src_h = torch.zeros_like(dh)

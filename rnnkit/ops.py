@@ -123,13 +123,14 @@ def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w
 
 
 @torch.library.register_fake("rnnkit::lstm_adjoint_steps")
-def _(src_h, src_c, src_a, dh_last, dc_last, k, f, coef, w_hh):
-    return coef.new_empty(coef.shape), k.new_empty(k.shape), k.new_empty(k.shape)
+def _(src_h, src_c, src_a, dh_last, dc_last, steps, c_prev, tau, w_hh):
+    return tau.new_empty((*tau.shape[:2], 4 * tau.shape[2])), torch.empty_like(tau), \
+        torch.empty_like(tau)
 
 
 @torch.library.register_fake("rnnkit::lstm_tangent_steps")
-def _(a_in, h0_dot, c0_dot, k, f, coef, w_hh):
-    return a_in.new_empty(a_in.shape), k.new_empty(k.shape), k.new_empty(k.shape)
+def _(a_in, h0_dot, c0_dot, steps, c_prev, tau, w_hh):
+    return torch.empty_like(a_in), torch.empty_like(tau), torch.empty_like(tau)
 
 
 @torch.library.register_fake("rnnkit::lstm_second_order_sources")

@@ -4,6 +4,10 @@
 // arranges the inputs per step in processing order (step t is [t] of every [T, N, .] tensor)
 // and keeps a loop of torch operations for the other backends; its docstring has the equations.
 //
+// Each reads the forward per step as check_forward() says (the workspace rows, c_prev, tanh(c))
+// and forms the coefficients itself: k = ∂h/∂c = o (1 - τ²) and, per gate, coef =
+// ∂(c or h)/∂(pre-activation) = [i(1-i) g, f(1-f) c_prev, (1-g²) i, o(1-o) τ].
+//
 //   lstm_adjoint_steps: per step, last to first,
 //     dh_t = src_h[t] + (t < T-1 ? da_{t+1} W_hh : dh_last)
 //     dc_t = dh_t k_t + src_c[t] + (t < T-1 ? dc_{t+1} f_{t+1} : dc_last)
@@ -49,39 +53,53 @@ const T* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
 
-// Rows per task of the pointwise pass: small steps stay on one thread.
+// Rows per task of the pointwise passes: small steps stay on one thread.
 inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1)); }
+
+// The forward of one layer call per step, as every kernel here reads it: steps [T, N, 5H], the
+// workspace rows (i, f, g, o, c) in processing order; c_prev [T, N, H]; tau = tanh(c) [T, N, H].
+// Checks them and returns T, N, H.
+inline std::tuple<int64_t, int64_t, int64_t> check_forward(const char* op,
+                                                           const at::Tensor& steps,
+                                                           const at::Tensor& c_prev,
+                                                           const at::Tensor& tau) {
+  TORCH_CHECK(tau.dim() == 3, "rnnkit::", op, ": expected tau of shape [T, N, H], got ",
+              tau.sizes());
+  const int64_t T = tau.size(0), N = tau.size(1), H = tau.size(2);
+  const auto dtype = tau.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkit::", op,
+              ": expected float32 or float64, got ", dtype);
+  check(op, "tau", tau, {T, N, H}, dtype);
+  check(op, "steps", steps, {T, N, 5 * H}, dtype);
+  check(op, "c_prev", c_prev, {T, N, H}, dtype);
+  return {T, N, H};
+}
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
     const std::optional<at::Tensor>& src_h, const std::optional<at::Tensor>& src_c,
     const std::optional<at::Tensor>& src_a, const std::optional<at::Tensor>& dh_last,
-    const std::optional<at::Tensor>& dc_last, const at::Tensor& k, const at::Tensor& f,
-    const at::Tensor& coef, const at::Tensor& w_hh) {
+    const std::optional<at::Tensor>& dc_last, const at::Tensor& steps, const at::Tensor& c_prev,
+    const at::Tensor& tau, const at::Tensor& w_hh) {
   constexpr const char* op = "lstm_adjoint_steps";
-  TORCH_CHECK(k.dim() == 3, "rnnkit::", op, ": expected k of shape [T, N, H], got ", k.sizes());
-  const int64_t T = k.size(0), N = k.size(1), H = k.size(2), G = 4 * H;
-  const auto dtype = k.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkit::", op,
-              ": expected float32 or float64, got ", dtype);
-  check(op, "k", k, {T, N, H}, dtype);
-  check(op, "f", f, {T, N, H}, dtype);
-  check(op, "coef", coef, {T, N, G}, dtype);
+  const auto [T, N, H] = check_forward(op, steps, c_prev, tau);
+  const int64_t G = 4 * H;
+  const auto dtype = tau.scalar_type();
   check(op, "w_hh", w_hh, {G, H}, dtype);
   check(op, "src_h", src_h, {T, N, H}, dtype);
   check(op, "src_c", src_c, {T, N, H}, dtype);
   check(op, "src_a", src_a, {T, N, G}, dtype);
   check(op, "dh_last", dh_last, {N, H}, dtype);
   check(op, "dc_last", dc_last, {N, H}, dtype);
-  at::Tensor da = at::empty({T, N, G}, k.options());
-  at::Tensor dh = at::empty({T, N, H}, k.options());
-  at::Tensor dc = at::empty({T, N, H}, k.options());
+  at::Tensor da = at::empty({T, N, G}, tau.options());
+  at::Tensor dh = at::empty({T, N, H}, tau.options());
+  at::Tensor dc = at::empty({T, N, H}, tau.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, op, [&] {
     using V = scalar_t;
     const V *sh = data_or_null<V>(src_h), *sc = data_or_null<V>(src_c),
             *sa = data_or_null<V>(src_a), *hl = data_or_null<V>(dh_last),
             *cl = data_or_null<V>(dc_last);
-    const V *kp = k.const_data_ptr<V>(), *fp = f.const_data_ptr<V>(),
-            *cp = coef.const_data_ptr<V>();
+    const V *ws = steps.const_data_ptr<V>(), *cpp = c_prev.const_data_ptr<V>(),
+            *tp = tau.const_data_ptr<V>();
     V *dap = da.data_ptr<V>(), *dhp = dh.data_ptr<V>(), *dcp = dc.data_ptr<V>();
     // da_{t+1} [N, 4H] times W_hh [4H, H]: op(B) = W_hh as stored, K = 4H, Nc = H.
     const WeightB<V, V> w(/*trans_b=*/false, N, H, G, w_hh.const_data_ptr<V>(), H,
@@ -89,29 +107,44 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
     const int64_t NH = N * H, NG = N * G;
     // One step's pointwise pass over rows [n0, n1), with the sources that are present.
     const auto rows = [&]<bool kSrcC, bool kSrcA>(int64_t t, bool last, int64_t n0, int64_t n1) {
-      const V* carry_dc = last ? cl : dcp + (t + 1) * NH;  // dc_last, or dc_{t+1} ...
-      const V* carry_f = last ? nullptr : fp + (t + 1) * NH;  // ... times f_{t+1}
       for (int64_t n = n0; n < n1; ++n) {
-        const int64_t r = n * H;
-        const V* dhr = dhp + t * NH + r;
-        const V* kr = kp + t * NH + r;
-        V* dcr = dcp + t * NH + r;
+        const int64_t r = t * N + n;  // the row, over all steps
+        const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
+        const V* f_next = last ? nullptr : f + N * 5 * H;
+        const V* dc_next =  // this row of dc_last (if any), or of dc_{t+1}
+            last ? (cl != nullptr ? cl + n * H : nullptr) : dcp + (r + N) * H;
+        const V *cpr = cpp + r * H, *ta = tp + r * H, *dhr = dhp + r * H;
+        const V* scr = kSrcC ? sc + r * H : nullptr;
+        const V* sar = kSrcA ? sa + r * G : nullptr;
+        V* dcr = dcp + r * H;
+        V* dar = dap + r * G;
         for (int64_t j = 0; j < H; ++j) {
-          V v = dhr[j] * kr[j];
-          if constexpr (kSrcC) v += sc[t * NH + r + j];
-          if (carry_f != nullptr) v += carry_dc[r + j] * carry_f[r + j];
-          else if (carry_dc != nullptr) v += carry_dc[r + j];
+          V v = dhr[j] * o[j] * (V(1) - ta[j] * ta[j]);  // dh k
+          if constexpr (kSrcC) v += scr[j];
+          if (f_next != nullptr) v += dc_next[j] * f_next[j];
+          else if (dc_next != nullptr) v += dc_next[j];
           dcr[j] = v;
         }
-        const V* co = cp + t * NG + n * G;
-        V* dar = dap + t * NG + n * G;
-        for (int64_t gate = 0; gate < 4; ++gate) {
-          const V* v = gate < 3 ? dcr : dhr;
-          for (int64_t j = 0; j < H; ++j) {
-            V d = v[j] * co[gate * H + j];
-            if constexpr (kSrcA) d += sa[t * NG + n * G + gate * H + j];
-            dar[gate * H + j] = d;
-          }
+        // da = [dc, dc, dc, dh] * [i(1-i) g, f(1-f) c_prev, (1-g²) i, o(1-o) τ] (+ src_a)
+        for (int64_t j = 0; j < H; ++j) {
+          V d = dcr[j] * i[j] * (V(1) - i[j]) * g[j];
+          if constexpr (kSrcA) d += sar[j];
+          dar[j] = d;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          V d = dcr[j] * f[j] * (V(1) - f[j]) * cpr[j];
+          if constexpr (kSrcA) d += sar[H + j];
+          dar[H + j] = d;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          V d = dcr[j] * (V(1) - g[j] * g[j]) * i[j];
+          if constexpr (kSrcA) d += sar[2 * H + j];
+          dar[2 * H + j] = d;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          V d = dhr[j] * o[j] * (V(1) - o[j]) * ta[j];
+          if constexpr (kSrcA) d += sar[3 * H + j];
+          dar[3 * H + j] = d;
         }
       }
     };
@@ -136,54 +169,51 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
     const at::Tensor& a_in, const at::Tensor& h0_dot, const at::Tensor& c0_dot,
-    const at::Tensor& k, const at::Tensor& f, const at::Tensor& coef, const at::Tensor& w_hh) {
+    const at::Tensor& steps, const at::Tensor& c_prev, const at::Tensor& tau,
+    const at::Tensor& w_hh) {
   constexpr const char* op = "lstm_tangent_steps";
-  TORCH_CHECK(k.dim() == 3, "rnnkit::", op, ": expected k of shape [T, N, H], got ", k.sizes());
-  const int64_t T = k.size(0), N = k.size(1), H = k.size(2), G = 4 * H;
-  const auto dtype = k.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkit::", op,
-              ": expected float32 or float64, got ", dtype);
+  const auto [T, N, H] = check_forward(op, steps, c_prev, tau);
+  const int64_t G = 4 * H;
+  const auto dtype = tau.scalar_type();
   check(op, "a_in", a_in, {T, N, G}, dtype);
   check(op, "h0_dot", h0_dot, {N, H}, dtype);
   check(op, "c0_dot", c0_dot, {N, H}, dtype);
-  check(op, "k", k, {T, N, H}, dtype);
-  check(op, "f", f, {T, N, H}, dtype);
-  check(op, "coef", coef, {T, N, G}, dtype);
   check(op, "w_hh", w_hh, {G, H}, dtype);
   at::Tensor a_dot = a_in.clone();
-  at::Tensor c_dot = at::empty({T, N, H}, k.options());
-  at::Tensor h_dot = at::empty({T, N, H}, k.options());
+  at::Tensor c_dot = at::empty({T, N, H}, tau.options());
+  at::Tensor h_dot = at::empty({T, N, H}, tau.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, op, [&] {
     using V = scalar_t;
-    const V *kp = k.const_data_ptr<V>(), *fp = f.const_data_ptr<V>(),
-            *cp = coef.const_data_ptr<V>();
+    const V *ws = steps.const_data_ptr<V>(), *cpp = c_prev.const_data_ptr<V>(),
+            *tp = tau.const_data_ptr<V>();
     V *ap = a_dot.data_ptr<V>(), *cdp = c_dot.data_ptr<V>(), *hdp = h_dot.data_ptr<V>();
     // h_{t-1} [N, H] times W_hh^T: W_hh is [4H, H] = [Nc, K], so trans_b.
     const WeightB<V, V> w(/*trans_b=*/true, N, G, H, w_hh.const_data_ptr<V>(), H,
                           /*pack=*/T > 1);
     const int64_t NH = N * H, NG = N * G;
     const V* h_prev = h0_dot.const_data_ptr<V>();
-    const V* c_prev = c0_dot.const_data_ptr<V>();
+    const V* c_prev_dot = c0_dot.const_data_ptr<V>();
     for (int64_t t = 0; t < T; ++t) {
-      V* a_t = ap + t * NG;
-      w.multiply(N, h_prev, H, V(1), a_t, G);
-      V* c_t = cdp + t * NH;
-      V* h_t = hdp + t * NH;
+      w.multiply(N, h_prev, H, V(1), ap + t * NG, G);
       at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
-          const V* a = a_t + n * G;
-          const V* co = cp + t * NG + n * G;
+          const int64_t r = t * N + n;
+          const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
+          const V *cpr = cpp + r * H, *ta = tp + r * H, *cpd = c_prev_dot + n * H;
+          const V* a = ap + r * G;
+          V *cr = cdp + r * H, *hr = hdp + r * H;
           for (int64_t j = 0; j < H; ++j) {
-            const int64_t e = t * NH + n * H + j;
-            const V c = fp[e] * c_prev[n * H + j] + a[j] * co[j] + a[H + j] * co[H + j] +
-                        a[2 * H + j] * co[2 * H + j];
-            c_t[n * H + j] = c;
-            h_t[n * H + j] = a[3 * H + j] * co[3 * H + j] + kp[e] * c;
+            const V c = f[j] * cpd[j] + a[j] * i[j] * (V(1) - i[j]) * g[j] +
+                        a[H + j] * f[j] * (V(1) - f[j]) * cpr[j] +
+                        a[2 * H + j] * (V(1) - g[j] * g[j]) * i[j];
+            cr[j] = c;
+            hr[j] = a[3 * H + j] * o[j] * (V(1) - o[j]) * ta[j] +
+                    o[j] * (V(1) - ta[j] * ta[j]) * c;
           }
         }
       });
-      h_prev = h_t;
-      c_prev = c_t;
+      h_prev = hdp + t * NH;
+      c_prev_dot = cdp + t * NH;
     }
   });
   return {a_dot, c_dot, h_dot};

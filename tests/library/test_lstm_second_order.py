@@ -167,18 +167,29 @@ def test_weight_gradients_the_engine_will_not_use_are_skipped(monkeypatch):
     assert all(p.grad is not None and p.grad.requires_grad for p in module.parameters())
 
 
+def _forward_steps(T=2, N=3, H=2):
+    """(steps, c_prev, tau) of a layer call with these sizes, as the recurrence operators take."""
+    return torch.zeros(T, N, 5 * H), torch.zeros(T, N, H), torch.zeros(T, N, H)
+
+
 @pytest.mark.parametrize("op, args, match", [
     ("lstm_tangent_steps", lambda: (torch.zeros(2, 3, 8), torch.zeros(3, 2), torch.zeros(3, 2),
-                                    torch.zeros(2, 3, 2), torch.zeros(2, 3, 2),
-                                    torch.zeros(2, 3, 8), torch.zeros(8, 3)),
+                                    *_forward_steps(), torch.zeros(8, 3)),
      r"expected w_hh as a contiguous CPU tensor of shape \[8, 2\].*got shape \[8, 3\]"),
-    ("lstm_adjoint_steps", lambda: (None, None, None, None, None, torch.zeros(2, 3, 2),
-                                    torch.zeros(3, 2, 2).transpose(0, 1), torch.zeros(2, 3, 8),
+    ("lstm_adjoint_steps", lambda: (None, None, None, None, None, torch.zeros(2, 3, 10),
+                                    torch.zeros(3, 2, 2).transpose(0, 1), torch.zeros(2, 3, 2),
                                     torch.zeros(8, 2)),
-     r"expected f as a contiguous CPU tensor of shape \[2, 3, 2\]"),
-    ("lstm_adjoint_steps", lambda: (None, None, None, None, None, torch.zeros(2, 3, 2).half(),
-                                    torch.zeros(2, 3, 2), torch.zeros(2, 3, 8),
+     r"expected c_prev as a contiguous CPU tensor of shape \[2, 3, 2\].*not contiguous"),
+    ("lstm_adjoint_steps", lambda: (None, None, None, None, None, torch.zeros(2, 3, 9),
+                                    torch.zeros(2, 3, 2), torch.zeros(2, 3, 2),
                                     torch.zeros(8, 2)),
+     r"expected steps as a contiguous CPU tensor of shape \[2, 3, 10\].*got shape \[2, 3, 9\]"),
+    ("lstm_second_order_sources", lambda: (*_forward_steps(H=2), torch.zeros(2, 3, 8),
+                                           torch.zeros(2, 3, 2), torch.zeros(3, 2),
+                                           torch.zeros(2, 3, 2), torch.zeros(2, 3, 3)),
+     r"expected dc as a contiguous CPU tensor of shape \[2, 3, 2\].*got shape \[2, 3, 3\]"),
+    ("lstm_adjoint_steps", lambda: (None, None, None, None, None,
+                                    *(t.half() for t in _forward_steps()), torch.zeros(8, 2)),
      "expected float32 or float64, got Half"),
 ])
 def test_the_recurrence_operators_name_what_they_expected(op, args, match):
