@@ -109,15 +109,17 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
     const auto rows = [&]<bool kSrcC, bool kSrcA>(int64_t t, bool last, int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t r = t * N + n;  // the row, over all steps
-        const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
-        const V* f_next = last ? nullptr : f + N * 5 * H;
-        const V* dc_next =  // this row of dc_last (if any), or of dc_{t+1}
+        const V *__restrict__ i = ws + r * 5 * H, *__restrict__ f = i + H,
+                *__restrict__ g = f + H, *__restrict__ o = g + H;
+        const V* __restrict__ f_next = last ? nullptr : f + N * 5 * H;
+        const V* __restrict__ dc_next =  // this row of dc_last (if any), or of dc_{t+1}
             last ? (cl != nullptr ? cl + n * H : nullptr) : dcp + (r + N) * H;
-        const V *cpr = cpp + r * H, *ta = tp + r * H, *dhr = dhp + r * H;
-        const V* scr = kSrcC ? sc + r * H : nullptr;
-        const V* sar = kSrcA ? sa + r * G : nullptr;
-        V* dcr = dcp + r * H;
-        V* dar = dap + r * G;
+        const V *__restrict__ cpr = cpp + r * H, *__restrict__ ta = tp + r * H,
+                *__restrict__ dhr = dhp + r * H;
+        const V* __restrict__ scr = kSrcC ? sc + r * H : nullptr;
+        const V* __restrict__ sar = kSrcA ? sa + r * G : nullptr;
+        V* __restrict__ dcr = dcp + r * H;
+        V* __restrict__ dar = dap + r * G;
         for (int64_t j = 0; j < H; ++j) {
           V v = dhr[j] * o[j] * (V(1) - ta[j] * ta[j]);  // dh k
           if constexpr (kSrcC) v += scr[j];
@@ -198,10 +200,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
       at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
           const int64_t r = t * N + n;
-          const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
-          const V *cpr = cpp + r * H, *ta = tp + r * H, *cpd = c_prev_dot + n * H;
-          const V* a = ap + r * G;
-          V *cr = cdp + r * H, *hr = hdp + r * H;
+          const V *__restrict__ i = ws + r * 5 * H, *__restrict__ f = i + H,
+                  *__restrict__ g = f + H, *__restrict__ o = g + H;
+          const V *__restrict__ cpr = cpp + r * H, *__restrict__ ta = tp + r * H,
+                  *__restrict__ cpd = c_prev_dot + n * H;
+          const V* __restrict__ a = ap + r * G;
+          V *__restrict__ cr = cdp + r * H, *__restrict__ hr = hdp + r * H;
           for (int64_t j = 0; j < H; ++j) {
             const V c = f[j] * cpd[j] + a[j] * i[j] * (V(1) - i[j]) * g[j] +
                         a[H + j] * f[j] * (V(1) - f[j]) * cpr[j] +
@@ -261,12 +265,13 @@ inline std::tuple<at::Tensor, at::Tensor> sources(const at::Tensor& steps,
     at::parallel_for(0, T * N, grain(H), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {  // r = t * N + n
         const int64_t t = r / N, n = r % N;
-        const V* w = ws + r * 5 * H;  // i, f, g, o, c
-        const V* w_next = t + 1 < T ? w + N * 5 * H : nullptr;
-        const V* a = ad + r * G;
-        const V* a_next = t + 1 < T ? a + N * G : nullptr;
-        const V* cdot_prev = t > 0 ? cd + (r - N) * H : c0d + n * H;
-        V* sa = sap + r * G;
+        const V* __restrict__ w = ws + r * 5 * H;  // i, f, g, o, c
+        const V* __restrict__ w_next = t + 1 < T ? w + N * 5 * H : nullptr;
+        const V* __restrict__ a = ad + r * G;
+        const V* __restrict__ a_next = t + 1 < T ? a + N * G : nullptr;
+        const V* __restrict__ cdot_prev = t > 0 ? cd + (r - N) * H : c0d + n * H;
+        V* __restrict__ sa = sap + r * G;
+        V* __restrict__ sc = scp + r * H;
         for (int64_t j = 0; j < H; ++j) {
           const int64_t e = r * H + j;
           const V i = w[j], f = w[H + j], g = w[2 * H + j], o = w[3 * H + j];
@@ -284,7 +289,7 @@ inline std::tuple<at::Tensor, at::Tensor> sources(const at::Tensor& steps,
             const V f_next = w_next[H + j];
             c += dcp[e + NH] * f_next * (V(1) - f_next) * a_next[H + j];
           }
-          scp[e] = c;
+          sc[j] = c;
         }
       }
     });
