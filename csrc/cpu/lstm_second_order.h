@@ -75,6 +75,75 @@ inline std::tuple<int64_t, int64_t, int64_t> check_forward(const char* op,
   return {T, N, H};
 }
 
+// ---- one row's pointwise work (function parameters, so that __restrict__ lets the compiler
+// vectorise; several may point into the same workspace row, which nothing here writes) --------
+
+// dc = dh o (1 - τ²) [+ src_c] [+ dc_next f_next, or + dc_next alone when f_next is null].
+template <typename V>
+void dc_row(int64_t H, const V* __restrict__ dh, const V* __restrict__ o,
+            const V* __restrict__ tau, const V* __restrict__ src_c,
+            const V* __restrict__ dc_next, const V* __restrict__ f_next, V* __restrict__ dc) {
+  for (int64_t j = 0; j < H; ++j) dc[j] = dh[j] * o[j] * (V(1) - tau[j] * tau[j]);
+  if (src_c != nullptr)
+    for (int64_t j = 0; j < H; ++j) dc[j] += src_c[j];
+  if (dc_next != nullptr && f_next != nullptr)
+    for (int64_t j = 0; j < H; ++j) dc[j] += dc_next[j] * f_next[j];
+  else if (dc_next != nullptr)
+    for (int64_t j = 0; j < H; ++j) dc[j] += dc_next[j];
+}
+
+// One gate's pre-activation gradient: da = d act(s) y [+ src], act(s) = s (1 - s) for a sigmoid
+// gate, 1 - s² for the tanh gate.
+template <bool kTanh, typename V>
+void gate_row(int64_t H, const V* __restrict__ d, const V* __restrict__ s,
+              const V* __restrict__ y, const V* __restrict__ src, V* __restrict__ da) {
+  for (int64_t j = 0; j < H; ++j)
+    da[j] = d[j] * (kTanh ? V(1) - s[j] * s[j] : s[j] * (V(1) - s[j])) * y[j];
+  if (src != nullptr)
+    for (int64_t j = 0; j < H; ++j) da[j] += src[j];
+}
+
+// The tangent's c and h of one row, from its ȧ (a: i, f, g, o) and the previous ċ.
+template <typename V>
+void tangent_row(int64_t H, const V* __restrict__ i, const V* __restrict__ f,
+                 const V* __restrict__ g, const V* __restrict__ o, const V* __restrict__ c_prev,
+                 const V* __restrict__ tau, const V* __restrict__ c_prev_dot,
+                 const V* __restrict__ a, V* __restrict__ c_dot, V* __restrict__ h_dot) {
+  for (int64_t j = 0; j < H; ++j) {
+    const V c = f[j] * c_prev_dot[j] + a[j] * i[j] * (V(1) - i[j]) * g[j] +
+                a[H + j] * f[j] * (V(1) - f[j]) * c_prev[j] +
+                a[2 * H + j] * (V(1) - g[j] * g[j]) * i[j];
+    c_dot[j] = c;
+    h_dot[j] = a[3 * H + j] * o[j] * (V(1) - o[j]) * tau[j] + o[j] * (V(1) - tau[j] * tau[j]) * c;
+  }
+}
+
+// The second adjoint's sources of one row (sources() below states them); a_next_f, f_next and
+// dc_next are the next step's (null at the last step).
+template <typename V>
+void source_row(int64_t H, const V* __restrict__ i, const V* __restrict__ f,
+                const V* __restrict__ g, const V* __restrict__ o, const V* __restrict__ c_prev,
+                const V* __restrict__ tau, const V* __restrict__ a,
+                const V* __restrict__ c_dot, const V* __restrict__ c_prev_dot,
+                const V* __restrict__ dh, const V* __restrict__ dc,
+                const V* __restrict__ a_next_f, const V* __restrict__ f_next,
+                const V* __restrict__ dc_next, V* __restrict__ sa, V* __restrict__ sc) {
+  for (int64_t j = 0; j < H; ++j) {
+    const V ta = tau[j], tanh_prime = V(1) - ta * ta, cdot = c_dot[j];
+    const V act_i = i[j] * (V(1) - i[j]), act_f = f[j] * (V(1) - f[j]),
+            act_g = V(1) - g[j] * g[j], act_o = o[j] * (V(1) - o[j]);
+    const V ai = a[j], af = a[H + j], ag = a[2 * H + j], ao = a[3 * H + j];
+    sa[j] = dc[j] * (act_i * g[j] * (V(1) - 2 * i[j]) * ai + act_i * act_g * ag);
+    sa[H + j] = dc[j] * (act_f * c_prev[j] * (V(1) - 2 * f[j]) * af + act_f * c_prev_dot[j]);
+    sa[2 * H + j] = dc[j] * (V(-2) * act_g * g[j] * i[j] * ag + act_g * act_i * ai);
+    sa[3 * H + j] = dh[j] * (act_o * ta * (V(1) - 2 * o[j]) * ao + act_o * tanh_prime * cdot);
+    sc[j] = dh[j] * tanh_prime * (act_o * ao - 2 * o[j] * ta * cdot);
+  }
+  if (f_next != nullptr)
+    for (int64_t j = 0; j < H; ++j)
+      sc[j] += dc_next[j] * f_next[j] * (V(1) - f_next[j]) * a_next_f[j];
+}
+
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
     const std::optional<at::Tensor>& src_h, const std::optional<at::Tensor>& src_c,
     const std::optional<at::Tensor>& src_a, const std::optional<at::Tensor>& dh_last,
@@ -106,48 +175,24 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
                           /*pack=*/T > 1);
     const int64_t NH = N * H, NG = N * G;
     // One step's pointwise pass over rows [n0, n1), with the sources that are present.
-    const auto rows = [&]<bool kSrcC, bool kSrcA>(int64_t t, bool last, int64_t n0, int64_t n1) {
+    // One step's pointwise pass over rows [n0, n1).
+    const auto rows = [&](int64_t t, bool last, int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t r = t * N + n;  // the row, over all steps
-        const V *__restrict__ i = ws + r * 5 * H, *__restrict__ f = i + H,
-                *__restrict__ g = f + H, *__restrict__ o = g + H;
-        const V* __restrict__ f_next = last ? nullptr : f + N * 5 * H;
-        const V* __restrict__ dc_next =  // this row of dc_last (if any), or of dc_{t+1}
+        const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
+        const V* dc_next =  // this row of dc_last (if any), or of dc_{t+1}
             last ? (cl != nullptr ? cl + n * H : nullptr) : dcp + (r + N) * H;
-        const V *__restrict__ cpr = cpp + r * H, *__restrict__ ta = tp + r * H,
-                *__restrict__ dhr = dhp + r * H;
-        const V* __restrict__ scr = kSrcC ? sc + r * H : nullptr;
-        const V* __restrict__ sar = kSrcA ? sa + r * G : nullptr;
-        V* __restrict__ dcr = dcp + r * H;
-        V* __restrict__ dar = dap + r * G;
-        for (int64_t j = 0; j < H; ++j) {
-          V v = dhr[j] * o[j] * (V(1) - ta[j] * ta[j]);  // dh k
-          if constexpr (kSrcC) v += scr[j];
-          if (f_next != nullptr) v += dc_next[j] * f_next[j];
-          else if (dc_next != nullptr) v += dc_next[j];
-          dcr[j] = v;
-        }
+        const V* sar = sa != nullptr ? sa + r * G : nullptr;
+        const V* dhr = dhp + r * H;
+        V* dcr = dcp + r * H;
+        V* dar = dap + r * G;
+        dc_row<V>(H, dhr, o, tp + r * H, sc != nullptr ? sc + r * H : nullptr, dc_next,
+                  last ? nullptr : f + N * 5 * H, dcr);
         // da = [dc, dc, dc, dh] * [i(1-i) g, f(1-f) c_prev, (1-g²) i, o(1-o) τ] (+ src_a)
-        for (int64_t j = 0; j < H; ++j) {
-          V d = dcr[j] * i[j] * (V(1) - i[j]) * g[j];
-          if constexpr (kSrcA) d += sar[j];
-          dar[j] = d;
-        }
-        for (int64_t j = 0; j < H; ++j) {
-          V d = dcr[j] * f[j] * (V(1) - f[j]) * cpr[j];
-          if constexpr (kSrcA) d += sar[H + j];
-          dar[H + j] = d;
-        }
-        for (int64_t j = 0; j < H; ++j) {
-          V d = dcr[j] * (V(1) - g[j] * g[j]) * i[j];
-          if constexpr (kSrcA) d += sar[2 * H + j];
-          dar[2 * H + j] = d;
-        }
-        for (int64_t j = 0; j < H; ++j) {
-          V d = dhr[j] * o[j] * (V(1) - o[j]) * ta[j];
-          if constexpr (kSrcA) d += sar[3 * H + j];
-          dar[3 * H + j] = d;
-        }
+        gate_row<false, V>(H, dcr, i, g, sar, dar);
+        gate_row<false, V>(H, dcr, f, cpp + r * H, sar ? sar + H : nullptr, dar + H);
+        gate_row<true, V>(H, dcr, g, i, sar ? sar + 2 * H : nullptr, dar + 2 * H);
+        gate_row<false, V>(H, dhr, o, tp + r * H, sar ? sar + 3 * H : nullptr, dar + 3 * H);
       }
     };
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -158,12 +203,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
       if (last && hl != nullptr)
         for (int64_t e = 0; e < NH; ++e) dh_t[e] += hl[e];
       if (!last) w.multiply(N, dap + (t + 1) * NG, G, V(1), dh_t, H);
-      at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
-        if (sc != nullptr && sa != nullptr) rows.template operator()<true, true>(t, last, n0, n1);
-        else if (sc != nullptr) rows.template operator()<true, false>(t, last, n0, n1);
-        else if (sa != nullptr) rows.template operator()<false, true>(t, last, n0, n1);
-        else rows.template operator()<false, false>(t, last, n0, n1);
-      });
+      at::parallel_for(0, N, grain(H),
+                       [&](int64_t n0, int64_t n1) { rows(t, last, n0, n1); });
     }
   });
   return {da, dh, dc};
@@ -200,20 +241,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
       at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
           const int64_t r = t * N + n;
-          const V *__restrict__ i = ws + r * 5 * H, *__restrict__ f = i + H,
-                  *__restrict__ g = f + H, *__restrict__ o = g + H;
-          const V *__restrict__ cpr = cpp + r * H, *__restrict__ ta = tp + r * H,
-                  *__restrict__ cpd = c_prev_dot + n * H;
-          const V* __restrict__ a = ap + r * G;
-          V *__restrict__ cr = cdp + r * H, *__restrict__ hr = hdp + r * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const V c = f[j] * cpd[j] + a[j] * i[j] * (V(1) - i[j]) * g[j] +
-                        a[H + j] * f[j] * (V(1) - f[j]) * cpr[j] +
-                        a[2 * H + j] * (V(1) - g[j] * g[j]) * i[j];
-            cr[j] = c;
-            hr[j] = a[3 * H + j] * o[j] * (V(1) - o[j]) * ta[j] +
-                    o[j] * (V(1) - ta[j] * ta[j]) * c;
-          }
+          const V* i = ws + r * 5 * H;
+          tangent_row<V>(H, i, i + H, i + 2 * H, i + 3 * H, cpp + r * H, tp + r * H,
+                         c_prev_dot + n * H, ap + r * G, cdp + r * H, hdp + r * H);
         }
       });
       h_prev = hdp + t * NH;
@@ -261,36 +291,16 @@ inline std::tuple<at::Tensor, at::Tensor> sources(const at::Tensor& steps,
             *cd = c_dot.const_data_ptr<V>(), *c0d = c0_dot.const_data_ptr<V>(),
             *dhp = dh.const_data_ptr<V>(), *dcp = dc.const_data_ptr<V>();
     V *sap = src_a.data_ptr<V>(), *scp = src_c.data_ptr<V>();
-    const int64_t NH = N * H;
     at::parallel_for(0, T * N, grain(H), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {  // r = t * N + n
         const int64_t t = r / N, n = r % N;
-        const V* __restrict__ w = ws + r * 5 * H;  // i, f, g, o, c
-        const V* __restrict__ w_next = t + 1 < T ? w + N * 5 * H : nullptr;
-        const V* __restrict__ a = ad + r * G;
-        const V* __restrict__ a_next = t + 1 < T ? a + N * G : nullptr;
-        const V* __restrict__ cdot_prev = t > 0 ? cd + (r - N) * H : c0d + n * H;
-        V* __restrict__ sa = sap + r * G;
-        V* __restrict__ sc = scp + r * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const int64_t e = r * H + j;
-          const V i = w[j], f = w[H + j], g = w[2 * H + j], o = w[3 * H + j];
-          const V ta = tp[e], tanh_prime = V(1) - ta * ta, cdot = cd[e];
-          const V act_i = i * (V(1) - i), act_f = f * (V(1) - f), act_g = V(1) - g * g,
-                  act_o = o * (V(1) - o);
-          const V ai = a[j], af = a[H + j], ag = a[2 * H + j], ao = a[3 * H + j];
-          const V dcv = dcp[e], dhv = dhp[e];
-          sa[j] = dcv * (act_i * g * (V(1) - 2 * i) * ai + act_i * act_g * ag);
-          sa[H + j] = dcv * (act_f * cpp[e] * (V(1) - 2 * f) * af + act_f * cdot_prev[j]);
-          sa[2 * H + j] = dcv * (-2 * act_g * g * i * ag + act_g * act_i * ai);
-          sa[3 * H + j] = dhv * (act_o * ta * (V(1) - 2 * o) * ao + act_o * tanh_prime * cdot);
-          V c = dhv * tanh_prime * (act_o * ao - 2 * o * ta * cdot);
-          if (w_next != nullptr) {
-            const V f_next = w_next[H + j];
-            c += dcp[e + NH] * f_next * (V(1) - f_next) * a_next[H + j];
-          }
-          sc[j] = c;
-        }
+        const V* w = ws + r * 5 * H;  // i, f, g, o, c
+        const bool has_next = t + 1 < T;
+        source_row<V>(H, w, w + H, w + 2 * H, w + 3 * H, cpp + r * H, tp + r * H, ad + r * G,
+                      cd + r * H, t > 0 ? cd + (r - N) * H : c0d + n * H, dhp + r * H,
+                      dcp + r * H, has_next ? ad + (r + N) * G + H : nullptr,
+                      has_next ? w + N * 5 * H + H : nullptr,
+                      has_next ? dcp + (r + N) * H : nullptr, sap + r * G, scp + r * H);
       }
     });
   });
