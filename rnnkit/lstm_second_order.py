@@ -17,8 +17,10 @@ gradients) and v the cotangent that arrives for B (one tensor per entry of θ),
 
 So the sequential work is three recurrences (first backward, tangent, second adjoint) with one
 small product per step each; everything else is whole-sequence products and pointwise
-arithmetic. Third and higher derivatives fall back to double_backward.py (exact, slower).
-docs/kernels.md gives the cost.
+arithmetic. On the CPU the recurrences (and the second adjoint's sources) run in C++
+(csrc/cpu/lstm_second_order.h); elsewhere as the loops of torch operations below. Third and
+higher derivatives fall back to double_backward.py (exact, slower). docs/kernels.md gives the
+cost.
 
 Notation (per step t in processing order, rows N, hidden H): gates i, f, g, o after their
 activations; c the cell state, τ = tanh(c), h = o τ; a the pre-activations; primes on a
