@@ -7,8 +7,9 @@ be differentiable: ``rnnkit/ops.py`` then calls :func:`backward` here instead, w
 the operator's forward with differentiable torch operations (the cell functions of
 ``rnnkit.reference``, one step at a time) and takes ``torch.autograd.grad(..., create_graph=True)``
 of it (the padded float LSTM layer has a faster path of its own, rnnkit/lstm_second_order.py,
-which comes back here for third derivatives). The gradient that comes back carries a graph through the recurrent path, the weights, the
-states and the output gradients, so second (and higher) derivatives are exact. Without
+which comes back here for third derivatives). The gradient that comes back carries a graph
+through the recurrent path, the weights, the states and the output gradients, so second (and
+higher) derivatives are exact. Without
 ``create_graph`` the fused C++ backward runs as before. docs/kernels.md gives the cost.
 """
 

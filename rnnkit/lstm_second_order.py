@@ -178,7 +178,8 @@ def _adjoint(s: _Steps, w_hh: Tensor, src_h: Optional[Tensor], src_c: Optional[T
 
 def _tangent(s: _Steps, w_hh: Tensor, a_in: Tensor, h0_dot: Tensor, c0_dot: Tensor):
     """The layer's forward-mode recurrence: per step
-        ȧ_t = a_in[t] + ḣ_{t-1} W_hhᵀ,  ċ_t = f ċ_{t-1} + (ȧ ⊙ act ⊙ [g, c_prev, i]) summed over gates,
+        ȧ_t = a_in[t] + ḣ_{t-1} W_hhᵀ,
+        ċ_t = f ċ_{t-1} + (ȧ ⊙ act ⊙ [g, c_prev, i]) summed over gates,
         ḣ_t = ȧ_o act_o τ + k ċ_t.
     Returns ȧ [T, N, 4H], ċ [T, N, H], ḣ [T, N, H]."""
     if s.native:

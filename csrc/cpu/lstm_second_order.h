@@ -257,7 +257,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
 // pass over every step: with the gates i, f, g, o and cell state c of the workspace rows
 // (steps [T, N, 5H]), τ = tanh(c), the activations' derivatives act = [i(1-i), f(1-f), 1-g²,
 // o(1-o)], their own derivatives coef' = act [g (1-2i), c_prev (1-2f), -2 g i, τ (1-2o)], the
-// tangents ȧ (a_dot) and ċ (c_dot, c0_dot before the first step), and the first backward's dh, dc:
+// tangents ȧ (a_dot) and ċ (c_dot, c0_dot before the first step), and the first backward's
+// dh, dc:
 //   src_a = [dc, dc, dc, dh] * (coef' ȧ + act [ġ, ċ_prev, i̇, (1-τ²) ċ])
 //   src_c = dh (1-τ²) (ȯ - 2 o τ ċ) + dc_{t+1} ḟ_{t+1}
 // where i̇ = act_i ȧ_i and so on.
