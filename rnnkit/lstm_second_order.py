@@ -3,7 +3,7 @@ derivatives without recomputing the forward through autograd.
 
 ``rnnkit/double_backward.py`` makes every operator's first gradient differentiable by running
 the layer again, step by step, through torch's autograd, which costs about 13 times the first
-backward. For the commonest case, a unidirectional-or-reversed LSTM layer on padded input in
+backward. For the commonest case, an LSTM layer (either direction) on padded input in
 float32/float64, without proj_size or zoneout, :class:`LstmGrad` does better: its forward is the
 first backward (the adjoint recurrence, also keeping its per-step gate gradients), and its
 backward is the first backward's vector-Jacobian product written out:
@@ -50,8 +50,8 @@ def supports(input: Tensor, batch_sizes: Optional[Tensor], c0: Tensor, w_hr: Opt
             and not torch.compiler.is_compiling())
 
 
-#: Whether the CPU runs the two recurrences in C++ (tests switch it off to check the loops of
-#: torch operations that other backends run).
+#: Whether the CPU runs the recurrences in C++ (tests switch it off to check the loops of torch
+#: operations that other devices run).
 NATIVE_CPU_LOOPS = True
 
 

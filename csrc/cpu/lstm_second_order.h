@@ -1,6 +1,7 @@
-// The two recurrences of the LSTM layer's second-order path (rnnkit/lstm_second_order.py), on
-// the CPU: each step's product with W_hh through WeightB (MKL's packed sgemm, the weight packed
-// once per call) and the step's pointwise work in one pass over its rows. The Python module
+// The LSTM layer's second-order path (rnnkit/lstm_second_order.py) on the CPU: its two
+// recurrences, each step's product with W_hh through WeightB (MKL's packed sgemm, the weight
+// packed once per call) and the step's pointwise work in one pass over its rows, and the second
+// adjoint's sources in one pass over every row (sources() below). The Python module
 // arranges the inputs per step in processing order (step t is [t] of every [T, N, .] tensor)
 // and keeps a loop of torch operations for the other backends; its docstring has the equations.
 //
@@ -16,7 +17,8 @@
 //     a_t = a_in[t] + h_{t-1} W_hh^T
 //     c_t = f_t c_{t-1} + sum over gates i, f, g of a_t[gate] coef_t[gate]
 //     h_t = a_t[o] coef_t[o] + k_t c_t
-// with h_{-1} = h0, c_{-1} = c0. Absent sources (None) are zero.
+// with h_{-1} = h0, c_{-1} = c0. Absent sources (None) are zero. The first backward runs
+// lstm_adjoint_steps without src_c and src_a, the second with those of sources().
 #pragma once
 
 #include <ATen/ATen.h>
