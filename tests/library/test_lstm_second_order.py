@@ -195,3 +195,19 @@ def _forward_steps(T=2, N=3, H=2):
 def test_the_recurrence_operators_name_what_they_expected(op, args, match):
     with pytest.raises(RuntimeError, match=match):
         getattr(ops, op)(*args())
+
+
+def test_stacked_bidirectional_penalty_matches_torch_nn(monkeypatch):
+    """Two bidirectional layers: four LstmGrad calls, the second layer's input being the first
+    layer's output (so its input gradient flows on through the first layer's LstmGrad)."""
+    torch.manual_seed(7)
+    theirs = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).double()
+    ours = rnnkit.from_torch(theirs)
+    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+    h0 = torch.randn(4, 2, 4, dtype=F64, requires_grad=True)
+    c0 = torch.randn(4, 2, 4, dtype=F64, requires_grad=True)
+    calls = _count_calls(monkeypatch)
+    fast = _penalty(ours, x, h0, c0)
+    assert calls.count("forward") == 4 and calls.count("backward") == 4
+    for a, b in zip(fast, _penalty(theirs, x, h0, c0)):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
