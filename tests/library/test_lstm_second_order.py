@@ -211,3 +211,28 @@ def test_stacked_bidirectional_penalty_matches_torch_nn(monkeypatch):
     assert calls.count("forward") == 4 and calls.count("backward") == 4
     for a, b in zip(fast, _penalty(theirs, x, h0, c0)):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+
+
+def test_the_recurrence_operators_pass_opcheck():
+    """Their fakes agree with the kernels (shapes, dtypes, no aliasing), as the contract asks of
+    every rnnkit operator. They are not differentiable: LstmGrad calls them inside a backward."""
+    T, N, H = 3, 2, 5
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.rand(shape, generator=gen, dtype=F64)
+
+    steps, c_prev, tau = rand(T, N, 5 * H), rand(T, N, H), rand(T, N, H)
+    w_hh = rand(4 * H, H)
+    cases = [
+        (ops.lstm_adjoint_steps, (rand(T, N, H), None, None, rand(N, H), rand(N, H), steps, c_prev,
+                                  tau, w_hh)),
+        (ops.lstm_adjoint_steps, (None, rand(T, N, H), rand(T, N, 4 * H), None, None, steps,
+                                  c_prev, tau, w_hh)),
+        (ops.lstm_tangent_steps, (rand(T, N, 4 * H), rand(N, H), rand(N, H), steps, c_prev, tau,
+                                  w_hh)),
+        (ops.lstm_second_order_sources, (steps, c_prev, tau, rand(T, N, 4 * H), rand(T, N, H),
+                                         rand(N, H), rand(T, N, H), rand(T, N, H))),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
