@@ -106,9 +106,10 @@ def _train_cell_list(ctx: click.Context, param: click.Parameter,
 #: CPU cores; copy: the cell and size that came closest to solving it; see docs/lessons.md).
 LONGRANGE_BUDGET = {
     "adding": {"cells": "rnn,lstm,gru", "hidden_size": 64, "steps": 2000, "lr": 0.03,
-               "batch_size": 64, "chrono": False},
-    "copy": {"cells": "gru", "hidden_size": 256, "steps": 1000, "lr": 0.01, "batch_size": 64,
-             "chrono": False},
+               "batch_size": 64, "chrono": False, "grad_clip": 1.0, "until_solved": False,
+               "eval_every": None},
+    "copy": {"cells": "gru", "hidden_size": 256, "steps": 1600, "lr": 0.01, "batch_size": 128,
+             "chrono": False, "grad_clip": 0.0, "until_solved": True, "eval_every": 100},
 }
 
 
@@ -133,7 +134,13 @@ def _budget_help(field: str, sep: str = ", ") -> str:
                    f"length [default: {_budget_help('chrono')}].")
 @click.option("--eval-every", type=click.IntRange(1), default=None,
               help="Validate every this many steps, to record the step at which each model "
-                   "solves the task [default: only at the end].")
+                   "solves the task [default: adding only at the end, copy 100].")
+@click.option("--until-solved/--full-budget", default=None,
+              help="Stop each run at the first validation that solves the task, or train every "
+                   f"run for all its steps [default: {_budget_help('until_solved')}].")
+@click.option("--grad-clip", type=FiniteFloatRange(0, 1e30), default=None,
+              help="Largest global gradient norm, 0 for no clipping "
+                   f"[default: {_budget_help('grad_clip')}].")
 @click.option("--hidden-size", type=click.IntRange(1), default=None,
               help=f"Hidden units [default: {_budget_help('hidden_size')}].")
 @click.option("--steps", type=click.IntRange(1), default=None,
@@ -149,8 +156,9 @@ def _budget_help(field: str, sep: str = ", ") -> str:
               help="Markdown file for the table [default: longrange-TASK.md].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="JSON file for every row [default: longrange-TASK.json].")
-def longrange(task, lengths, cells, chrono, eval_every, hidden_size, steps, lr, batch_size, seed,
-              impl, threads, keep_runs, table_path, json_path) -> None:
+def longrange(task, lengths, cells, chrono, eval_every, until_solved, grad_clip, hidden_size,
+              steps, lr, batch_size, seed, impl, threads, keep_runs, table_path,
+              json_path) -> None:
     """Lesson: which cells carry information over long sequences, as a paper's table.
 
     Trains every cell at every length with the same budget (rnnkit train's loop and schedule)
@@ -166,14 +174,18 @@ def longrange(task, lengths, cells, chrono, eval_every, hidden_size, steps, lr, 
         torch.set_num_threads(threads)
         budget = LONGRANGE_BUDGET[task]
         steps = steps or budget["steps"]
+        eval_every = eval_every or budget["eval_every"] or steps
         base = TrainConfig(task=task, hidden_size=hidden_size or budget["hidden_size"],
                            steps=steps, lr=lr or budget["lr"],
                            batch_size=batch_size or budget["batch_size"], seed=seed, impl=impl,
-                           threads=threads, eval_every=min(eval_every or steps, steps))
+                           threads=threads, eval_every=min(eval_every, steps),
+                           grad_clip=budget["grad_clip"] if grad_clip is None else grad_clip)
         cells = cells or budget["cells"].split(",")
         rows = LR.longrange(base, lengths, cells, keep_runs,
                             echo=lambda s: click.echo(s, err=True),
-                            chrono=budget["chrono"] if chrono is None else chrono)
+                            chrono=budget["chrono"] if chrono is None else chrono,
+                            until_solved=(budget["until_solved"] if until_solved is None
+                                          else until_solved))
         table = LR.markdown(rows, base)
         click.echo(table, nl=False)
         write_text(table_path or f"longrange-{task}.md", table)

@@ -10,7 +10,8 @@ copy    accuracy on the copied symbols; guessing scores 1/8 (eight symbols)
 With ``chrono``, the gated cells start from chrono initialisation (Tallec & Ollivier, 2018) with
 T_max the length of the task's sequences (``chrono_t_max``). With validations before the end
 (``eval_every`` below ``steps``), each row also records the first step at which the task counts
-as solved (``SOLVED``).
+as solved (``SOLVED``); with ``until_solved`` a run stops there, so that the table shows what
+solving each length costs.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Row:
     solved_at: Optional[int] = None  # first validation step that met SOLVED; None: never (or
     #                                  no validation before the end)
     chrono: Optional[int] = None  # chrono initialisation's T_max; None: torch's initialisation
+    steps: Optional[int] = None  # steps trained (fewer than the budget's when stopped as solved)
 
 
 def baseline(task: str, valid: dict) -> float:
@@ -86,13 +88,21 @@ def baseline(task: str, valid: dict) -> float:
     return valid["baseline_mse"] if task == "adding" else 1 / 8
 
 
+def _when_solved(config: TrainConfig) -> Callable[[int], bool]:
+    """A should_stop for train(): True after the first validation that solves the task."""
+    return lambda step: (step % config.eval_every == 0
+                         and solved_at(config.out, config.task) is not None)
+
+
 def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
               keep: Optional[str] = None,
               echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr), *,
-              chrono: bool = False) -> list[Row]:
+              chrono: bool = False, until_solved: bool = False) -> list[Row]:
     """Train ``base`` for every (length, cell) and return one Row each, in that order. Run folders
     go to ``keep``/<task>-<cell>-T<length> when given, else to a temporary folder removed after.
-    ``chrono``: gated cells start from chrono initialisation (T_max: chrono_t_max)."""
+    ``chrono``: gated cells start from chrono initialisation (T_max: chrono_t_max).
+    ``until_solved``: a run stops at the first validation that solves the task (its row then
+    holds that validation); otherwise every run takes all of ``base.steps``."""
     if base.task not in METRICS:
         raise UserError(f"--task {base.task}: the table is for {' or '.join(METRICS)}")
     key = METRICS[base.task][0]
@@ -106,9 +116,11 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
                 config = dataclasses.replace(base, cell=cell, seq_len=T, chrono=t_max,
                                              out=os.path.join(root, f"{base.task}-{cell}-T{T}"))
                 started = time.perf_counter()
+                stop = _when_solved(config) if until_solved else None
                 try:
                     with flush_denormals():
-                        result = train(config, progress=False, echo=lambda s: None)
+                        result = train(config, progress=False, echo=lambda s: None,
+                                       should_stop=stop)
                 except UserError as e:
                     if not str(e).startswith("training diverged"):
                         raise
@@ -117,13 +129,13 @@ def longrange(base: TrainConfig, lengths: Sequence[int], cells: Sequence[str],
                     echo(f"{base.task} T={T} {cell}: {e}")
                     rows.append(row)
                     continue
-                if result.interrupted:
+                if result.interrupted and not (until_solved and result.interrupted == "stopped"):
                     raise UserError(f"interrupted ({result.interrupted}) while training {cell} "
                                     f"at T={T}; the table is incomplete")
                 valid = result.valid
                 row = Row(base.task, cell, T, key, valid[key], baseline(base.task, valid),
                           time.perf_counter() - started, valid,
-                          solved_at(config.out, base.task), t_max)
+                          solved_at(config.out, base.task), t_max, result.step)
                 when = "" if row.solved_at is None else f", solved at step {row.solved_at}"
                 echo(f"{base.task} T={T} {cell}: {key} {row.value:.4f} (baseline "
                      f"{row.baseline:.4f}{when}) in {row.seconds:.0f} s")
@@ -172,10 +184,15 @@ def markdown(rows: Sequence[Row], base: TrainConfig) -> str:
     lines.append("")
     init = ("chrono initialisation of the gated cells (T_max = sequence length), "
             if any(r.chrono for r in rows) else "")
+    clip = (f"gradient norm clipped at {base.grad_clip:g}" if base.grad_clip > 0
+            else "no gradient clipping")
+    stopped = any(r.steps is not None and r.steps < base.steps for r in rows)
     lines.append(f"{task}, {base.impl} kernels, hidden size {base.hidden_size}, {base.steps} "
                  f"steps of batch {base.batch_size}, lr {base.lr:g} (AdamW, warm-up "
-                 f"{base.warmup_steps}, cosine), {init}seed {base.seed}; the final model's score "
-                 f"on the task's 1024 validation sequences.")
+                 f"{base.warmup_steps}, cosine), {clip}, {init}seed {base.seed}; "
+                 + ("each run stopped at the first validation that solved the task; its score "
+                    if stopped else "the final model's score ")
+                 + "on the task's 1024 validation sequences.")
     return "\n".join(lines) + "\n"
 
 

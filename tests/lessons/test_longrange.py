@@ -92,7 +92,7 @@ def test_lesson_help_does_not_import_torch():
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"adding\s+2000,\s+copy\s+1000", r.stdout) and "--keep-runs" in r.stdout
+    assert re.search(r"adding\s+2000,\s+copy\s+1600", r.stdout) and "--keep-runs" in r.stdout
 
 
 def test_flush_denormals_is_undone():
@@ -156,3 +156,44 @@ def test_a_missing_layernorm_cell_is_a_one_line_error(tmp_path):
                                   str(tmp_path / "t.json")])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "rnnkit.LayerNormLSTM does not exist in this install" in r.output
+
+
+@pytest.mark.parametrize("flag, steps_run", [("--until-solved", 2), ("--full-budget", 6)])
+def test_until_solved_stops_each_run_at_its_first_solving_validation(monkeypatch, tmp_path, flag,
+                                                                       steps_run):
+    """With the copy threshold lowered to 0 every validation solves the task: --until-solved
+    ends each run at its first validation (step 2 of 6), its row holding that validation;
+    --full-budget trains on to the end."""
+    import rnnkit.lessons.longrange as LR
+
+    monkeypatch.setitem(LR.SOLVED, "copy", ("symbol_accuracy", 0.0))
+    js = tmp_path / "u.json"
+    r = CliRunner().invoke(main, ["longrange", "--task", "copy", "--lengths", "3,4",
+                                  "--cells", "gru", "--hidden-size", "6", "--steps", "6",
+                                  "--batch-size", "8", "--threads", "1", "--eval-every", "2",
+                                  flag, "--table", str(tmp_path / "u.md"), "--json", str(js),
+                                  "--keep-runs", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(js.read_text())["rows"]
+    assert [row["solved_at"] for row in rows] == [2, 2]
+    assert [row["steps"] for row in rows] == [steps_run, steps_run]
+    stopped = "each run stopped at the first validation that solved the task"
+    assert (stopped in (tmp_path / "u.md").read_text()) == (flag == "--until-solved")
+    for T in (3, 4):
+        steps = [m["step"] for m in map(json.loads, (tmp_path / "runs" / f"copy-gru-T{T}" /
+                                                     "metrics.jsonl").read_text().splitlines())
+                 if m.get("split") == "valid"]
+        assert max(steps) == steps_run
+
+
+def test_the_copy_budget_trains_unclipped_and_the_adding_one_clipped(tmp_path):
+    for task, clip in (("copy", 0.0), ("adding", 1.0)):
+        r = CliRunner().invoke(main, ["longrange", "--task", task, "--lengths", "3",
+                                      "--cells", "gru", *TINY, "--table", str(tmp_path / "g.md"),
+                                      "--json", str(tmp_path / "g.json"), "--keep-runs",
+                                      str(tmp_path / task)])
+        assert r.exit_code == 0, r.output
+        saved = json.loads((tmp_path / task / f"{task}-gru-T3" / "config.json").read_text())
+        assert saved["config"]["grad_clip"] == clip
+        footer = "no gradient clipping" if clip == 0 else "gradient norm clipped at 1"
+        assert footer in (tmp_path / "g.md").read_text()
