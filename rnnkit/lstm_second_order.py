@@ -257,15 +257,14 @@ class LstmGrad(torch.autograd.Function):
         grad_w_hh = flat_da.t() @ _flat(s.h_prev) if want_w_hh else None
         grad_bias = flat_da.sum(0) if want_bias else None
         ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_output, grad_h_n,
-                              grad_c_n, output, workspace, da, dh, dc)
+                              grad_c_n, da, dh, dc)
         ctx.reverse = reverse
         ctx.steps = s  # the arranged forward, for backward (it holds no graph)
         return grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias
 
     @staticmethod
     def backward(ctx, v_input, v_h0, v_c0, v_w_ih, v_w_hh, v_bias):
-        (input, h0, c0, w_ih, w_hh, _b_ih, _b_hh, grad_output, grad_h_n, grad_c_n, output,
-         workspace, da, dh, dc) = ctx.saved_tensors
+        input, h0, c0, w_ih, w_hh, *_, da, dh, dc = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled() and any(needs[:10]):
             return _third_order(ctx, (v_input, v_h0, v_c0, v_w_ih, v_w_hh, v_bias))

@@ -281,7 +281,7 @@ def _lstm_grad(ctx, grads, input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, worksp
     """The first gradient as lstm_second_order.LstmGrad, differentiable by its own backward."""
     grad_output, grad_h_n, grad_c_n = (torch.zeros_like(like) if g is None else g
                                        for g, like in zip(grads, (output, h0, c0)))
-    need = dict(zip((a.name for a in ops.lstm.default._schema.arguments), ctx.needs_input_grad))
+    need = _named(ops.lstm.default, ctx.needs_input_grad)
     reached = {name: need.get(name, False) and _second_order.reached(t)
                for name, t in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh))}
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = _second_order.LstmGrad.apply(

@@ -29,6 +29,7 @@
 #include <optional>
 #include <tuple>
 
+#include "loops.h"
 #include "weights.h"
 
 namespace rnnkit {
@@ -54,9 +55,6 @@ template <typename T>
 const T* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
-
-// Rows per task of the pointwise passes: small steps stay on one thread.
-inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1)); }
 
 // The forward of one layer call per step, as every kernel here reads it: steps [T, N, 5H], the
 // workspace rows (i, f, g, o, c) in processing order; c_prev [T, N, H]; tau = tanh(c) [T, N, H].
@@ -176,26 +174,23 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
     const WeightB<V, V> w(/*trans_b=*/false, N, H, G, w_hh.const_data_ptr<V>(), H,
                           /*pack=*/T > 1);
     const int64_t NH = N * H, NG = N * G;
-    // One step's pointwise pass over rows [n0, n1), with the sources that are present.
-    // One step's pointwise pass over rows [n0, n1).
-    const auto rows = [&](int64_t t, bool last, int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n) {
-        const int64_t r = t * N + n;  // the row, over all steps
-        const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
-        const V* dc_next =  // this row of dc_last (if any), or of dc_{t+1}
-            last ? (cl != nullptr ? cl + n * H : nullptr) : dcp + (r + N) * H;
-        const V* sar = sa != nullptr ? sa + r * G : nullptr;
-        const V* dhr = dhp + r * H;
-        V* dcr = dcp + r * H;
-        V* dar = dap + r * G;
-        dc_row<V>(H, dhr, o, tp + r * H, sc != nullptr ? sc + r * H : nullptr, dc_next,
-                  last ? nullptr : f + N * 5 * H, dcr);
-        // da = [dc, dc, dc, dh] * [i(1-i) g, f(1-f) c_prev, (1-g²) i, o(1-o) τ] (+ src_a)
-        gate_row<false, V>(H, dcr, i, g, sar, dar);
-        gate_row<false, V>(H, dcr, f, cpp + r * H, sar ? sar + H : nullptr, dar + H);
-        gate_row<true, V>(H, dcr, g, i, sar ? sar + 2 * H : nullptr, dar + 2 * H);
-        gate_row<false, V>(H, dhr, o, tp + r * H, sar ? sar + 3 * H : nullptr, dar + 3 * H);
-      }
+    // One step's pointwise pass over row n, with the sources that are present.
+    const auto row = [&](int64_t t, bool last, int64_t n) {
+      const int64_t r = t * N + n;  // the row, over all steps
+      const V *i = ws + r * 5 * H, *f = i + H, *g = f + H, *o = g + H;
+      const V* dc_next =  // this row of dc_last (if any), or of dc_{t+1}
+          last ? (cl != nullptr ? cl + n * H : nullptr) : dcp + (r + N) * H;
+      const V* sar = sa != nullptr ? sa + r * G : nullptr;
+      const V* dhr = dhp + r * H;
+      V* dcr = dcp + r * H;
+      V* dar = dap + r * G;
+      dc_row<V>(H, dhr, o, tp + r * H, sc != nullptr ? sc + r * H : nullptr, dc_next,
+                last ? nullptr : f + N * 5 * H, dcr);
+      // da = [dc, dc, dc, dh] * [i(1-i) g, f(1-f) c_prev, (1-g²) i, o(1-o) τ] (+ src_a)
+      gate_row<false, V>(H, dcr, i, g, sar, dar);
+      gate_row<false, V>(H, dcr, f, cpp + r * H, sar ? sar + H : nullptr, dar + H);
+      gate_row<true, V>(H, dcr, g, i, sar ? sar + 2 * H : nullptr, dar + 2 * H);
+      gate_row<false, V>(H, dhr, o, tp + r * H, sar ? sar + 3 * H : nullptr, dar + 3 * H);
     };
     for (int64_t t = T - 1; t >= 0; --t) {
       const bool last = t == T - 1;
@@ -205,8 +200,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoint_steps(
       if (last && hl != nullptr)
         for (int64_t e = 0; e < NH; ++e) dh_t[e] += hl[e];
       if (!last) w.multiply(N, dap + (t + 1) * NG, G, V(1), dh_t, H);
-      at::parallel_for(0, N, grain(H),
-                       [&](int64_t n0, int64_t n1) { rows(t, last, n0, n1); });
+      for_each_row(N, H, [&](int64_t n) { row(t, last, n); });
     }
   });
   return {da, dh, dc};
@@ -240,13 +234,11 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> tangent_steps(
     const V* c_prev_dot = c0_dot.const_data_ptr<V>();
     for (int64_t t = 0; t < T; ++t) {
       w.multiply(N, h_prev, H, V(1), ap + t * NG, G);
-      at::parallel_for(0, N, grain(H), [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n) {
-          const int64_t r = t * N + n;
-          const V* i = ws + r * 5 * H;
-          tangent_row<V>(H, i, i + H, i + 2 * H, i + 3 * H, cpp + r * H, tp + r * H,
-                         c_prev_dot + n * H, ap + r * G, cdp + r * H, hdp + r * H);
-        }
+      for_each_row(N, H, [&](int64_t n) {
+        const int64_t r = t * N + n;
+        const V* i = ws + r * 5 * H;
+        tangent_row<V>(H, i, i + H, i + 2 * H, i + 3 * H, cpp + r * H, tp + r * H,
+                       c_prev_dot + n * H, ap + r * G, cdp + r * H, hdp + r * H);
       });
       h_prev = hdp + t * NH;
       c_prev_dot = cdp + t * NH;
@@ -294,17 +286,15 @@ inline std::tuple<at::Tensor, at::Tensor> sources(const at::Tensor& steps,
             *cd = c_dot.const_data_ptr<V>(), *c0d = c0_dot.const_data_ptr<V>(),
             *dhp = dh.const_data_ptr<V>(), *dcp = dc.const_data_ptr<V>();
     V *sap = src_a.data_ptr<V>(), *scp = src_c.data_ptr<V>();
-    at::parallel_for(0, T * N, grain(H), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {  // r = t * N + n
-        const int64_t t = r / N, n = r % N;
-        const V* w = ws + r * 5 * H;  // i, f, g, o, c
-        const bool has_next = t + 1 < T;
-        source_row<V>(H, w, w + H, w + 2 * H, w + 3 * H, cpp + r * H, tp + r * H, ad + r * G,
-                      cd + r * H, t > 0 ? cd + (r - N) * H : c0d + n * H, dhp + r * H,
-                      dcp + r * H, has_next ? ad + (r + N) * G + H : nullptr,
-                      has_next ? w + N * 5 * H + H : nullptr,
-                      has_next ? dcp + (r + N) * H : nullptr, sap + r * G, scp + r * H);
-      }
+    for_each_row(T * N, H, [&](int64_t r) {  // r = t * N + n
+      const int64_t t = r / N, n = r % N;
+      const V* w = ws + r * 5 * H;  // i, f, g, o, c
+      const bool has_next = t + 1 < T;
+      source_row<V>(H, w, w + H, w + 2 * H, w + 3 * H, cpp + r * H, tp + r * H, ad + r * G,
+                    cd + r * H, t > 0 ? cd + (r - N) * H : c0d + n * H, dhp + r * H,
+                    dcp + r * H, has_next ? ad + (r + N) * G + H : nullptr,
+                    has_next ? w + N * 5 * H + H : nullptr,
+                    has_next ? dcp + (r + N) * H : nullptr, sap + r * G, scp + r * H);
     });
   });
   return {src_a, src_c};
