@@ -79,10 +79,7 @@ class _Steps:
         self.order = order
         self.x = order(x)  # [T, N, I], step k of processing is self.x[k]
         ws = order(workspace.view(T, N, 5 * H))
-        self.gates = ws[..., :4 * H]
-        i, f, g, o = self.gates.split(H, dim=-1)
-        self.i, self.f, self.g, self.o = i, f, g, o
-        self.c = ws[..., 4 * H:]
+        self.i, self.f, self.g, self.o, self.c = ws.split(H, dim=-1)
         h = order(output)
         self.h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
         self.c_prev = torch.cat([c0.unsqueeze(0), self.c[:-1]])
