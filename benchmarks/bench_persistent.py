@@ -1,6 +1,7 @@
-"""GPU timings of the persistent CUDA loops (RNNKIT_CUDA_PERSISTENT=1), in both variants of its
-kernels (RNNKIT_CUDA_PERSISTENT_VARIANT=wide, the default, and basic), against rnnkit's general
-loop (RNNKIT_CUDA_PERSISTENT=0) and torch.nn (cuDNN), with CUDA events: issue 17's cases.
+"""GPU timings of the persistent CUDA loops (RNNKIT_CUDA_PERSISTENT=1), in the three variants of its
+kernels (RNNKIT_CUDA_PERSISTENT_VARIANT=wide, the default; basic; mma, the step's product on tensor
+cores for float16 and bfloat16), against rnnkit's general loop (RNNKIT_CUDA_PERSISTENT=0) and
+torch.nn (cuDNN), with CUDA events: issue 17's cases.
 
     python -m benchmarks.bench_persistent --out-dir RESULTS_DIR   (from the source folder)
 
@@ -39,7 +40,8 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 # name -> (RNNKIT_CUDA_PERSISTENT, RNNKIT_CUDA_PERSISTENT_VARIANT)
-PATHS = {"general": ("0", "wide"), "persistent": ("1", "wide"), "persistent-basic": ("1", "basic")}
+PATHS = {"general": ("0", "wide"), "persistent": ("1", "wide"), "persistent-basic": ("1", "basic"),
+         "persistent-mma": ("1", "mma")}
 
 
 def set_path(name: str) -> None:
@@ -101,24 +103,26 @@ def markdown(report) -> str:
              f"torch {report['torch']}, CUDA {report['cuda']}, cuDNN {report['cudnn']}; median of "
              f"{report['iters']} after {report['warmup']} warm-up runs, ms.", "",
              "## Issue 17's cases", "",
-             "| case | persistent fwd | basic fwd | general fwd | cuDNN fwd | persistent fwd+bwd | basic fwd+bwd | general fwd+bwd | cuDNN fwd+bwd | persistent ran |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | persistent fwd | basic fwd | mma fwd | general fwd | cuDNN fwd | persistent fwd+bwd | basic fwd+bwd | mma fwd+bwd | general fwd+bwd | cuDNN fwd+bwd | persistent ran | mma ran |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     cases = {}
     for r in report["cases"]:
         cases.setdefault((r["mode"], r["T"], r["N"], r["H"], r["dtype"]), {})[r["impl"]] = r
     for (mode, T, N, H, dt), impls in cases.items():
         def cell(impl, key):
             return f"{impls[impl][key]:.3f}" if impl in impls else ""
-        p = impls.get("persistent", {})
+        p, m = impls.get("persistent", {}), impls.get("persistent-mma", {})
         lines.append(f"| {mode} T={T} N={N} H={H} {dt} | {cell('persistent', 'fwd_ms')} | "
-                     f"{cell('persistent-basic', 'fwd_ms')} | "
+                     f"{cell('persistent-basic', 'fwd_ms')} | {cell('persistent-mma', 'fwd_ms')} | "
                      f"{cell('general', 'fwd_ms')} | {cell('cudnn', 'fwd_ms')} | "
                      f"{cell('persistent', 'fwd_bwd_ms')} | {cell('persistent-basic', 'fwd_bwd_ms')} | "
-                     f"{cell('general', 'fwd_bwd_ms')} | "
-                     f"{cell('cudnn', 'fwd_bwd_ms')} | {' / '.join(p.get('ran', []))} |")
+                     f"{cell('persistent-mma', 'fwd_bwd_ms')} | {cell('general', 'fwd_bwd_ms')} | "
+                     f"{cell('cudnn', 'fwd_bwd_ms')} | {' / '.join(p.get('ran', []))} | "
+                     f"{' / '.join(m.get('ran', []))} |")
     lines += ["", f"## Persistent / general, LSTM T={report['grid_T']}, {report['grid_dtype']}"
               " (ratio below 1: the persistent loop is faster; wide variant, then basic in"
-              " brackets; **auto** where RNNKIT_CUDA_PERSISTENT=auto takes the persistent loop)",
+              " brackets, then mma in square brackets; **auto** where RNNKIT_CUDA_PERSISTENT=auto"
+              " takes the persistent loop)",
               "",
               "| N \\ H | " + " | ".join(str(h) for h in report["grid_H"]) + " |",
               "|---|" + "---|" * len(report["grid_H"])]
@@ -131,11 +135,14 @@ def markdown(report) -> str:
             c = grid.get((N, H), {})
             if "persistent" in c and "general" in c:
                 p, q, b = c["persistent"], c["general"], c.get("persistent-basic")
+                m = c.get("persistent-mma")
                 text = (f"fwd {p['fwd_ms']:.2f}/{q['fwd_ms']:.2f} = {p['fwd_ms'] / q['fwd_ms']:.2f}"
                         + (f" ({b['fwd_ms'] / q['fwd_ms']:.2f})" if b else "")
+                        + (f" [{m['fwd_ms'] / q['fwd_ms']:.2f}]" if m else "")
                         + f"; f+b {p['fwd_bwd_ms']:.2f}/{q['fwd_bwd_ms']:.2f} = "
                         f"{p['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f}"
-                        + (f" ({b['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f})" if b else ""))
+                        + (f" ({b['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f})" if b else "")
+                        + (f" [{m['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f}]" if m else ""))
                 text += "" if p["ran"] == ["persistent", "persistent"] else f" (ran {p['ran']})"
                 cells.append(("**auto** " if p.get("auto_takes_persistent") else "") + text)
             else:

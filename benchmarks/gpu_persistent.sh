@@ -5,8 +5,10 @@
 #
 # From the repository root (torch preinstalled, no network, nothing pip-installed): builds rnnkit._C
 # in place for sm_90 (RNNKIT_CUDA_ARCHS overrides) with the system compiler, then runs
-#   1. tests/library/test_persistent_plan.py and tests/library/test_persistent_cuda.py (the
-#      persistent loops forced on, against the float64 reference and the general loop),
+#   1. tests/library/test_persistent_plan.py and test_persistent_mma.py (plan and tile maps), the
+#      mma variant's cases of test_persistent_cuda.py (tensor cores, not yet run on a GPU), then
+#      its other cases (the persistent loops forced on, against the float64 reference and the
+#      general loop),
 #   2. benchmarks/bench_persistent.py (writes persistent.json and persistent.md),
 #   3. every CUDA case of the suite but the torch.compile ones (the general path, the double
 #      backward, module_db, the test-only cell, ...),
@@ -75,10 +77,13 @@ pytest_args=(-q -rs -p no:cacheprovider --maxfail=10)
 # path's tests (without its torch.compile cases, whose inductor builds take most of a minute and
 # test nothing this change touches).
 if step build 150 build.log "$PY" setup.py build_ext --inplace; then
-  step plan-tests 20 pytest-plan.log "$PY" -m pytest "${pytest_args[@]}" tests/library/test_persistent_plan.py
-  step persistent-tests 130 pytest-persistent.log "$PY" -m pytest "${pytest_args[@]}" \
+  step plan-tests 20 pytest-plan.log "$PY" -m pytest "${pytest_args[@]}" \
+    tests/library/test_persistent_plan.py tests/library/test_persistent_mma.py
+  step mma-tests 60 pytest-mma.log "$PY" -m pytest "${pytest_args[@]}" -k mma \
+    tests/library/test_persistent_cuda.py --junitxml="$OUT/pytest-mma.xml"
+  step persistent-tests 130 pytest-persistent.log "$PY" -m pytest "${pytest_args[@]}" -k "not mma" \
     tests/library/test_persistent_cuda.py --junitxml="$OUT/pytest-persistent.xml"
-  if grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest-persistent.log"; then
+  if grep -q "no GPU visible\|CUDA kernels not built" "$OUT/pytest-persistent.log" "$OUT/pytest-mma.log"; then
     echo "persistent-tests FAILED: CUDA cases skipped (see pytest-persistent.log)" | tee -a "$SUMMARY"
     failed=1
   fi

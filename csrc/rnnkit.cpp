@@ -17,6 +17,8 @@
 #include <string>
 
 #include "common/index.h"
+#include "common/mma_emulate.h"
+#include "common/mma_tile.h"
 #include "common/operators.h"
 #include "common/persistent.h"
 #include "common/registry.h"
@@ -124,6 +126,88 @@ static PyObject* py_persistent_auto(PyObject*, PyObject* args) {
   return PyBool_FromLong(rnnkit::persistent::prefers_persistent(H, N, elem_bytes));
 }
 
+// The mma variant's tile plan, fragment maps and block product (common/mma_tile.h, run on the CPU
+// by common/mma_emulate.h), for tests/library/test_persistent_mma.py.
+static bool parse_tile_plan(PyObject* args, rnnkit::mma::TilePlan* t, long long* warps_out,
+                            long long* rows, Py_buffer* x, Py_buffer* wt) {
+  long long H = 0, N = 0, gates = 0, units = 0, warps = 0, smem_limit = 0;
+  int backward = 0;
+  const bool product = x != nullptr;
+  const int ok = product ? PyArg_ParseTuple(args, "LLLLpLLLy*y*", &H, &N, &gates, &units,
+                                            &backward, &warps, &smem_limit, rows, x, wt)
+                         : PyArg_ParseTuple(args, "LLLLpLL", &H, &N, &gates, &units, &backward,
+                                            &warps, &smem_limit);
+  if (!ok) return false;
+  *t = rnnkit::mma::make_tile_plan(H, N, gates, units, backward != 0, warps, smem_limit);
+  *warps_out = warps;
+  return true;
+}
+
+static PyObject* tile_plan_dict(const rnnkit::mma::TilePlan& t) {
+  return Py_BuildValue("{s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "fits",
+                       t.fits() ? Py_True : Py_False, "reason",
+                       rnnkit::persistent::refusal_text(t.refusal), "cols", (long long)t.cols,
+                       "cols_padded", (long long)t.cols_padded, "len", (long long)t.len, "ld",
+                       (long long)t.ld, "chunk", (long long)t.chunk, "splits", (long long)t.splits,
+                       "stage_offset", (long long)t.stage_offset, "partial_offset",
+                       (long long)t.partial_offset, "smem_bytes", (long long)t.smem_bytes);
+}
+
+static PyObject* py_mma_tile_plan(PyObject*, PyObject* args) {
+  rnnkit::mma::TilePlan t;
+  long long warps = 0;
+  if (!parse_tile_plan(args, &t, &warps, nullptr, nullptr, nullptr)) return nullptr;
+  return tile_plan_dict(t);
+}
+
+static PyObject* py_mma_coord(PyObject*, PyObject* args) {
+  const char* operand = nullptr;
+  int lane = 0, r = 0;
+  if (!PyArg_ParseTuple(args, "sii", &operand, &lane, &r)) return nullptr;
+  const std::string op(operand);
+  const int regs = op == "a" || op == "c" ? 4 : op == "b" ? 2 : 0;
+  if (regs == 0 || lane < 0 || lane >= rnnkit::mma::kLanes || r < 0 || r >= regs) {
+    PyErr_Format(PyExc_ValueError,
+                 "mma_coord: expected operand a, b or c, lane 0-31 and a register or value "
+                 "index 0-3 (b: 0-1), got '%s', %d, %d", operand, lane, r);
+    return nullptr;
+  }
+  const rnnkit::mma::Coord c = op == "a"   ? rnnkit::mma::a_coord(lane, r)
+                               : op == "b" ? rnnkit::mma::b_coord(lane, r)
+                                           : rnnkit::mma::c_coord(lane, r);
+  return Py_BuildValue("(ii)", c.row, c.col);
+}
+
+// mma_block_product(H, N, gates, units, backward, warps, smem_limit, rows, x, wt) -> (plan, s):
+// x [rows, len] and wt [cols, len] as float32 bytes; s [rows, cols] as float32 bytes.
+static PyObject* py_mma_block_product(PyObject*, PyObject* args) {
+  rnnkit::mma::TilePlan t;
+  long long rows = 0, warps = 0;
+  Py_buffer x{}, wt{};
+  if (!parse_tile_plan(args, &t, &warps, &rows, &x, &wt)) return nullptr;
+  const auto release = [&] {
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&wt);
+  };
+  const Py_ssize_t want_x = Py_ssize_t(rows * t.len * 4), want_wt = Py_ssize_t(t.cols * t.len * 4);
+  if (!t.fits() || rows < 0 || rows > t.chunk || x.len != want_x || wt.len != want_wt) {
+    PyErr_Format(PyExc_ValueError,
+                 "mma_block_product: expected a plan that fits (%s), 0 <= rows <= chunk (%lld), "
+                 "x of %zd bytes and wt of %zd bytes; got rows %lld, %zd and %zd bytes",
+                 rnnkit::persistent::refusal_text(t.refusal), (long long)t.chunk, want_x,
+                 want_wt, rows, x.len, wt.len);
+    release();
+    return nullptr;
+  }
+  const std::vector<float> s = rnnkit::mma::block_product(
+      t, static_cast<const float*>(x.buf), static_cast<const float*>(wt.buf), rows, warps);
+  release();
+  PyObject* bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(s.data()),
+                                              Py_ssize_t(s.size() * sizeof(float)));
+  if (bytes == nullptr) return nullptr;
+  return Py_BuildValue("(NN)", tile_plan_dict(t), bytes);
+}
+
 #ifdef RNNKIT_WITH_CUDA
 static PyObject* py_persistent_last(PyObject*, PyObject*) {
   return Py_BuildValue("(ss)", rnnkit::persistent::last_forward().c_str(),
@@ -159,6 +243,14 @@ static PyMethodDef kMethods[] = {
     {"persistent_auto", py_persistent_auto, METH_VARARGS,
      "persistent_auto(H, N, elem_bytes) -> bool: whether RNNKIT_CUDA_PERSISTENT=auto picks the "
      "persistent loop (persistent::prefers_persistent)"},
+    {"mma_tile_plan", py_mma_tile_plan, METH_VARARGS,
+     "mma_tile_plan(H, N, gates, units, backward, warps, smem_limit) -> dict: "
+     "mma::make_tile_plan"},
+    {"mma_coord", py_mma_coord, METH_VARARGS,
+     "mma_coord(operand, lane, r) -> (row, col): mma::a_coord, b_coord or c_coord"},
+    {"mma_block_product", py_mma_block_product, METH_VARARGS,
+     "mma_block_product(H, N, gates, units, backward, warps, smem_limit, rows, x, wt) -> "
+     "(plan, s): the mma variant's block product on the CPU (mma::block_product)"},
 #ifdef RNNKIT_WITH_CUDA
     {"persistent_last", py_persistent_last, METH_NOARGS,
      "persistent_last() -> (forward, backward): which loop the last CUDA layer call ran"},

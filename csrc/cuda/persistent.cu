@@ -17,6 +17,7 @@
 #include "../common/persistent.h"
 #include "persistent.cuh"
 #include "persistent_kernels.cuh"
+#include "persistent_mma.cuh"
 
 namespace rnnkit {
 namespace persistent {
@@ -63,14 +64,16 @@ Choice requested() {
   return Choice::On;
 }
 
-// RNNKIT_CUDA_PERSISTENT_VARIANT: "wide" (also unset or empty) or "basic" (persistent_kernels.cuh,
-// Variant); both give the same values, so the benchmark can time one against the other.
+// RNNKIT_CUDA_PERSISTENT_VARIANT: "wide" (also unset or empty), "basic" or "mma"
+// (persistent_kernels.cuh, Variant). wide and basic give the same values, so the benchmark can
+// time one against the other; mma (tensor cores) is not yet the default: it has not run on a GPU.
 Variant variant() {
   const char* v = std::getenv("RNNKIT_CUDA_PERSISTENT_VARIANT");
   if (v == nullptr || v[0] == '\0' || std::strcmp(v, "wide") == 0) return Variant::Wide;
+  if (std::strcmp(v, "mma") == 0) return Variant::Mma;
   TORCH_CHECK(std::strcmp(v, "basic") == 0,
-              "rnnkit: expected RNNKIT_CUDA_PERSISTENT_VARIANT to be wide or basic (or unset), "
-              "got '", v, "'");
+              "rnnkit: expected RNNKIT_CUDA_PERSISTENT_VARIANT to be wide, basic or mma (or "
+              "unset), got '", v, "'");
   return Variant::Basic;
 }
 
@@ -95,7 +98,7 @@ bool decline(bool backward, Choice choice, const std::string& why) {
 }
 
 struct Device {
-  int sms = 0, smem_optin = 0, cooperative = 0;
+  int sms = 0, smem_optin = 0, cooperative = 0, major = 0;
 };
 
 Device device_facts() {
@@ -106,6 +109,7 @@ Device device_facts() {
   C10_CUDA_CHECK(
       cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.cooperative, cudaDevAttrCooperativeLaunch, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
   return d;
 }
 
@@ -140,9 +144,26 @@ Steps device_steps(const SequencePlan& plan, Tensor* tables) {
   return s;
 }
 
+// The mma variant's tile plan for this call, where it can run: 16-bit values, compute capability
+// 8.0 or later, and a layout that fits. Otherwise why not, in *why, and the wide variant runs.
+bool mma_tiles(const plan_ns::Plan& plan, int64_t H, int64_t N, int64_t K, int64_t elem_bytes,
+               bool backward, const Device& dev, mma::TilePlan* tiles, std::string* why) {
+  if (elem_bytes != 2 || dev.major < 8) {
+    *why = "the mma variant needs float16 or bfloat16 on compute capability 8.0 or later";
+    return false;
+  }
+  *tiles = mma::make_tile_plan(H, N, K, plan.units, backward, kPersistentThreads / kWarp,
+                               dev.smem_optin);
+  if (!tiles->fits()) {
+    *why = std::string("the mma variant's layout: ") + plan_ns::refusal_text(tiles->refusal);
+    return false;
+  }
+  return true;
+}
+
 template <typename Params>
 bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backward,
-            Choice choice) {
+            Choice choice, const std::string& ran_as = "persistent") {
   const plan_ns::Plan& plan = params.plan;
   C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -164,7 +185,7 @@ bool launch(void (*kernel)(Params), Params params, const Device& dev, bool backw
                                              size_t(plan.smem_bytes),
                                              at::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  record(backward, "persistent");
+  record(backward, ran_as);
   return true;
 }
 
@@ -206,6 +227,46 @@ bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* 
   return true;
 }
 
+// The mma kernels of a cell; 16-bit types only (the others never reach them: mma_tiles refuses).
+template <typename scalar_t>
+bool launch_mma(const ForwardParams<scalar_t>& p, Cell cell, const Device& dev, Choice choice) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    switch (cell) {
+      case Cell::Lstm: return launch(forward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice);
+      case Cell::Gru: return launch(forward_mma_kernel<scalar_t, Cell::Gru>, p, dev, false, choice);
+      case Cell::Rnn: return launch(forward_mma_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice);
+    }
+  }
+  return false;
+}
+template <typename scalar_t>
+bool launch_mma(const BackwardParams<scalar_t>& p, Cell cell, const Device& dev, Choice choice) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    switch (cell) {
+      case Cell::Lstm: return launch(backward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice);
+      case Cell::Gru: return launch(backward_mma_kernel<scalar_t, Cell::Gru>, p, dev, true, choice);
+      case Cell::Rnn: return launch(backward_mma_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice);
+    }
+  }
+  return false;
+}
+
+// RNNKIT_CUDA_PERSISTENT_VARIANT=mma: true when the mma variant took the call (*ran: whether it
+// launched). Otherwise p turns to the wide variant and *ran_as says why, for persistent_last().
+template <typename Params>
+bool try_mma(Params& p, Cell cell, int64_t N, bool backward, const Device& dev, Choice choice,
+             std::string* ran_as, bool* ran) {
+  std::string why;
+  if (mma_tiles(p.plan, p.H, N, gates_of(cell), sizeof(*p.w_hh), backward, dev, &p.tiles, &why)) {
+    p.plan.smem_bytes = p.tiles.smem_bytes;
+    *ran = launch_mma(p, cell, dev, choice);
+    return true;
+  }
+  p.variant = Variant::Wide;
+  *ran_as = "persistent (wide: " + why + ")";
+  return false;
+}
+
 int64_t stage_offset(const plan_ns::Plan& plan) {
   return (plan.weight_bytes + plan_ns::kAlign - 1) / plan_ns::kAlign * plan_ns::kAlign;
 }
@@ -237,15 +298,18 @@ bool forward(const ForwardArgs& a) {
                               a.out.data_ptr<scalar_t>(), a.h_n.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(a.c_n), ptr_or_null<scalar_t>(a.ws),
                               ptr_or_null<scalar_t>(a.b_hh)};
+    std::string ran_as = "persistent";
+    if (p.variant == Variant::Mma && try_mma(p, a.cell, a.plan->N, false, dev, choice, &ran_as, &ran))
+      return;
     switch (a.cell) {
       case Cell::Lstm:
-        ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice);
+        ran = launch(forward_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice, ran_as);
         break;
       case Cell::Gru:
-        ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false, choice);
+        ran = launch(forward_kernel<scalar_t, Cell::Gru>, p, dev, false, choice, ran_as);
         break;
       case Cell::Rnn:
-        ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice);
+        ran = launch(forward_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice, ran_as);
         break;
     }
   });
@@ -272,15 +336,18 @@ bool backward(const BackwardArgs& a) {
                                ptr_or_null<scalar_t>(a.ws), ptr_or_null<scalar_t>(a.gout),
                                a.dh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dc),
                                a.dgates.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.dx)};
+    std::string ran_as = "persistent";
+    if (p.variant == Variant::Mma && try_mma(p, a.cell, a.plan->N, true, dev, choice, &ran_as, &ran))
+      return;
     switch (a.cell) {
       case Cell::Lstm:
-        ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice);
+        ran = launch(backward_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice, ran_as);
         break;
       case Cell::Gru:
-        ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true, choice);
+        ran = launch(backward_kernel<scalar_t, Cell::Gru>, p, dev, true, choice, ran_as);
         break;
       case Cell::Rnn:
-        ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice);
+        ran = launch(backward_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice, ran_as);
         break;
     }
   });

@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "../common/gates.h"
+#include "../common/mma_tile.h"
 #include "../common/persistent.h"
 #include "persistent.cuh"
 
@@ -39,11 +40,12 @@ using rnnkit::persistent::Steps;
 
 constexpr int gates_of(Cell c) { return c == Cell::Lstm ? 4 : c == Cell::Gru ? 3 : 1; }
 
-// RNNKIT_CUDA_PERSISTENT_VARIANT (cuda/persistent.cu): the same arithmetic in the same order,
-// so the two give identical values; Wide stages rows in 16-byte pieces and lets the lanes of a
-// tile run their rows' pointwise code at once, Basic (the first version) stages one value per
-// load and runs the rows one after another.
-enum class Variant : int { Basic = 0, Wide = 1 };
+// RNNKIT_CUDA_PERSISTENT_VARIANT (cuda/persistent.cu). Basic and Wide do the same arithmetic in
+// the same order, so the two give identical values; Wide stages rows in 16-byte pieces and lets
+// the lanes of a tile run their rows' pointwise code at once, Basic (the first version) stages
+// one value per load and runs the rows one after another. Mma (persistent_mma.cuh) does the
+// step's product on tensor cores, float16 and bfloat16 only; its sums add in another order.
+enum class Variant : int { Basic = 0, Wide = 1, Mma = 2 };
 
 template <typename scalar_t>
 struct ForwardParams {
@@ -61,6 +63,7 @@ struct ForwardParams {
   scalar_t* c_n;            // [N, H] LSTM
   scalar_t* ws;             // [P, W] LSTM, GRU
   const scalar_t* b_hh;     // [3H] GRU, or null
+  mma::TilePlan tiles{};    // the mma variant's layout (persistent_mma.cuh)
 };
 
 template <typename scalar_t>
@@ -82,6 +85,7 @@ struct BackwardParams {
   scalar_t* dc;             // [N, H] LSTM
   scalar_t* dgates;         // [P, G]
   scalar_t* dx;             // [P, G] GRU
+  mma::TilePlan tiles{};    // as in ForwardParams
 };
 
 // A value another block wrote during this launch, through L2.
@@ -107,16 +111,17 @@ __device__ __forceinline__ void st(scalar_t* p, at::opmath_type<scalar_t> v) {
 }
 
 // Stages rows [c0, c0 + chunk) of a row-major matrix with `len` values a row into dst
-// ([chunk, len], shared memory): row n comes from src(n), or is zero where src(n) is null. Wide:
-// 16-byte pieces (len * sizeof(scalar_t) a multiple of 16, every source row 16-byte aligned),
-// kBatch pieces a thread loaded before any is stored, so their L2 latencies overlap. Otherwise
-// one value at a time, as the basic variant always does.
+// ([chunk, ld], shared memory, ld >= len): row n comes from src(n), or is zero where src(n) is
+// null; values past len are left as they are. Wide: 16-byte pieces (len * sizeof(scalar_t) and
+// ld * sizeof(scalar_t) multiples of 16, every source row 16-byte aligned), kBatch pieces a
+// thread loaded before any is stored, so their L2 latencies overlap. Otherwise one value at a
+// time, as the basic variant always does.
 template <typename scalar_t, typename Src>
-__device__ __forceinline__ void stage_rows(scalar_t* dst, int chunk, int len, int64_t c0,
+__device__ __forceinline__ void stage_rows(scalar_t* dst, int chunk, int len, int ld, int64_t c0,
                                            bool wide, Src src) {
   if (wide) {
     constexpr int kPiece = 16 / int(sizeof(scalar_t)), kBatch = 4;
-    const int pieces = len / kPiece, total = chunk * pieces;
+    const int pieces = len / kPiece, total = chunk * pieces, ld_pieces = ld / kPiece;
     uint4* out = reinterpret_cast<uint4*>(dst);
     for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
       uint4 v[kBatch];
@@ -133,14 +138,17 @@ __device__ __forceinline__ void stage_rows(scalar_t* dst, int chunk, int len, in
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
         const int e = base + i * blockDim.x;
-        if (e < total) out[e] = v[i];
+        if (e < total) {
+          const int nl = e / pieces;
+          out[nl * ld_pieces + (e - nl * pieces)] = v[i];
+        }
       }
     }
   } else {
     for (int e = threadIdx.x; e < chunk * len; e += blockDim.x) {
       const int nl = e / len, k = e - nl * len;
       const scalar_t* row = src(c0 + nl);
-      dst[e] = row != nullptr ? load_shared_by_grid(row + k) : scalar_t(0);
+      dst[nl * ld + k] = row != nullptr ? load_shared_by_grid(row + k) : scalar_t(0);
     }
   }
 }
@@ -283,7 +291,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
     for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
       __syncthreads();  // the previous chunk's tiles are done with h_s (and w_s is loaded)
       // h0 is read through L2 too: harmless for a tensor nobody writes during the launch.
-      stage_rows(h_s, chunk, H, c0, p.variant == Variant::Wide && p.wide_rows,
+      stage_rows(h_s, chunk, H, H, c0, p.variant == Variant::Wide && p.wide_rows,
                  [&](int64_t n) -> const scalar_t* {
                    if (n >= bs) return nullptr;
                    return n < bs_src ? p.out + (row_src + n) * H : p.h0 + n * H;
@@ -396,6 +404,26 @@ __device__ __forceinline__ void backward_unit(const BackwardParams<scalar_t>& p,
   }
 }
 
+// Row n, unit j of a backward step, given its sum of dgates_prev W_hh and the dh it carried in:
+// the step's dh (rows the previous step had), then the pointwise backward (rows this step has;
+// its packed row is row + n).
+template <typename scalar_t, Cell C>
+__device__ __forceinline__ void finish_backward(const BackwardParams<scalar_t>& p, int64_t n,
+                                                int64_t j, at::opmath_type<scalar_t> sum,
+                                                at::opmath_type<scalar_t> dh_in,
+                                                const GradInputs<scalar_t, C>& in, int64_t bs,
+                                                int64_t bs_prev, int64_t row) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t grad = dh_in;
+  if (n < bs_prev) {
+    // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
+    scalar_t* dh = p.dh + n * p.H + j;
+    st(dh, (C == Cell::Gru ? dh_in : acc_t(0)) + sum);
+    grad = ld(dh);  // the stored value, as the general loop's next step reads it
+  }
+  if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad, in);
+}
+
 template <typename scalar_t, Cell C>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_kernel(const BackwardParams<scalar_t> p) {
@@ -426,7 +454,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
     for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
       __syncthreads();
-      stage_rows(d_s, chunk, G, c0, p.variant == Variant::Wide && p.wide_rows,
+      stage_rows(d_s, chunk, G, G, c0, p.variant == Variant::Wide && p.wide_rows,
                  [&](int64_t n) -> const scalar_t* {
                    return n < bs_prev ? p.dgates + (row_prev + n) * G : nullptr;
                  });
@@ -437,16 +465,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
         const int jl = it / groups, grp = it - jl * groups;
         acc_t acc[1][kNB];
         const int64_t j = j0 + jl;
-        // Row n of the tile: its sum of dgates_prev W_hh, the dh it carried in, its other inputs.
         auto finish = [&](int64_t n, acc_t sum, acc_t dh_in, const GradInputs<scalar_t, C>& in) {
-          acc_t grad = dh_in;
-          if (n < bs_prev) {
-            // LSTM and RNN: dh = dgates_prev W_hh; GRU adds it to the direct part z ⊙ dh.
-            scalar_t* dh = p.dh + n * H + j;
-            st(dh, (C == Cell::Gru ? dh_in : acc_t(0)) + sum);
-            grad = ld(dh);  // the stored value, as the general loop's next step reads it
-          }
-          if (n < bs) backward_unit<scalar_t, C>(p, row + n, n, j, grad, in);
+          finish_backward<scalar_t, C>(p, n, j, sum, dh_in, in, bs, bs_prev, row);
         };
         if (p.variant == Variant::Wide) {  // lanes 0 .. kNB-1 at once, one row each
           const int64_t n = c0 + grp * kNB + lane;

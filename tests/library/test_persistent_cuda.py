@@ -113,8 +113,20 @@ def test_float32_matches_reference_and_general_loop(device, monkeypatch, kind, T
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("config", ["padded", "packed-reverse", "n1-long", "h768"])
 def test_low_precision_within_dtype_bound(device, monkeypatch, dtype, kind, config):
-    shape = {"padded": dict(T=12, N=5, I=24, H=33), "packed-reverse": dict(T=12, N=5, I=24, H=33),
-             "n1-long": dict(T=300, N=1, I=8, H=17), "h768": dict(T=16, N=16, I=64, H=768)}[config]
+    _check_low_precision(device, monkeypatch, dtype, kind, config)
+
+
+LOW_PRECISION_SHAPES = {"padded": dict(T=12, N=5, I=24, H=33),
+                        "packed-reverse": dict(T=12, N=5, I=24, H=33),
+                        "n1-long": dict(T=300, N=1, I=8, H=17),
+                        "h768": dict(T=16, N=16, I=64, H=768),
+                        "n33-h17": dict(T=6, N=33, I=5, H=17)}
+
+
+def _check_low_precision(device, monkeypatch, dtype, kind, config):
+    """The forced persistent loop (whichever variant the environment names) within the dtype
+    bound of the float64 reference, output and every gradient."""
+    shape = LOW_PRECISION_SHAPES[config]
     packed = config == "packed-reverse"
     args64, (ours_fn, ref_fn) = _layer_problem(kind, **shape, seed=11, packed=packed,
                                                reverse=packed, device=device)
@@ -204,8 +216,43 @@ def test_bad_variant_is_an_error(device, monkeypatch):
     args, (ours_fn, _) = _layer_problem("lstm", T=2, N=1, I=4, H=8, seed=1, device=device)
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "fast")
-    with pytest.raises(RuntimeError, match="RNNKIT_CUDA_PERSISTENT_VARIANT to be wide or basic"):
+    with pytest.raises(RuntimeError,
+                       match="RNNKIT_CUDA_PERSISTENT_VARIANT to be wide, basic or mma"):
         ours_fn(*_cast(args, torch.float32, grad=False))
+
+
+# ---- the mma variant: the step's product on tensor cores (csrc/cuda/persistent_mma.cuh) -------
+def _needs_tensor_cores():
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the mma variant needs compute capability 8.0 or later")
+
+
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", list(LOW_PRECISION_SHAPES))
+def test_mma_variant_within_dtype_bound(device, monkeypatch, dtype, kind, config):
+    """n33-h17: three tiles of rows, the last with one; k padded from 17 to 32 (forward) and
+    from 17 K to a multiple of 16 (backward)."""
+    _needs_tensor_cores()
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
+    _check_low_precision(device, monkeypatch, dtype, kind, config)
+
+
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mma_variant_without_16_bit_values_runs_wide_and_says_why(device, monkeypatch, dtype):
+    args, (ours_fn, ref_fn) = _layer_problem("lstm", T=3, N=2, I=4, H=8, seed=1, device=device)
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
+    ours, gours, seeds = _run(ours_fn, _cast(args, dtype))
+    ref, gref, _ = _run(ref_fn, _cast(args, dtype), seeds)
+    why = ("persistent (wide: the mma variant needs float16 or bfloat16 on compute capability "
+           "8.0 or later)")
+    assert _C.persistent_last() == (why, why)
+    _close(ours, ref, 1e-5, 1e-5, "output vs reference")
+    _close(gours, gref, 1e-5, 1e-5, "gradient vs reference")
+
 
 
 # ---- what falls back, and how it says so -----------------------------------------------------

@@ -1,0 +1,92 @@
+// A CPU stand-in for the tensor-core block product of the persistent loops' mma variant
+// (mma_tile.h; the kernels are cuda/persistent_mma.cuh), for the tests on machines without a GPU:
+// the same tasks handed to the same warps, the same fragment offsets into the same shared-memory
+// layout, the same partial sums, with each mma.sync.m16n8k16 done by emulate_mma below from the
+// fragment maps. Host code only; rnnkit._C.mma_block_product runs it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mma_tile.h"
+
+namespace rnnkit {
+namespace mma {
+
+// One mma.sync.m16n8k16 as a warp issues it: each lane's registers in (a[lane][r][e]: value e of
+// register r, read as float), d[lane][i] += value i of the lane's part of the product A B. The
+// tile matrices are rebuilt from the registers through the fragment maps.
+inline void emulate_mma(const float (&a)[kLanes][4][2], const float (&b)[kLanes][2][2],
+                        float (&d)[kLanes][4]) {
+  float A[kM][kK] = {}, B[kK][kN] = {};
+  for (int lane = 0; lane < kLanes; ++lane) {
+    for (int r = 0; r < 4; ++r) {
+      const Coord c = a_coord(lane, r);
+      A[c.row][c.col] = a[lane][r][0];
+      A[c.row][c.col + 1] = a[lane][r][1];
+    }
+    for (int r = 0; r < 2; ++r) {
+      const Coord c = b_coord(lane, r);
+      B[c.row][c.col] = b[lane][r][0];
+      B[c.row + 1][c.col] = b[lane][r][1];
+    }
+  }
+  for (int lane = 0; lane < kLanes; ++lane)
+    for (int i = 0; i < 4; ++i) {
+      const Coord c = c_coord(lane, i);
+      float s = 0.0f;
+      for (int k = 0; k < kK; ++k) s += A[c.row][k] * B[k][c.col];
+      d[lane][i] += s;
+    }
+}
+
+// The product of one staged chunk of `rows` rows as the block's `warps` warps compute it:
+// x [chunk, ld] and wt [cols_padded, ld] as laid out in shared memory (x_index, wt_index; zero
+// padded), partial [splits, chunk, cols_padded] out.
+inline void emulate_block_product(const TilePlan& t, const float* x, const float* wt,
+                                  int64_t rows, int64_t warps, float* partial) {
+  const int64_t tasks = task_count(t, round_up(rows, kM) / kM);
+  for (int64_t w = 0; w < warps; ++w)
+    for (int64_t it = w; it < tasks; it += warps) {
+      const Task task = task_of(t, it);
+      float acc[kLanes][4] = {};
+      for (int64_t ks = task.ks; ks < t.k_steps(); ks += t.splits) {
+        float a[kLanes][4][2], b[kLanes][2][2];
+        for (int lane = 0; lane < kLanes; ++lane) {
+          for (int r = 0; r < 4; ++r) {
+            const int64_t off = a_offset(t, lane, r, int64_t(task.mt) * kM, ks * kK);
+            a[lane][r][0] = x[off];
+            a[lane][r][1] = x[off + 1];
+          }
+          for (int r = 0; r < 2; ++r) {
+            const int64_t off = b_offset(t, lane, r, int64_t(task.nt) * kN, ks * kK);
+            b[lane][r][0] = wt[off];
+            b[lane][r][1] = wt[off + 1];
+          }
+        }
+        emulate_mma(a, b, acc);
+      }
+      for (int lane = 0; lane < kLanes; ++lane)
+        for (int i = 0; i < 4; ++i) partial[c_index(t, task, lane, i)] = acc[lane][i];
+    }
+}
+
+// S[m, c] = sum_k x[m, k] wt[c, k] for m < rows, c < t.cols, through the layout, the emulated
+// warps and the partial sums: x [rows, len] and wt [cols, len], row major, rows <= t.chunk.
+inline std::vector<float> block_product(const TilePlan& t, const float* x, const float* wt,
+                                        int64_t rows, int64_t warps) {
+  std::vector<float> xs(size_t(t.chunk * t.ld), 0.0f), ws(size_t(t.cols_padded * t.ld), 0.0f);
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t k = 0; k < t.len; ++k) xs[size_t(x_index(t, m, k))] = x[m * t.len + k];
+  for (int64_t c = 0; c < t.cols; ++c)
+    for (int64_t k = 0; k < t.len; ++k) ws[size_t(wt_index(t, c, k))] = wt[c * t.len + k];
+  std::vector<float> partial(size_t(t.splits * t.chunk * t.cols_padded), 0.0f);
+  emulate_block_product(t, xs.data(), ws.data(), rows, warps, partial.data());
+  std::vector<float> s(size_t(rows * t.cols));
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t c = 0; c < t.cols; ++c) s[size_t(m * t.cols + c)] = partial_sum(t, partial.data(), m, c);
+  return s;
+}
+
+}  // namespace mma
+}  // namespace rnnkit

@@ -1,0 +1,203 @@
+// The mma variant of the persistent loops (RNNKIT_CUDA_PERSISTENT_VARIANT=mma): the kernels of
+// persistent_kernels.cuh with each step's recurrent product on tensor cores. The partition, the
+// steps, the staging and the pointwise code are theirs; the product is common/mma_tile.h's:
+// block b computes S = X Wt^T for its staged rows X and its slice Wt of W_hh with
+// mma.sync.m16n8k16 (16-bit inputs, float sums), its warps taking the output tiles and shares of
+// the k steps in turn (mma::task_of), and sums the shares from shared memory (mma::partial_sum).
+// float16 and bfloat16 on compute capability 8.0 and later; cuda/persistent.cu chooses it.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../common/mma_tile.h"
+#include "persistent_kernels.cuh"
+
+namespace rnnkit {
+namespace cuda {
+namespace persistent {
+
+// d += a b: one mma.sync.m16n8k16, registers as in mma_tile.h's fragment maps.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    static_assert(std::is_same_v<scalar_t, c10::BFloat16>, "mma_16816: float16 or bfloat16");
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#else
+  __trap();  // the host never launches the mma variant below compute capability 8.0
+#endif
+}
+
+// The pair of 16-bit values at p (4-byte aligned: every fragment offset is even) as one register.
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t pair_at(const scalar_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// partial = the block's product of the staged rows x [chunk, ld] (rows < `rows` of them matter)
+// and wt [cols_padded, ld], by shares of k steps (mma::emulate_block_product is the same on the
+// CPU). The caller synchronises the block before reading partial.
+template <typename scalar_t>
+__device__ __forceinline__ void block_product(const mma::TilePlan& t, const scalar_t* x,
+                                              const scalar_t* wt, int64_t rows, float* partial) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  const int64_t tasks = mma::task_count(t, mma::round_up(rows, mma::kM) / mma::kM);
+  const int64_t k_steps = t.k_steps();
+  for (int64_t it = warp; it < tasks; it += warps) {
+    const mma::Task task = mma::task_of(t, it);
+    const int64_t m0 = int64_t(task.mt) * mma::kM, n0 = int64_t(task.nt) * mma::kN;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t ks = task.ks; ks < k_steps; ks += t.splits) {
+      uint32_t a[4], b[2];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = pair_at(x + mma::a_offset(t, lane, r, m0, ks * mma::kK));
+#pragma unroll
+      for (int r = 0; r < 2; ++r) b[r] = pair_at(wt + mma::b_offset(t, lane, r, n0, ks * mma::kK));
+      mma_16816<scalar_t>(acc, a, b);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) partial[mma::c_index(t, task, lane, i)] = acc[i];
+  }
+}
+
+// Shared memory of both kernels (mma::make_tile_plan): Wt, then the staged rows X, then the
+// partial sums. All of it starts as zeros, so the padding of rows and columns stays zero.
+struct MmaShared {
+  unsigned char* base;
+  __device__ void zero(const mma::TilePlan& t) const {
+    for (int64_t e = threadIdx.x; e < t.smem_bytes / 4; e += blockDim.x)
+      reinterpret_cast<uint32_t*>(base)[e] = 0u;
+  }
+  template <typename scalar_t>
+  __device__ scalar_t* wt() const { return reinterpret_cast<scalar_t*>(base); }
+  template <typename scalar_t>
+  __device__ scalar_t* x(const mma::TilePlan& t) const {
+    return reinterpret_cast<scalar_t*>(base + t.stage_offset);
+  }
+  __device__ float* partial(const mma::TilePlan& t) const {
+    return reinterpret_cast<float*>(base + t.partial_offset);
+  }
+};
+
+template <typename scalar_t, Cell C>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_mma_kernel(const ForwardParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = gates_of(C);
+  extern __shared__ __align__(16) unsigned char smem[];
+  const mma::TilePlan& t = p.tiles;
+  const MmaShared shared{smem};
+  scalar_t* w_s = shared.wt<scalar_t>();   // [u * K, ld]: row jl * K + g = W_hh[g * H + j0 + jl]
+  scalar_t* h_s = shared.x<scalar_t>(t);   // [chunk, ld]
+  float* part = shared.partial(t);         // [splits, chunk, cols_padded]
+  const int H = int(p.H);
+  const int64_t j0 = rnnkit::persistent::first_unit(p.plan, blockIdx.x);
+  const int u = int(rnnkit::persistent::unit_count(p.plan, p.H, blockIdx.x));
+  shared.zero(t);
+  __syncthreads();
+  for (int e = threadIdx.x; e < u * K * H; e += blockDim.x) {
+    const int r = e / H, k = e - r * H, jl = r / K, g = r - jl * K;
+    w_s[mma::wt_index(t, r, k)] = p.w_hh[(int64_t(g) * H + j0 + jl) * H + k];
+  }
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int chunk = int(t.chunk);
+  for (int64_t s = 0; s < p.steps.T; ++s) {
+    const int64_t t_now = p.steps.forward_time(s), bs = p.steps.batch(t_now);
+    const int64_t row = p.steps.offset(t_now);
+    const int64_t t_src = s > 0 ? p.steps.forward_time(s - 1) : 0;
+    const int64_t bs_src = s > 0 ? p.steps.batch(t_src) : 0;
+    const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
+    for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
+      __syncthreads();  // the previous chunk is done with h_s and part (and w_s is loaded)
+      stage_rows(h_s, chunk, H, int(t.ld), c0, p.wide_rows, [&](int64_t n) -> const scalar_t* {
+        if (n >= bs) return nullptr;
+        return n < bs_src ? p.out + (row_src + n) * H : p.h0 + n * H;
+      });
+      __syncthreads();
+      const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk;
+      block_product(t, h_s, w_s, rows, part);
+      __syncthreads();
+      for (int64_t e = threadIdx.x; e < rows * u; e += blockDim.x) {
+        const int64_t nl = e / u, jl = e - nl * u, n = c0 + nl, j = j0 + jl;
+        acc_t sum[K];
+#pragma unroll
+        for (int g = 0; g < K; ++g) sum[g] = mma::partial_sum(t, part, nl, jl * K + g);
+        forward_unit<scalar_t, C>(p, row + n, n, j, sum,
+                                  static_cast<acc_t>(h_s[mma::x_index(t, nl, j)]),
+                                  load_unit_inputs<scalar_t, C>(p, row + n, n, j));
+      }
+    }
+    grid.sync();
+  }
+}
+
+template <typename scalar_t, Cell C>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_mma_kernel(const BackwardParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = gates_of(C);
+  extern __shared__ __align__(16) unsigned char smem[];
+  const mma::TilePlan& t = p.tiles;
+  const MmaShared shared{smem};
+  const int H = int(p.H), G = K * H;
+  scalar_t* w_s = shared.wt<scalar_t>();  // [u, ld]: row jl = W_hh[:, j0 + jl]
+  scalar_t* d_s = shared.x<scalar_t>(t);  // [chunk, ld]: gate gradients of the step before
+  float* part = shared.partial(t);
+  const int64_t j0 = rnnkit::persistent::first_unit(p.plan, blockIdx.x);
+  const int u = int(rnnkit::persistent::unit_count(p.plan, p.H, blockIdx.x));
+  shared.zero(t);
+  __syncthreads();
+  for (int e = threadIdx.x; e < u * G; e += blockDim.x) {
+    const int jl = e / G, g = e - jl * G;
+    w_s[mma::wt_index(t, jl, g)] = p.w_hh[int64_t(g) * H + j0 + jl];
+  }
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int chunk = int(t.chunk);
+  // s == T is the last pass: grad_h0 from the gate gradients of the last step, no pointwise.
+  for (int64_t s = 0; s <= p.steps.T; ++s) {
+    const bool has_cur = s < p.steps.T, has_prev = s > 0;
+    const int64_t t_now = has_cur ? p.steps.backward_time(s) : 0;
+    const int64_t bs = has_cur ? p.steps.batch(t_now) : 0;
+    const int64_t row = has_cur ? p.steps.offset(t_now) : 0;
+    const int64_t tp = has_prev ? p.steps.backward_time(s - 1) : 0;
+    const int64_t bs_prev = has_prev ? p.steps.batch(tp) : 0;
+    const int64_t row_prev = has_prev ? p.steps.offset(tp) : 0;
+    const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
+    for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
+      __syncthreads();
+      stage_rows(d_s, chunk, G, int(t.ld), c0, p.wide_rows, [&](int64_t n) -> const scalar_t* {
+        return n < bs_prev ? p.dgates + (row_prev + n) * G : nullptr;
+      });
+      __syncthreads();
+      const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk;
+      block_product(t, d_s, w_s, rows, part);
+      __syncthreads();
+      for (int64_t e = threadIdx.x; e < rows * u; e += blockDim.x) {
+        const int64_t nl = e / u, jl = e - nl * u, n = c0 + nl, j = j0 + jl;
+        const acc_t dh_in = ld(p.dh + n * H + j);
+        finish_backward<scalar_t, C>(p, n, j, mma::partial_sum(t, part, nl, jl), dh_in,
+                                     n < bs ? load_grad_inputs<scalar_t, C>(p, row + n, n, j)
+                                            : GradInputs<scalar_t, C>{},
+                                     bs, bs_prev, row);
+      }
+    }
+    if (has_cur) grid.sync();
+  }
+}
+
+}  // namespace persistent
+}  // namespace cuda
+}  // namespace rnnkit
