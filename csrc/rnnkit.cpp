@@ -208,6 +208,46 @@ static PyObject* py_mma_block_product(PyObject*, PyObject* args) {
   return Py_BuildValue("(NN)", tile_plan_dict(t), bytes);
 }
 
+// mma_block_sums(H, N, gates, max_blocks, block, backward, warps, smem_limit, rows, x, w_hh)
+// -> bytes: block `block`'s sums for rows [0, rows) of one chunk, in the order of the kernels'
+// pointwise pass (mma::block_sums), float32; x [rows, H or G] and w_hh [G, H] as float32 bytes.
+static PyObject* py_mma_block_sums(PyObject*, PyObject* args) {
+  long long H = 0, N = 0, gates = 0, max_blocks = 0, block = 0, warps = 0, smem_limit = 0;
+  long long rows = 0;
+  int backward = 0;
+  Py_buffer x{}, w{};
+  if (!PyArg_ParseTuple(args, "LLLLLpLLLy*y*", &H, &N, &gates, &max_blocks, &block, &backward,
+                        &warps, &smem_limit, &rows, &x, &w))
+    return nullptr;
+  const rnnkit::persistent::Plan plan =
+      rnnkit::persistent::make_plan(H, N, gates, 2, backward != 0, max_blocks, smem_limit);
+  const rnnkit::mma::TilePlan t = rnnkit::mma::make_tile_plan(H, N, gates, plan.units,
+                                                              backward != 0, warps, smem_limit);
+  const long long u = plan.fits() ? rnnkit::persistent::unit_count(plan, H, block) : 0;
+  const Py_ssize_t want_x = Py_ssize_t(rows * t.len * 4), want_w = Py_ssize_t(gates * H * H * 4);
+  if (!plan.fits() || !t.fits() || u <= 0 || rows < 0 || rows > t.chunk || x.len != want_x ||
+      w.len != want_w) {
+    PyErr_Format(PyExc_ValueError,
+                 "mma_block_sums: expected plans that fit (%s, %s), a block that owns units "
+                 "(block %lld owns %lld), 0 <= rows <= chunk (%lld), x of %zd bytes and w_hh of "
+                 "%zd bytes; got rows %lld, %zd and %zd bytes",
+                 rnnkit::persistent::refusal_text(plan.refusal),
+                 rnnkit::persistent::refusal_text(t.refusal), block, u, (long long)t.chunk,
+                 want_x, want_w, rows, x.len, w.len);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    return nullptr;
+  }
+  const std::vector<float> s = rnnkit::mma::block_sums(
+      t, backward != 0, static_cast<const float*>(w.buf), H, gates,
+      rnnkit::persistent::first_unit(plan, block), u, static_cast<const float*>(x.buf), rows,
+      warps);
+  PyBuffer_Release(&x);
+  PyBuffer_Release(&w);
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(s.data()),
+                                   Py_ssize_t(s.size() * sizeof(float)));
+}
+
 #ifdef RNNKIT_WITH_CUDA
 static PyObject* py_persistent_last(PyObject*, PyObject*) {
   return Py_BuildValue("(ss)", rnnkit::persistent::last_forward().c_str(),
@@ -248,6 +288,9 @@ static PyMethodDef kMethods[] = {
      "mma::make_tile_plan"},
     {"mma_coord", py_mma_coord, METH_VARARGS,
      "mma_coord(operand, lane, r) -> (row, col): mma::a_coord, b_coord or c_coord"},
+    {"mma_block_sums", py_mma_block_sums, METH_VARARGS,
+     "mma_block_sums(H, N, gates, max_blocks, block, backward, warps, smem_limit, rows, x, "
+     "w_hh) -> bytes: one block's sums as the mma kernels' pointwise pass reads them"},
     {"mma_block_product", py_mma_block_product, METH_VARARGS,
      "mma_block_product(H, N, gates, units, backward, warps, smem_limit, rows, x, wt) -> "
      "(plan, s): the mma variant's block product on the CPU (mma::block_product)"},

@@ -88,5 +88,32 @@ inline std::vector<float> block_product(const TilePlan& t, const float* x, const
   return s;
 }
 
+// One block's sums for one chunk of rows, as the kernels reach them: Wt gathered from w_hh ([G, H]
+// row major, G = K * H) by forward_weight or backward_weight, the rows x [rows, len] staged, the
+// emulated product, then, item by item of the pointwise pass (item_of, column_of), the sums:
+// forward, out[item][g] for its K gates; backward, out[item] (one sum). `units`, `j0` and `u`:
+// the partition's units per block and this block's first unit and count (persistent.h).
+inline std::vector<float> block_sums(const TilePlan& t, bool backward, const float* w_hh,
+                                     int64_t H, int64_t K, int64_t j0, int64_t u, const float* x,
+                                     int64_t rows, int64_t warps) {
+  std::vector<float> xs(size_t(t.chunk * t.ld), 0.0f), ws(size_t(t.cols_padded * t.ld), 0.0f);
+  for (int64_t e = 0; e < u * K * H; ++e) {
+    const WeightMove m = backward ? backward_weight(t, e, H, K, j0) : forward_weight(t, e, H, K, j0);
+    ws[size_t(m.dst)] = w_hh[m.src];
+  }
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t k = 0; k < t.len; ++k) xs[size_t(x_index(t, m, k))] = x[m * t.len + k];
+  std::vector<float> partial(size_t(t.splits * t.chunk * t.cols_padded), 0.0f);
+  emulate_block_product(t, xs.data(), ws.data(), rows, warps, partial.data());
+  const int gates = backward ? 1 : int(K);
+  std::vector<float> out;
+  for (int e = 0; e < int(rows * u); ++e) {
+    const Item it = item_of(e, int(u));
+    for (int g = 0; g < gates; ++g)
+      out.push_back(partial_sum(t, partial.data(), it.row, column_of(it.unit, g, int(K), backward)));
+  }
+  return out;
+}
+
 }  // namespace mma
 }  // namespace rnnkit

@@ -157,5 +157,33 @@ RNNKIT_HD float partial_sum(const TilePlan& t, const float* partial, int64_t m, 
   return s;
 }
 
+// How a block fills Wt from W_hh ([G, H], row major) at the start of a launch: element e of
+// u * K * H (u: its units, K gates each, j0 its first unit) goes from W_hh[src] to wt[dst].
+struct WeightMove {
+  int64_t dst, src;
+};
+// Forward: Wt's row r = jl * K + g is W_hh's row g * H + j0 + jl (gate g of unit j0 + jl).
+RNNKIT_HD WeightMove forward_weight(const TilePlan& t, int64_t e, int64_t H, int64_t K,
+                                    int64_t j0) {
+  const int64_t r = e / H, k = e - r * H, jl = r / K, g = r - jl * K;
+  return {wt_index(t, r, k), (g * H + j0 + jl) * H + k};
+}
+// Backward: Wt's row jl is W_hh's column j0 + jl, all G of its values.
+RNNKIT_HD WeightMove backward_weight(const TilePlan& t, int64_t e, int64_t H, int64_t K,
+                                     int64_t j0) {
+  const int64_t G = K * H, jl = e / G, g = e - jl * G;
+  return {wt_index(t, jl, g), g * H + j0 + jl};
+}
+
+// The pointwise pass after a chunk's product: item e of rows * u is (row of the chunk, unit of the
+// block); its sums sit in column column_of(unit, gate) of the product.
+struct Item {
+  int row, unit;
+};
+RNNKIT_HD Item item_of(int e, int u) { return {e / u, e - (e / u) * u}; }
+RNNKIT_HD int64_t column_of(int unit, int gate, int K, bool backward) {
+  return backward ? unit : int64_t(unit) * K + gate;
+}
+
 }  // namespace mma
 }  // namespace rnnkit

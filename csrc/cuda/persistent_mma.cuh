@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
   shared.zero(t);
   __syncthreads();
   for (int e = threadIdx.x; e < u * K * H; e += blockDim.x) {
-    const int r = e / H, k = e - r * H, jl = r / K, g = r - jl * K;
-    w_s[mma::wt_index(t, r, k)] = p.w_hh[(int64_t(g) * H + j0 + jl) * H + k];
+    const mma::WeightMove m = mma::forward_weight(t, e, H, K, j0);
+    w_s[m.dst] = p.w_hh[m.src];
   }
   cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   const int chunk = int(t.chunk);
@@ -121,12 +121,14 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t bs_src = s > 0 ? p.steps.batch(t_src) : 0;
     const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
     for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
-      const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk, items = rows * u;
+      const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk;
+      const int items = int(rows) * u;
       // A thread's first (row, unit) of the chunk loads its pointwise inputs before the staging
       // and the product, so their latency overlaps them (the same thread wrote its c last step).
       UnitInputs<scalar_t, C> first{};
-      if (threadIdx.x < items) {
-        const int64_t nl = threadIdx.x / u, n = c0 + nl, j = j0 + (threadIdx.x - nl * u);
+      if (int(threadIdx.x) < items) {
+        const mma::Item it = mma::item_of(threadIdx.x, u);
+        const int64_t n = c0 + it.row, j = j0 + it.unit;
         first = load_unit_inputs<scalar_t, C>(p, row + n, n, j);
       }
       __syncthreads();  // the previous chunk is done with h_s and part (and w_s is loaded)
@@ -137,14 +139,16 @@ __global__ void __launch_bounds__(kPersistentThreads)
       __syncthreads();
       block_product(t, h_s, w_s, rows, part);
       __syncthreads();
-      for (int64_t e = threadIdx.x; e < items; e += blockDim.x) {
-        const int64_t nl = e / u, jl = e - nl * u, n = c0 + nl, j = j0 + jl;
+      for (int e = threadIdx.x; e < items; e += blockDim.x) {
+        const mma::Item it = mma::item_of(e, u);
+        const int64_t n = c0 + it.row, j = j0 + it.unit;
         acc_t sum[K];
 #pragma unroll
-        for (int g = 0; g < K; ++g) sum[g] = mma::partial_sum(t, part, nl, jl * K + g);
+        for (int g = 0; g < K; ++g)
+          sum[g] = mma::partial_sum(t, part, it.row, mma::column_of(it.unit, g, K, false));
         forward_unit<scalar_t, C>(p, row + n, n, j, sum,
-                                  static_cast<acc_t>(h_s[mma::x_index(t, nl, j)]),
-                                  e == threadIdx.x ? first
+                                  static_cast<acc_t>(h_s[mma::x_index(t, it.row, j)]),
+                                  e == int(threadIdx.x) ? first
                                                    : load_unit_inputs<scalar_t, C>(p, row + n, n, j));
       }
     }
@@ -169,8 +173,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
   shared.zero(t);
   __syncthreads();
   for (int e = threadIdx.x; e < u * G; e += blockDim.x) {
-    const int jl = e / G, g = e - jl * G;
-    w_s[mma::wt_index(t, jl, g)] = p.w_hh[int64_t(g) * H + j0 + jl];
+    const mma::WeightMove m = mma::backward_weight(t, e, H, K, j0);
+    w_s[m.dst] = p.w_hh[m.src];
   }
   cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   const int chunk = int(t.chunk);
@@ -185,17 +189,19 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t row_prev = has_prev ? p.steps.offset(tp) : 0;
     const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
     for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
-      const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk, items = rows * u;
+      const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk;
+      const int items = int(rows) * u;
       // As in the forward: a thread's first (row, unit) loads its inputs (the dh and dc it
       // carried, written by this thread last step, and the saved values) before the product.
-      const auto inputs_of = [&](int64_t e, acc_t* dh_in) {
-        const int64_t nl = e / u, n = c0 + nl, j = j0 + (e - nl * u);
+      const auto inputs_of = [&](int e, acc_t* dh_in) {
+        const mma::Item it = mma::item_of(e, u);
+        const int64_t n = c0 + it.row, j = j0 + it.unit;
         *dh_in = ld(p.dh + n * H + j);
         return n < bs ? load_grad_inputs<scalar_t, C>(p, row + n, n, j) : GradInputs<scalar_t, C>{};
       };
       acc_t first_dh = 0;
       GradInputs<scalar_t, C> first{};
-      if (threadIdx.x < items) first = inputs_of(threadIdx.x, &first_dh);
+      if (int(threadIdx.x) < items) first = inputs_of(threadIdx.x, &first_dh);
       __syncthreads();
       stage_rows(d_s, chunk, G, int(t.ld), c0, p.wide_rows, [&](int64_t n) -> const scalar_t* {
         return n < bs_prev ? p.dgates + (row_prev + n) * G : nullptr;
@@ -203,12 +209,14 @@ __global__ void __launch_bounds__(kPersistentThreads)
       __syncthreads();
       block_product(t, d_s, w_s, rows, part);
       __syncthreads();
-      for (int64_t e = threadIdx.x; e < items; e += blockDim.x) {
-        const int64_t nl = e / u, jl = e - nl * u, n = c0 + nl, j = j0 + jl;
+      for (int e = threadIdx.x; e < items; e += blockDim.x) {
+        const mma::Item it = mma::item_of(e, u);
+        const int64_t n = c0 + it.row, j = j0 + it.unit;
         acc_t dh_in = first_dh;
-        const GradInputs<scalar_t, C> in = e == threadIdx.x ? first : inputs_of(e, &dh_in);
-        finish_backward<scalar_t, C>(p, n, j, mma::partial_sum(t, part, nl, jl), dh_in, in, bs,
-                                     bs_prev, row);
+        const GradInputs<scalar_t, C> in = e == int(threadIdx.x) ? first : inputs_of(e, &dh_in);
+        finish_backward<scalar_t, C>(
+            p, n, j, mma::partial_sum(t, part, it.row, mma::column_of(it.unit, 0, K, true)),
+            dh_in, in, bs, bs_prev, row);
       }
     }
     if (has_cur) grid.sync();

@@ -179,3 +179,34 @@ def test_block_product_refuses_bad_sizes():
         _C.mma_block_product(17, 5, 3, 3, False, WARPS, H200_SMEM, p["chunk"] + 1, x, wt)
     with pytest.raises(ValueError, match="x of 340 bytes"):
         _C.mma_block_product(17, 5, 3, 3, False, WARPS, H200_SMEM, 5, b"\0" * 8, wt)
+
+
+# ---- a whole block: Wt gathered from W_hh, sums read back in the pointwise pass's order ---------
+@pytest.mark.parametrize("H, N, gates, max_blocks, rows", [
+    (768, 16, 4, 132, 16),  # issue 17's case: 6 units a block, the last block 6 too
+    (17, 5, 3, 4, 5),       # 5 units a block, the last block 2
+    (33, 3, 1, 132, 3),     # one unit a block
+    (40, 20, 4, 3, 20),     # 14 units a block, 12 in the last; two tiles of rows
+])
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_every_block_sums_its_own_units(H, N, gates, max_blocks, rows, backward):
+    """Block b's sums, item by item (row, unit) and gate by gate, are the columns of the full
+    product that belong to its units: forward h W_hhᵀ at W_hh's rows g H + j (gate g of unit j),
+    backward d W_hh at column j."""
+    g = torch.Generator().manual_seed(H * 7 + rows)
+    G = gates * H
+    w_hh = torch.randn(G, H, generator=g).to(torch.bfloat16).float()
+    x = torch.randn(rows, G if backward else H, generator=g).to(torch.bfloat16).float()
+    full = (x.double() @ w_hh.double()) if backward else (x.double() @ w_hh.double().t())
+    units = -(-H // max_blocks)
+    for block in range(-(-H // units)):
+        j0, u = _C.persistent_units(H, units, block)
+        s = _C.mma_block_sums(H, N, gates, max_blocks, block, backward, WARPS, H200_SMEM, rows,
+                              x.numpy().tobytes(), w_hh.numpy().tobytes())
+        ours = torch.frombuffer(bytearray(s), dtype=torch.float32).double()
+        if backward:
+            want = full[:, j0:j0 + u]  # [rows, u], items in (row, unit) order
+        else:  # [rows, u, gates]: unit j0 + jl, gate k is column k H + j0 + jl
+            want = torch.stack([full[:, k * H + j0:k * H + j0 + u] for k in range(gates)], dim=-1)
+        torch.testing.assert_close(ours, want.reshape(-1), rtol=1e-5, atol=1e-4,
+                                   msg=lambda m, b=block: f"block {b}: {m}")
