@@ -127,25 +127,47 @@ static PyObject* py_persistent_auto(PyObject*, PyObject* args) {
 }
 
 // The mma variant's tile plan, fragment maps and block product (common/mma_tile.h, run on the CPU
-// by common/mma_emulate.h), for tests/library/test_persistent_mma.py.
+// by common/mma_emulate.h), for tests/library/test_persistent_mma.py. `kind`, the instruction:
+// "half" (the default) or "tf32".
+static bool parse_kind(const char* name, rnnkit::mma::Kind* kind) {
+  const std::string k(name == nullptr ? "half" : name);
+  if (k == "half" || k == "tf32") {
+    *kind = k == "half" ? rnnkit::mma::Kind::Half : rnnkit::mma::Kind::Tf32;
+    return true;
+  }
+  PyErr_Format(PyExc_ValueError, "mma: expected kind half or tf32, got '%s'", name);
+  return false;
+}
+
 static bool parse_tile_plan(PyObject* args, rnnkit::mma::TilePlan* t, long long* warps_out,
                             long long* rows, Py_buffer* x, Py_buffer* wt) {
   long long H = 0, N = 0, gates = 0, units = 0, warps = 0, smem_limit = 0;
   int backward = 0;
+  const char* kind_name = nullptr;
   const bool product = x != nullptr;
-  const int ok = product ? PyArg_ParseTuple(args, "LLLLpLLLy*y*", &H, &N, &gates, &units,
-                                            &backward, &warps, &smem_limit, rows, x, wt)
-                         : PyArg_ParseTuple(args, "LLLLpLL", &H, &N, &gates, &units, &backward,
-                                            &warps, &smem_limit);
+  const int ok = product ? PyArg_ParseTuple(args, "LLLLpLLLy*y*|s", &H, &N, &gates, &units,
+                                            &backward, &warps, &smem_limit, rows, x, wt,
+                                            &kind_name)
+                         : PyArg_ParseTuple(args, "LLLLpLL|s", &H, &N, &gates, &units, &backward,
+                                            &warps, &smem_limit, &kind_name);
   if (!ok) return false;
-  *t = rnnkit::mma::make_tile_plan(H, N, gates, units, backward != 0, warps, smem_limit);
+  rnnkit::mma::Kind kind;
+  if (!parse_kind(kind_name, &kind)) {
+    if (product) {
+      PyBuffer_Release(x);
+      PyBuffer_Release(wt);
+    }
+    return false;
+  }
+  *t = rnnkit::mma::make_tile_plan(H, N, gates, units, backward != 0, warps, smem_limit, kind);
   *warps_out = warps;
   return true;
 }
 
 static PyObject* tile_plan_dict(const rnnkit::mma::TilePlan& t) {
-  return Py_BuildValue("{s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "fits",
-                       t.fits() ? Py_True : Py_False, "reason",
+  return Py_BuildValue("{s:O,s:s,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "fits",
+                       t.fits() ? Py_True : Py_False, "kind",
+                       t.kind == rnnkit::mma::Kind::Half ? "half" : "tf32", "reason",
                        rnnkit::persistent::refusal_text(t.refusal), "cols", (long long)t.cols,
                        "cols_padded", (long long)t.cols_padded, "len", (long long)t.len, "ld",
                        (long long)t.ld, "chunk", (long long)t.chunk, "splits", (long long)t.splits,
@@ -162,8 +184,11 @@ static PyObject* py_mma_tile_plan(PyObject*, PyObject* args) {
 
 static PyObject* py_mma_coord(PyObject*, PyObject* args) {
   const char* operand = nullptr;
+  const char* kind_name = nullptr;
   int lane = 0, r = 0;
-  if (!PyArg_ParseTuple(args, "sii", &operand, &lane, &r)) return nullptr;
+  rnnkit::mma::Kind kind;
+  if (!PyArg_ParseTuple(args, "sii|s", &operand, &lane, &r, &kind_name)) return nullptr;
+  if (!parse_kind(kind_name, &kind)) return nullptr;
   const std::string op(operand);
   const int regs = op == "a" || op == "c" ? 4 : op == "b" ? 2 : 0;
   if (regs == 0 || lane < 0 || lane >= rnnkit::mma::kLanes || r < 0 || r >= regs) {
@@ -172,8 +197,8 @@ static PyObject* py_mma_coord(PyObject*, PyObject* args) {
                  "index 0-3 (b: 0-1), got '%s', %d, %d", operand, lane, r);
     return nullptr;
   }
-  const rnnkit::mma::Coord c = op == "a"   ? rnnkit::mma::a_coord(lane, r)
-                               : op == "b" ? rnnkit::mma::b_coord(lane, r)
+  const rnnkit::mma::Coord c = op == "a"   ? rnnkit::mma::a_coord(kind, lane, r)
+                               : op == "b" ? rnnkit::mma::b_coord(kind, lane, r)
                                            : rnnkit::mma::c_coord(lane, r);
   return Py_BuildValue("(ii)", c.row, c.col);
 }
@@ -215,14 +240,21 @@ static PyObject* py_mma_block_sums(PyObject*, PyObject* args) {
   long long H = 0, N = 0, gates = 0, max_blocks = 0, block = 0, warps = 0, smem_limit = 0;
   long long rows = 0;
   int backward = 0;
+  const char* kind_name = nullptr;
   Py_buffer x{}, w{};
-  if (!PyArg_ParseTuple(args, "LLLLLpLLLy*y*", &H, &N, &gates, &max_blocks, &block, &backward,
-                        &warps, &smem_limit, &rows, &x, &w))
+  if (!PyArg_ParseTuple(args, "LLLLLpLLLy*y*|s", &H, &N, &gates, &max_blocks, &block, &backward,
+                        &warps, &smem_limit, &rows, &x, &w, &kind_name))
     return nullptr;
-  const rnnkit::persistent::Plan plan =
-      rnnkit::persistent::make_plan(H, N, gates, 2, backward != 0, max_blocks, smem_limit);
-  const rnnkit::mma::TilePlan t = rnnkit::mma::make_tile_plan(H, N, gates, plan.units,
-                                                              backward != 0, warps, smem_limit);
+  rnnkit::mma::Kind kind;
+  if (!parse_kind(kind_name, &kind)) {
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    return nullptr;
+  }
+  const rnnkit::persistent::Plan plan = rnnkit::persistent::make_plan(
+      H, N, gates, rnnkit::mma::value_bytes(kind), backward != 0, max_blocks, smem_limit);
+  const rnnkit::mma::TilePlan t = rnnkit::mma::make_tile_plan(
+      H, N, gates, plan.units, backward != 0, warps, smem_limit, kind);
   const long long u = plan.fits() ? rnnkit::persistent::unit_count(plan, H, block) : 0;
   const Py_ssize_t want_x = Py_ssize_t(rows * t.len * 4), want_w = Py_ssize_t(gates * H * H * 4);
   if (!plan.fits() || !t.fits() || u <= 0 || rows < 0 || rows > t.chunk || x.len != want_x ||
@@ -284,16 +316,18 @@ static PyMethodDef kMethods[] = {
      "persistent_auto(H, N, elem_bytes) -> bool: whether RNNKIT_CUDA_PERSISTENT=auto picks the "
      "persistent loop (persistent::prefers_persistent)"},
     {"mma_tile_plan", py_mma_tile_plan, METH_VARARGS,
-     "mma_tile_plan(H, N, gates, units, backward, warps, smem_limit) -> dict: "
+     "mma_tile_plan(H, N, gates, units, backward, warps, smem_limit, kind='half') -> dict: "
      "mma::make_tile_plan"},
     {"mma_coord", py_mma_coord, METH_VARARGS,
-     "mma_coord(operand, lane, r) -> (row, col): mma::a_coord, b_coord or c_coord"},
+     "mma_coord(operand, lane, r, kind='half') -> (row, col): mma::a_coord, b_coord or c_coord"},
     {"mma_block_sums", py_mma_block_sums, METH_VARARGS,
      "mma_block_sums(H, N, gates, max_blocks, block, backward, warps, smem_limit, rows, x, "
-     "w_hh) -> bytes: one block's sums as the mma kernels' pointwise pass reads them"},
+     "w_hh, kind='half') -> bytes: one block's sums as the mma kernels' pointwise pass reads "
+     "them"},
     {"mma_block_product", py_mma_block_product, METH_VARARGS,
-     "mma_block_product(H, N, gates, units, backward, warps, smem_limit, rows, x, wt) -> "
-     "(plan, s): the mma variant's block product on the CPU (mma::block_product)"},
+     "mma_block_product(H, N, gates, units, backward, warps, smem_limit, rows, x, wt, "
+     "kind='half') -> (plan, s): the mma variant's block product on the CPU "
+     "(mma::block_product)"},
 #ifdef RNNKIT_WITH_CUDA
     {"persistent_last", py_persistent_last, METH_NOARGS,
      "persistent_last() -> (forward, backward): which loop the last CUDA layer call ran"},

@@ -13,29 +13,30 @@
 namespace rnnkit {
 namespace mma {
 
-// One mma.sync.m16n8k16 as a warp issues it: each lane's registers in (a[lane][r][e]: value e of
-// register r, read as float), d[lane][i] += value i of the lane's part of the product A B. The
-// tile matrices are rebuilt from the registers through the fragment maps.
-inline void emulate_mma(const float (&a)[kLanes][4][2], const float (&b)[kLanes][2][2],
+// One mma.sync.m16n8k16 (Half) or m16n8k8 (Tf32) as a warp issues it: each lane's registers in
+// (a[lane][r][e]: value e of register r, read as float; TF32's rounding is not modelled),
+// d[lane][i] += value i of the lane's part of the product A B. The tile matrices are rebuilt from
+// the registers through the fragment maps.
+inline void emulate_mma(Kind kind, const float (&a)[kLanes][4][2], const float (&b)[kLanes][2][2],
                         float (&d)[kLanes][4]) {
-  float A[kM][kK] = {}, B[kK][kN] = {};
+  constexpr int kMaxK = 16;
+  float A[kM][kMaxK] = {}, B[kMaxK][kN] = {};
+  const int values = per_register(kind);
   for (int lane = 0; lane < kLanes; ++lane) {
     for (int r = 0; r < 4; ++r) {
-      const Coord c = a_coord(lane, r);
-      A[c.row][c.col] = a[lane][r][0];
-      A[c.row][c.col + 1] = a[lane][r][1];
+      const Coord c = a_coord(kind, lane, r);
+      for (int e = 0; e < values; ++e) A[c.row][c.col + e] = a[lane][r][e];
     }
     for (int r = 0; r < 2; ++r) {
-      const Coord c = b_coord(lane, r);
-      B[c.row][c.col] = b[lane][r][0];
-      B[c.row + 1][c.col] = b[lane][r][1];
+      const Coord c = b_coord(kind, lane, r);
+      for (int e = 0; e < values; ++e) B[c.row + e][c.col] = b[lane][r][e];
     }
   }
   for (int lane = 0; lane < kLanes; ++lane)
     for (int i = 0; i < 4; ++i) {
       const Coord c = c_coord(lane, i);
       float s = 0.0f;
-      for (int k = 0; k < kK; ++k) s += A[c.row][k] * B[k][c.col];
+      for (int k = 0; k < k_step(kind); ++k) s += A[c.row][k] * B[k][c.col];
       d[lane][i] += s;
     }
 }
@@ -50,21 +51,20 @@ inline void emulate_block_product(const TilePlan& t, const float* x, const float
     for (int64_t it = w; it < tasks; it += warps) {
       const Task task = task_of(t, it);
       float acc[kLanes][4] = {};
+      const int values = per_register(t.kind), step = k_step(t.kind);
       for (int64_t ks = task.ks; ks < t.k_steps(); ks += t.splits) {
-        float a[kLanes][4][2], b[kLanes][2][2];
+        float a[kLanes][4][2] = {}, b[kLanes][2][2] = {};
         for (int lane = 0; lane < kLanes; ++lane) {
           for (int r = 0; r < 4; ++r) {
-            const int64_t off = a_offset(t, lane, r, int64_t(task.mt) * kM, ks * kK);
-            a[lane][r][0] = x[off];
-            a[lane][r][1] = x[off + 1];
+            const int64_t off = a_offset(t, t.kind, lane, r, int64_t(task.mt) * kM, ks * step);
+            for (int e = 0; e < values; ++e) a[lane][r][e] = x[off + e];
           }
           for (int r = 0; r < 2; ++r) {
-            const int64_t off = b_offset(t, lane, r, int64_t(task.nt) * kN, ks * kK);
-            b[lane][r][0] = wt[off];
-            b[lane][r][1] = wt[off + 1];
+            const int64_t off = b_offset(t, t.kind, lane, r, int64_t(task.nt) * kN, ks * step);
+            for (int e = 0; e < values; ++e) b[lane][r][e] = wt[off + e];
           }
         }
-        emulate_mma(a, b, acc);
+        emulate_mma(t.kind, a, b, acc);
       }
       for (int lane = 0; lane < kLanes; ++lane)
         for (int i = 0; i < 4; ++i) partial[c_index(t, task, lane, i)] = acc[lane][i];

@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "../common/persistent.h"
 #include "persistent.cuh"
@@ -144,16 +145,25 @@ Steps device_steps(const SequencePlan& plan, Tensor* tables) {
   return s;
 }
 
-// The mma variant's tile plan for this call, where it can run: 16-bit values, compute capability
-// 8.0 or later, and a layout that fits. Otherwise why not, in *why, and the wide variant runs.
+// The mma variant's tile plan for this call, where it can run: compute capability 8.0 or later;
+// float16 or bfloat16, or float32 where torch allows TF32 products
+// (torch.backends.cuda.matmul.allow_tf32, as the general loop's cuBLAS products follow); a layout
+// that fits. Otherwise why not, in *why, and the wide variant runs.
 bool mma_tiles(const plan_ns::Plan& plan, int64_t H, int64_t N, int64_t K, int64_t elem_bytes,
                bool backward, const Device& dev, mma::TilePlan* tiles, std::string* why) {
-  if (elem_bytes != 2 || dev.major < 8) {
-    *why = "the mma variant needs float16 or bfloat16 on compute capability 8.0 or later";
+  if (dev.major < 8) {
+    *why = "the mma variant needs compute capability 8.0 or later";
     return false;
   }
+  if (elem_bytes == 8 || (elem_bytes == 4 && !at::globalContext().allowTF32CuBLAS())) {
+    *why = elem_bytes == 8 ? "the mma variant takes float16, bfloat16 or float32 (as TF32)"
+                           : "float32 products stay full precision while "
+                             "torch.backends.cuda.matmul.allow_tf32 is off";
+    return false;
+  }
+  const mma::Kind kind = elem_bytes == 2 ? mma::Kind::Half : mma::Kind::Tf32;
   *tiles = mma::make_tile_plan(H, N, K, plan.units, backward, kPersistentThreads / kWarp,
-                               dev.smem_optin);
+                               dev.smem_optin, kind);
   if (!tiles->fits()) {
     *why = std::string("the mma variant's layout: ") + plan_ns::refusal_text(tiles->refusal);
     return false;
@@ -227,10 +237,14 @@ bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* 
   return true;
 }
 
-// The mma kernels of a cell; 16-bit types only (the others never reach them: mma_tiles refuses).
+// The mma kernels of a cell; float16, bfloat16 and float32 (float64 never reaches them:
+// mma_tiles refuses it).
+template <typename scalar_t>
+constexpr bool has_mma = sizeof(scalar_t) == 2 || std::is_same_v<scalar_t, float>;
+
 template <typename scalar_t>
 bool launch_mma(const ForwardParams<scalar_t>& p, Cell cell, const Device& dev, Choice choice) {
-  if constexpr (sizeof(scalar_t) == 2) {
+  if constexpr (has_mma<scalar_t>) {
     switch (cell) {
       case Cell::Lstm: return launch(forward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice);
       case Cell::Gru: return launch(forward_mma_kernel<scalar_t, Cell::Gru>, p, dev, false, choice);
@@ -241,7 +255,7 @@ bool launch_mma(const ForwardParams<scalar_t>& p, Cell cell, const Device& dev, 
 }
 template <typename scalar_t>
 bool launch_mma(const BackwardParams<scalar_t>& p, Cell cell, const Device& dev, Choice choice) {
-  if constexpr (sizeof(scalar_t) == 2) {
+  if constexpr (has_mma<scalar_t>) {
     switch (cell) {
       case Cell::Lstm: return launch(backward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice);
       case Cell::Gru: return launch(backward_mma_kernel<scalar_t, Cell::Gru>, p, dev, true, choice);

@@ -2,9 +2,10 @@
 // persistent_kernels.cuh with each step's recurrent product on tensor cores. The partition, the
 // steps, the staging and the pointwise code are theirs; the product is common/mma_tile.h's:
 // block b computes S = X Wt^T for its staged rows X and its slice Wt of W_hh with
-// mma.sync.m16n8k16 (16-bit inputs, float sums), its warps taking the output tiles and shares of
-// the k steps in turn (mma::task_of), and sums the shares from shared memory (mma::partial_sum).
-// float16 and bfloat16 on compute capability 8.0 and later; cuda/persistent.cu chooses it.
+// mma.sync (m16n8k16 on float16 and bfloat16, m16n8k8 on float32 as TF32; float sums), its warps
+// taking the output tiles and shares of the k steps in turn (mma::task_of), and sums the shares
+// from shared memory (mma::partial_sum). Compute capability 8.0 and later; cuda/persistent.cu
+// chooses it (float32 only where torch allows TF32 products).
 #pragma once
 
 #include <cstdint>
@@ -17,10 +18,17 @@ namespace rnnkit {
 namespace cuda {
 namespace persistent {
 
-// d += a b: one mma.sync.m16n8k16, registers as in mma_tile.h's fragment maps.
+// The instruction a dtype's values take: 16-bit values Half, float32 values TF32.
 template <typename scalar_t>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
-                                          const uint32_t (&b)[2]) {
+constexpr mma::Kind kind_of() {
+  return sizeof(scalar_t) == 2 ? mma::Kind::Half : mma::Kind::Tf32;
+}
+
+// d += a b: one mma.sync.m16n8k16 (16-bit values) or m16n8k8 (TF32), registers as in mma_tile.h's
+// fragment maps.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_step(float (&d)[4], const uint32_t (&a)[4],
+                                         const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (std::is_same_v<scalar_t, c10::Half>) {
     asm volatile(
@@ -28,10 +36,16 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    static_assert(std::is_same_v<scalar_t, c10::BFloat16>, "mma_16816: float16 or bfloat16");
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    static_assert(std::is_same_v<scalar_t, float>, "mma_step: float16, bfloat16 or float32");
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -41,10 +55,22 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
-// The pair of 16-bit values at p (4-byte aligned: every fragment offset is even) as one register.
+// One register of A or B from shared memory: the pair of 16-bit values at p (4-byte aligned:
+// every such offset is even), or the float32 value at p rounded to TF32.
 template <typename scalar_t>
-__device__ __forceinline__ uint32_t pair_at(const scalar_t* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
+__device__ __forceinline__ uint32_t register_at(const scalar_t* p) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(*p));
+    return r;
+#else
+    __trap();
+    return 0u;
+#endif
+  }
 }
 
 // partial = the block's product of the staged rows x [chunk, ld] (rows < `rows` of them matter)
@@ -54,8 +80,9 @@ template <typename scalar_t>
 __device__ __forceinline__ void block_product(const mma::TilePlan& t, const scalar_t* x,
                                               const scalar_t* wt, int64_t rows, float* partial) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  constexpr mma::Kind kind = kind_of<scalar_t>();
   const int64_t tasks = mma::task_count(t, mma::round_up(rows, mma::kM) / mma::kM);
-  const int64_t k_steps = t.k_steps();
+  const int64_t k_steps = t.k_steps(), step = mma::k_step(kind);
   for (int64_t it = warp; it < tasks; it += warps) {
     const mma::Task task = mma::task_of(t, it);
     const int64_t m0 = int64_t(task.mt) * mma::kM, n0 = int64_t(task.nt) * mma::kN;
@@ -63,10 +90,12 @@ __device__ __forceinline__ void block_product(const mma::TilePlan& t, const scal
     for (int64_t ks = task.ks; ks < k_steps; ks += t.splits) {
       uint32_t a[4], b[2];
 #pragma unroll
-      for (int r = 0; r < 4; ++r) a[r] = pair_at(x + mma::a_offset(t, lane, r, m0, ks * mma::kK));
+      for (int r = 0; r < 4; ++r)
+        a[r] = register_at(x + mma::a_offset(t, kind, lane, r, m0, ks * step));
 #pragma unroll
-      for (int r = 0; r < 2; ++r) b[r] = pair_at(wt + mma::b_offset(t, lane, r, n0, ks * mma::kK));
-      mma_16816<scalar_t>(acc, a, b);
+      for (int r = 0; r < 2; ++r)
+        b[r] = register_at(wt + mma::b_offset(t, kind, lane, r, n0, ks * step));
+      mma_step<scalar_t>(acc, a, b);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) partial[mma::c_index(t, task, lane, i)] = acc[i];

@@ -240,20 +240,50 @@ def test_mma_variant_within_dtype_bound(device, monkeypatch, dtype, kind, config
 
 
 @pytest.mark.parametrize("device", CUDA)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_mma_variant_without_16_bit_values_runs_wide_and_says_why(device, monkeypatch, dtype):
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", list(LOW_PRECISION_SHAPES))
+def test_mma_variant_tf32_within_bound(device, monkeypatch, kind, config):
+    """float32 with torch.backends.cuda.matmul.allow_tf32 on: the step's product in TF32 (10-bit
+    mantissas, as float16's), so the bound is float16's: twice the error of the reference run in
+    float16. At H = 768 the backward's float32 rows do not fit in shared memory, and it runs the
+    wide variant, saying why."""
+    _needs_tensor_cores()
+    torch.backends.cuda.matmul.allow_tf32 = True  # the autouse fixture restores it
+    shape = LOW_PRECISION_SHAPES[config]
+    packed = config == "packed-reverse"
+    args64, (ours_fn, ref_fn) = _layer_problem(kind, **shape, seed=12, packed=packed,
+                                               reverse=packed, device=device)
+    ref64, gref64, seeds = _run(ref_fn, _cast(args64, torch.float64))
+    ref16, gref16, _ = _run(ref_fn, _cast(args64, torch.float16), seeds)
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
+    ours, gours, _ = _run(ours_fn, _cast(args64, torch.float32), seeds)
+    fwd, bwd = _C.persistent_last()
+    assert fwd == "persistent", fwd
+    if config == "h768":
+        assert bwd.startswith("persistent (wide: the mma variant's layout: "), bwd
+    else:
+        assert bwd == "persistent", bwd
+    _assert_dtype_bound(ours, ref16, ref64, torch.float16, "output")
+    _assert_dtype_bound(gours, gref16, gref64, torch.float16, "gradient")
+
+
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("dtype, why", [
+    (torch.float32, "float32 products stay full precision while "
+                    "torch.backends.cuda.matmul.allow_tf32 is off"),
+    (torch.float64, "the mma variant takes float16, bfloat16 or float32 (as TF32)")])
+def test_mma_variant_without_tensor_core_values_runs_wide_and_says_why(device, monkeypatch,
+                                                                       dtype, why):
+    _needs_tensor_cores()
     args, (ours_fn, ref_fn) = _layer_problem("lstm", T=3, N=2, I=4, H=8, seed=1, device=device)
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
     ours, gours, seeds = _run(ours_fn, _cast(args, dtype))
     ref, gref, _ = _run(ref_fn, _cast(args, dtype), seeds)
-    why = ("persistent (wide: the mma variant needs float16 or bfloat16 on compute capability "
-           "8.0 or later)")
-    assert _C.persistent_last() == (why, why)
+    assert _C.persistent_last() == (f"persistent (wide: {why})",) * 2
     _close(ours, ref, 1e-5, 1e-5, "output vs reference")
     _close(gours, gref, 1e-5, 1e-5, "gradient vs reference")
-
-
 
 # ---- what falls back, and how it says so -----------------------------------------------------
 @pytest.mark.parametrize("device", CUDA)
