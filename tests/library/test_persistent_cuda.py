@@ -372,12 +372,17 @@ def test_module_training_step_runs_persistent(device, monkeypatch):
 
 @pytest.mark.parametrize("device", CUDA)
 @pytest.mark.parametrize("kind", ["lstm", "gru", "tanh"])
-def test_cuda_graph_capture_and_replay(device, monkeypatch, kind):
-    """Padded input needs no step tables, so a layer call (forward and backward) is capturable."""
+@pytest.mark.parametrize("variant, dtype", [("wide", torch.float32), ("mma", torch.float16)])
+def test_cuda_graph_capture_and_replay(device, monkeypatch, kind, variant, dtype):
+    """Padded input needs no step tables, so a layer call (forward and backward) is capturable,
+    in either variant (the mma variant's plan is made on the host at each call, like wide's)."""
+    if variant == "mma":
+        _needs_tensor_cores()
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", variant)
     args, _ = _layer_problem(kind, T=10, N=4, I=8, H=16, seed=9, device=device)
-    x, _, states, params, _ = _cast(args, torch.float32, grad=False)
-    g = torch.randn(10, 4, 16, device=device)
+    x, _, states, params, _ = _cast(args, dtype, grad=False)
+    g = torch.randn(10, 4, 16, device=device, dtype=dtype)
     fwd, bwd = _ops(kind)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
