@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "common/index.h"
 #include "common/mma_emulate.h"
@@ -117,6 +118,45 @@ static PyObject* py_persistent_units(PyObject*, PyObject* args) {
   p.units = units;
   return Py_BuildValue("(LL)", static_cast<long long>(rnnkit::persistent::first_unit(p, block)),
                        static_cast<long long>(rnnkit::persistent::unit_count(p, H, block)));
+}
+
+// persistent_rows(batch_sizes, N, reverse, backward, padded, s) -> tuple: the rows of step s as
+// the persistent kernels take them (persistent::forward_rows or backward_rows). batch_sizes: the
+// active batch of each of the T steps (packed input; offsets are their running sum); padded: the
+// kernels' form without tables (N rows every step, at row t * N), batch_sizes then [N] * T.
+static PyObject* py_persistent_rows(PyObject*, PyObject* args) {
+  PyObject* sizes = nullptr;
+  long long N = 0, s = 0;
+  int reverse = 0, backward = 0, padded = 0;
+  if (!PyArg_ParseTuple(args, "OLpppL", &sizes, &N, &reverse, &backward, &padded, &s))
+    return nullptr;
+  PyObject* seq = PySequence_Fast(sizes, "persistent_rows: expected a list of batch sizes");
+  if (seq == nullptr) return nullptr;
+  const Py_ssize_t T = PySequence_Fast_GET_SIZE(seq);
+  std::vector<int64_t> batch(static_cast<size_t>(T)), offsets(static_cast<size_t>(T));
+  int64_t at = 0;
+  for (Py_ssize_t t = 0; t < T; ++t) {
+    batch[t] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, t));
+    offsets[t] = at;
+    at += batch[t];
+  }
+  Py_DECREF(seq);
+  if (PyErr_Occurred()) return nullptr;
+  if (s < 0 || s > T - (backward ? 0 : 1)) {
+    PyErr_Format(PyExc_ValueError, "persistent_rows: expected 0 <= s %s %zd, got %lld",
+                 backward ? "<=" : "<", T, s);
+    return nullptr;
+  }
+  const rnnkit::persistent::Steps steps{padded ? nullptr : batch.data(),
+                                        padded ? nullptr : offsets.data(), T, N, reverse != 0};
+  if (backward) {
+    const rnnkit::persistent::BackwardRows r = rnnkit::persistent::backward_rows(steps, s);
+    return Py_BuildValue("(LLLLL)", (long long)r.bs, (long long)r.row, (long long)r.bs_prev,
+                         (long long)r.row_prev, (long long)r.rows_all);
+  }
+  const rnnkit::persistent::ForwardRows r = rnnkit::persistent::forward_rows(steps, s);
+  return Py_BuildValue("(LLLL)", (long long)r.bs, (long long)r.row, (long long)r.bs_src,
+                       (long long)r.row_src);
 }
 
 // The choice RNNKIT_CUDA_PERSISTENT=auto makes (common/persistent.h), for the same tests.
@@ -312,6 +352,9 @@ static PyMethodDef kMethods[] = {
      "persistent::make_plan"},
     {"persistent_units", py_persistent_units, METH_VARARGS,
      "persistent_units(H, units, block) -> (first unit, count): the units block owns"},
+    {"persistent_rows", py_persistent_rows, METH_VARARGS,
+     "persistent_rows(batch_sizes, N, reverse, backward, padded, s) -> tuple: the rows of step "
+     "s (persistent::forward_rows or backward_rows)"},
     {"persistent_auto", py_persistent_auto, METH_VARARGS,
      "persistent_auto(H, N, elem_bytes) -> bool: whether RNNKIT_CUDA_PERSISTENT=auto picks the "
      "persistent loop (persistent::prefers_persistent)"},

@@ -89,6 +89,45 @@ struct Steps {
   RNNKIT_HD int64_t offset(int64_t t) const { return offsets ? offsets[t] : t * N; }
 };
 
+// Forward step s's rows: batch bs from packed row `row`; its h_prev is the output of the step
+// before for rows below bs_src (from packed row row_src), h0 for the rows that start here.
+struct ForwardRows {
+  int64_t bs, row, bs_src, row_src;
+};
+RNNKIT_HD ForwardRows forward_rows(const Steps& steps, int64_t s) {
+  const int64_t t = steps.forward_time(s);
+  ForwardRows r{steps.batch(t), steps.offset(t), 0, 0};
+  if (s > 0) {
+    const int64_t t_src = steps.forward_time(s - 1);
+    r.bs_src = steps.batch(t_src);
+    r.row_src = steps.offset(t_src);
+  }
+  return r;
+}
+
+// Backward step s of T + 1 (s == T: the last pass, which only turns the last gate gradients into
+// grad_h0): the current step's rows (bs from `row`; none in the last pass) and those of the step
+// before in backward order (bs_prev from row_prev; none at s = 0), whose gate gradients give this
+// step's carried dh; rows_all, the rows either touches.
+struct BackwardRows {
+  int64_t bs, row, bs_prev, row_prev, rows_all;
+};
+RNNKIT_HD BackwardRows backward_rows(const Steps& steps, int64_t s) {
+  BackwardRows r{0, 0, 0, 0, 0};
+  if (s < steps.T) {
+    const int64_t t = steps.backward_time(s);
+    r.bs = steps.batch(t);
+    r.row = steps.offset(t);
+  }
+  if (s > 0) {
+    const int64_t tp = steps.backward_time(s - 1);
+    r.bs_prev = steps.batch(tp);
+    r.row_prev = steps.offset(tp);
+  }
+  r.rows_all = r.bs > r.bs_prev ? r.bs : r.bs_prev;
+  return r;
+}
+
 // RNNKIT_CUDA_PERSISTENT: "0" forbids the persistent loop, "1" forces it wherever the shape fits,
 // "auto" (also unset or empty) lets prefers_persistent() choose.
 enum class Choice : int { Off = 0, On = 1, Auto = 2 };

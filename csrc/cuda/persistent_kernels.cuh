@@ -284,10 +284,9 @@ __global__ void __launch_bounds__(kPersistentThreads)
   const int warps = blockDim.x / kWarp;
   const int chunk = int(p.plan.chunk);
   for (int64_t s = 0; s < p.steps.T; ++s) {
-    const int64_t t = p.steps.forward_time(s), bs = p.steps.batch(t), row = p.steps.offset(t);
-    const int64_t t_src = s > 0 ? p.steps.forward_time(s - 1) : 0;
-    const int64_t bs_src = s > 0 ? p.steps.batch(t_src) : 0;
-    const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
+    const rnnkit::persistent::ForwardRows rows_of = rnnkit::persistent::forward_rows(p.steps, s);
+    const int64_t bs = rows_of.bs, row = rows_of.row;
+    const int64_t bs_src = rows_of.bs_src, row_src = rows_of.row_src;
     for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
       __syncthreads();  // the previous chunk's tiles are done with h_s (and w_s is loaded)
       // h0 is read through L2 too: harmless for a tensor nobody writes during the launch.
@@ -445,13 +444,9 @@ __global__ void __launch_bounds__(kPersistentThreads)
   const int chunk = int(p.plan.chunk);
   // s == T is the last pass: grad_h0 from the gate gradients of the last step, no pointwise.
   for (int64_t s = 0; s <= p.steps.T; ++s) {
-    const bool has_cur = s < p.steps.T, has_prev = s > 0;
-    const int64_t t = has_cur ? p.steps.backward_time(s) : 0;
-    const int64_t bs = has_cur ? p.steps.batch(t) : 0, row = has_cur ? p.steps.offset(t) : 0;
-    const int64_t tp = has_prev ? p.steps.backward_time(s - 1) : 0;
-    const int64_t bs_prev = has_prev ? p.steps.batch(tp) : 0;
-    const int64_t row_prev = has_prev ? p.steps.offset(tp) : 0;
-    const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
+    const rnnkit::persistent::BackwardRows rows_of = rnnkit::persistent::backward_rows(p.steps, s);
+    const int64_t bs = rows_of.bs, row = rows_of.row, rows_all = rows_of.rows_all;
+    const int64_t bs_prev = rows_of.bs_prev, row_prev = rows_of.row_prev;
     for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
       __syncthreads();
       stage_rows(d_s, chunk, G, G, c0, p.variant == Variant::Wide && p.wide_rows,
@@ -496,7 +491,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
         }
       }
     }
-    if (has_cur) grid.sync();
+    if (s < p.steps.T) grid.sync();
   }
 }
 

@@ -144,11 +144,9 @@ __global__ void __launch_bounds__(kPersistentThreads)
   cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   const int chunk = int(t.chunk);
   for (int64_t s = 0; s < p.steps.T; ++s) {
-    const int64_t t_now = p.steps.forward_time(s), bs = p.steps.batch(t_now);
-    const int64_t row = p.steps.offset(t_now);
-    const int64_t t_src = s > 0 ? p.steps.forward_time(s - 1) : 0;
-    const int64_t bs_src = s > 0 ? p.steps.batch(t_src) : 0;
-    const int64_t row_src = s > 0 ? p.steps.offset(t_src) : 0;
+    const rnnkit::persistent::ForwardRows rows_of = rnnkit::persistent::forward_rows(p.steps, s);
+    const int64_t bs = rows_of.bs, row = rows_of.row;
+    const int64_t bs_src = rows_of.bs_src, row_src = rows_of.row_src;
     for (int64_t c0 = 0; c0 < bs; c0 += chunk) {
       const int64_t rows = bs - c0 < chunk ? bs - c0 : chunk;
       const int items = int(rows) * u;
@@ -209,14 +207,9 @@ __global__ void __launch_bounds__(kPersistentThreads)
   const int chunk = int(t.chunk);
   // s == T is the last pass: grad_h0 from the gate gradients of the last step, no pointwise.
   for (int64_t s = 0; s <= p.steps.T; ++s) {
-    const bool has_cur = s < p.steps.T, has_prev = s > 0;
-    const int64_t t_now = has_cur ? p.steps.backward_time(s) : 0;
-    const int64_t bs = has_cur ? p.steps.batch(t_now) : 0;
-    const int64_t row = has_cur ? p.steps.offset(t_now) : 0;
-    const int64_t tp = has_prev ? p.steps.backward_time(s - 1) : 0;
-    const int64_t bs_prev = has_prev ? p.steps.batch(tp) : 0;
-    const int64_t row_prev = has_prev ? p.steps.offset(tp) : 0;
-    const int64_t rows_all = bs > bs_prev ? bs : bs_prev;
+    const rnnkit::persistent::BackwardRows rows_of = rnnkit::persistent::backward_rows(p.steps, s);
+    const int64_t bs = rows_of.bs, row = rows_of.row, rows_all = rows_of.rows_all;
+    const int64_t bs_prev = rows_of.bs_prev, row_prev = rows_of.row_prev;
     for (int64_t c0 = 0; c0 < rows_all; c0 += chunk) {
       const int64_t rows = rows_all - c0 < chunk ? rows_all - c0 : chunk;
       const int items = int(rows) * u;
@@ -248,7 +241,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
             dh_in, in, bs, bs_prev, row);
       }
     }
-    if (has_cur) grid.sync();
+    if (s < p.steps.T) grid.sync();
   }
 }
 

@@ -137,3 +137,76 @@ def test_auto_rule_holds_for_smaller_shapes_and_only_half_precision(H, N):
                                   (4096, 4)])
 def test_auto_rule_leaves_other_shapes_to_the_general_loop(H, N):
     assert not _C.persistent_auto(H, N, 2)
+
+
+# ---- the rows of each step (persistent::forward_rows, backward_rows) ------------------------
+def _packed(lengths):
+    """batch_sizes and offsets of sequences of these lengths, longest first (PackedSequence)."""
+    sizes = [sum(1 for L in lengths if L > t) for t in range(max(lengths))]
+    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    return sizes, offsets
+
+
+LENGTHS = [[5, 3, 3, 1], [4, 4, 4], [1], [6, 2], [3, 3, 2, 2, 1]]
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_forward_rows_chain_each_sequence_in_its_order(lengths, reverse):
+    """Row n of step s reads the output of sequence n's step before it in the layer's direction,
+    or h0 exactly where that step is the sequence's first."""
+    sizes, offsets = _packed(lengths)
+    T = len(sizes)
+    for s in range(T):
+        bs, row, bs_src, row_src = _C.persistent_rows(sizes, len(lengths), reverse, False, False, s)
+        t = T - 1 - s if reverse else s
+        assert (bs, row) == (sizes[t], offsets[t])
+        for n in range(bs):
+            if n < bs_src:
+                before = t + 1 if reverse else t - 1
+                assert row_src + n == offsets[before] + n, (s, n)
+            else:
+                assert t == (lengths[n] - 1 if reverse else 0), (s, n)  # its first step
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_backward_rows_chain_each_sequence_against_its_order(lengths, reverse):
+    """Backward step s (of T + 1) gives row n the dh of the step processed before it, sequence
+    n's next step in the layer's direction; a row without one starts from grad_h_n, which is only
+    right at its last step; a row whose chain ends here has reached its first step (grad_h0)."""
+    sizes, offsets = _packed(lengths)
+    T = len(sizes)
+    for s in range(T + 1):
+        bs, row, bs_prev, row_prev, rows_all = _C.persistent_rows(sizes, len(lengths), reverse,
+                                                                  True, False, s)
+        t = (s if reverse else T - 1 - s) if s < T else None
+        assert (bs, row) == ((sizes[t], offsets[t]) if t is not None else (0, 0))
+        assert rows_all == max(bs, bs_prev)
+        t_prev = (s - 1 if reverse else T - s) if s > 0 else None
+        for n in range(rows_all):
+            if n < bs_prev:
+                assert row_prev + n == offsets[t_prev] + n
+                if n < bs:  # t is sequence n's step before t_prev in the layer's direction
+                    assert t == (t_prev + 1 if reverse else t_prev - 1), (s, n)
+                else:  # the chain ends: t_prev was sequence n's first step
+                    assert t_prev == (lengths[n] - 1 if reverse else 0), (s, n)
+            else:  # starts here from grad_h_n: its last step in the layer's direction
+                assert t == (0 if reverse else lengths[n] - 1), (s, n)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_padded_rows_need_no_tables(backward, reverse):
+    """The padded form (no step tables) gives the same rows as the tables of N rows a step."""
+    sizes = [3] * 5
+    for s in range(5 + backward):
+        assert (_C.persistent_rows(sizes, 3, reverse, backward, True, s)
+                == _C.persistent_rows(sizes, 3, reverse, backward, False, s))
+
+
+def test_rows_refuse_a_step_past_the_end():
+    with pytest.raises(ValueError, match=r"expected 0 <= s < 4, got 4"):
+        _C.persistent_rows([2, 2, 1, 1], 2, False, False, False, 4)
+    with pytest.raises(ValueError, match=r"expected 0 <= s <= 4, got 5"):
+        _C.persistent_rows([2, 2, 1, 1], 2, False, True, False, 5)
