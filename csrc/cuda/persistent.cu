@@ -242,13 +242,19 @@ bool prepare(Cell cell, const SequencePlan& sp, const Tensor& w_hh, const char* 
 template <typename scalar_t>
 constexpr bool has_mma = sizeof(scalar_t) == 2 || std::is_same_v<scalar_t, float>;
 
+// What persistent_last() says when the mma variant ran.
+constexpr const char* kRanMma = "persistent (mma)";
+
 template <typename scalar_t>
 bool launch_mma(const ForwardParams<scalar_t>& p, Cell cell, const Device& dev, Choice choice) {
   if constexpr (has_mma<scalar_t>) {
     switch (cell) {
-      case Cell::Lstm: return launch(forward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice);
-      case Cell::Gru: return launch(forward_mma_kernel<scalar_t, Cell::Gru>, p, dev, false, choice);
-      case Cell::Rnn: return launch(forward_mma_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice);
+      case Cell::Lstm:
+        return launch(forward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, false, choice, kRanMma);
+      case Cell::Gru:
+        return launch(forward_mma_kernel<scalar_t, Cell::Gru>, p, dev, false, choice, kRanMma);
+      case Cell::Rnn:
+        return launch(forward_mma_kernel<scalar_t, Cell::Rnn>, p, dev, false, choice, kRanMma);
     }
   }
   return false;
@@ -257,9 +263,12 @@ template <typename scalar_t>
 bool launch_mma(const BackwardParams<scalar_t>& p, Cell cell, const Device& dev, Choice choice) {
   if constexpr (has_mma<scalar_t>) {
     switch (cell) {
-      case Cell::Lstm: return launch(backward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice);
-      case Cell::Gru: return launch(backward_mma_kernel<scalar_t, Cell::Gru>, p, dev, true, choice);
-      case Cell::Rnn: return launch(backward_mma_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice);
+      case Cell::Lstm:
+        return launch(backward_mma_kernel<scalar_t, Cell::Lstm>, p, dev, true, choice, kRanMma);
+      case Cell::Gru:
+        return launch(backward_mma_kernel<scalar_t, Cell::Gru>, p, dev, true, choice, kRanMma);
+      case Cell::Rnn:
+        return launch(backward_mma_kernel<scalar_t, Cell::Rnn>, p, dev, true, choice, kRanMma);
     }
   }
   return false;

@@ -19,6 +19,7 @@ from .test_cuda import _assert_dtype_bound, _cast, _layer_problem, _run
 CUDA = [device_param("cuda")]
 KINDS = ["lstm", "gru", "tanh", "relu"]
 RAN = ("persistent", "persistent")
+MMA_RAN = ("persistent (mma)", "persistent (mma)")  # RNNKIT_CUDA_PERSISTENT_VARIANT=mma ran
 
 
 @pytest.fixture(autouse=True)
@@ -30,13 +31,13 @@ def _full_fp32_products():
     torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _run_on(monkeypatch, persistent: bool, fn, args, seeds=None):
-    """_run with the persistent loop forced on or off; asserts which loops ran."""
+def _run_on(monkeypatch, persistent: bool, fn, args, seeds=None, ran=RAN):
+    """_run with the persistent loop forced on or off; asserts which loops ran (on: `ran`)."""
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT", "1" if persistent else "0")
     result = _run(fn, args, seeds)
     last = _C.persistent_last()
     if persistent:
-        assert last == RAN, f"the persistent loop did not run: {last}"
+        assert last == ran, f"the persistent loop did not run as {ran}: {last}"
     else:
         assert last[0].startswith("general") and last[1].startswith("general"), last
     return result
@@ -123,16 +124,17 @@ LOW_PRECISION_SHAPES = {"padded": dict(T=12, N=5, I=24, H=33),
                         "n33-h17": dict(T=6, N=33, I=5, H=17)}
 
 
-def _check_low_precision(device, monkeypatch, dtype, kind, config):
-    """The forced persistent loop (whichever variant the environment names) within the dtype
-    bound of the float64 reference, output and every gradient."""
+def _check_low_precision(device, monkeypatch, dtype, kind, config, ran=RAN):
+    """The forced persistent loop (whichever variant the environment names; `ran`, what
+    persistent_last() must say) within the dtype bound of the float64 reference, output and every
+    gradient."""
     shape = LOW_PRECISION_SHAPES[config]
     packed = config == "packed-reverse"
     args64, (ours_fn, ref_fn) = _layer_problem(kind, **shape, seed=11, packed=packed,
                                                reverse=packed, device=device)
     ref64, gref64, seeds = _run(ref_fn, _cast(args64, torch.float64))
     ref_dt, gref_dt, _ = _run(ref_fn, _cast(args64, dtype), seeds)
-    ours, gours, _ = _run_on(monkeypatch, True, ours_fn, _cast(args64, dtype), seeds)
+    ours, gours, _ = _run_on(monkeypatch, True, ours_fn, _cast(args64, dtype), seeds, ran)
     for o in ours:
         assert torch.isfinite(o).all()
     _assert_dtype_bound(ours, ref_dt, ref64, dtype, "output")
@@ -236,7 +238,7 @@ def test_mma_variant_within_dtype_bound(device, monkeypatch, dtype, kind, config
     from 17 K to a multiple of 16 (backward)."""
     _needs_tensor_cores()
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
-    _check_low_precision(device, monkeypatch, dtype, kind, config)
+    _check_low_precision(device, monkeypatch, dtype, kind, config, ran=MMA_RAN)
 
 
 @pytest.mark.parametrize("device", CUDA)
@@ -259,11 +261,11 @@ def test_mma_variant_tf32_within_bound(device, monkeypatch, kind, config):
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
     ours, gours, _ = _run(ours_fn, _cast(args64, torch.float32), seeds)
     fwd, bwd = _C.persistent_last()
-    assert fwd == "persistent", fwd
+    assert fwd == MMA_RAN[0], fwd
     if config == "h768":
         assert bwd.startswith("persistent (wide: the mma variant's layout: "), bwd
     else:
-        assert bwd == "persistent", bwd
+        assert bwd == MMA_RAN[1], bwd
     _assert_dtype_bound(ours, ref16, ref64, torch.float16, "output")
     _assert_dtype_bound(gours, gref16, gref64, torch.float16, "gradient")
 
@@ -394,7 +396,7 @@ def test_cuda_graph_capture_and_replay(device, monkeypatch, kind, variant, dtype
     with torch.cuda.graph(graph):
         out = fwd(x, None, states, params, False)
         grads = bwd(g, x, None, states, params, out, False)
-    assert _C.persistent_last() == RAN
+    assert _C.persistent_last() == (MMA_RAN if variant == "mma" else RAN)
     for _ in range(2):
         x.copy_(torch.randn_like(x))
         g.copy_(torch.randn_like(g))
