@@ -50,9 +50,10 @@ inline void emulate_block_product(const TilePlan& t, const float* x, const float
   for (int64_t w = 0; w < warps; ++w)
     for (int64_t it = w; it < tasks; it += warps) {
       const Task task = task_of(t, it);
-      float acc[kLanes][4] = {};
+      float acc[kChains][kLanes][4] = {};
       const int values = per_register(t.kind), step = k_step(t.kind);
-      for (int64_t ks = task.ks; ks < t.k_steps(); ks += t.splits) {
+      int chain = 0;
+      for (int64_t ks = task.ks; ks < t.k_steps(); ks += t.splits, chain = (chain + 1) % kChains) {
         float a[kLanes][4][2] = {}, b[kLanes][2][2] = {};
         for (int lane = 0; lane < kLanes; ++lane) {
           for (int r = 0; r < 4; ++r) {
@@ -64,10 +65,14 @@ inline void emulate_block_product(const TilePlan& t, const float* x, const float
             for (int e = 0; e < values; ++e) b[lane][r][e] = wt[off + e];
           }
         }
-        emulate_mma(t.kind, a, b, acc);
+        emulate_mma(t.kind, a, b, acc[chain]);
       }
       for (int lane = 0; lane < kLanes; ++lane)
-        for (int i = 0; i < 4; ++i) partial[c_index(t, task, lane, i)] = acc[lane][i];
+        for (int i = 0; i < 4; ++i) {
+          float sum = 0.0f;
+          for (int c = 0; c < kChains; ++c) sum += acc[c][lane][i];
+          partial[c_index(t, task, lane, i)] = sum;
+        }
     }
 }
 

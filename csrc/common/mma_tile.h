@@ -26,6 +26,8 @@ namespace mma {
 
 constexpr int kM = 16, kN = 8;  // rows and columns of one output tile
 constexpr int kLanes = 32;
+// A warp's task keeps this many chains of sums (alternate k steps), added at the end.
+constexpr int kChains = 2;
 
 // The two instructions: Half, mma.sync.m16n8k16 on 16-bit values (two to a register); Tf32,
 // mma.sync.m16n8k8 on float32 values read as TF32 (one to a register).

@@ -86,8 +86,11 @@ __device__ __forceinline__ void block_product(const mma::TilePlan& t, const scal
   for (int64_t it = warp; it < tasks; it += warps) {
     const mma::Task task = mma::task_of(t, it);
     const int64_t m0 = int64_t(task.mt) * mma::kM, n0 = int64_t(task.nt) * mma::kN;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t ks = task.ks; ks < k_steps; ks += t.splits) {
+    // Two chains of sums (the task's even and odd k steps), so that one mma need not wait for
+    // the one before it; added at the end, as emulate_block_product does.
+    static_assert(mma::kChains == 2, "block_product keeps two chains");
+    float acc[2][4] = {};
+    const auto step_into = [&](int64_t ks, float(&sums)[4]) {
       uint32_t a[4], b[2];
 #pragma unroll
       for (int r = 0; r < 4; ++r)
@@ -95,10 +98,16 @@ __device__ __forceinline__ void block_product(const mma::TilePlan& t, const scal
 #pragma unroll
       for (int r = 0; r < 2; ++r)
         b[r] = register_at(wt + mma::b_offset(t, kind, lane, r, n0, ks * step));
-      mma_step<scalar_t>(acc, a, b);
+      mma_step<scalar_t>(sums, a, b);
+    };
+    int64_t ks = task.ks;
+    for (; ks + t.splits < k_steps; ks += 2 * t.splits) {
+      step_into(ks, acc[0]);
+      step_into(ks + t.splits, acc[1]);
     }
+    if (ks < k_steps) step_into(ks, acc[0]);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) partial[mma::c_index(t, task, lane, i)] = acc[i];
+    for (int i = 0; i < 4; ++i) partial[mma::c_index(t, task, lane, i)] = acc[0][i] + acc[1][i];
   }
 }
 
