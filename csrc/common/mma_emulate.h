@@ -1,8 +1,9 @@
 // A CPU stand-in for the tensor-core block product of the persistent loops' mma variant
 // (mma_tile.h; the kernels are cuda/persistent_mma.cuh), for the tests on machines without a GPU:
 // the same tasks handed to the same warps, the same fragment offsets into the same shared-memory
-// layout, the same partial sums, with each mma.sync.m16n8k16 done by emulate_mma below from the
-// fragment maps. Host code only; rnnkit._C.mma_block_product runs it.
+// layout, the same weight gather, chains and partial sums, with each mma.sync done by emulate_mma
+// below from the fragment maps. Host code only; rnnkit._C.mma_block_product and mma_block_sums
+// run it.
 #pragma once
 
 #include <cstdint>
