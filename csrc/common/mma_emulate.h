@@ -77,17 +77,26 @@ inline void emulate_block_product(const TilePlan& t, const float* x, const float
     }
 }
 
+// The partial sums of one chunk: x [rows, len] (row major) staged as the kernels stage it (zero
+// padded), then the emulated block product with Wt already laid out in ws [cols_padded, ld].
+inline std::vector<float> chunk_partials(const TilePlan& t, const float* x, int64_t rows,
+                                         const std::vector<float>& ws, int64_t warps) {
+  std::vector<float> xs(size_t(t.chunk * t.ld), 0.0f);
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t k = 0; k < t.len; ++k) xs[size_t(x_index(t, m, k))] = x[m * t.len + k];
+  std::vector<float> partial(size_t(t.splits * t.chunk * t.cols_padded), 0.0f);
+  emulate_block_product(t, xs.data(), ws.data(), rows, warps, partial.data());
+  return partial;
+}
+
 // S[m, c] = sum_k x[m, k] wt[c, k] for m < rows, c < t.cols, through the layout, the emulated
 // warps and the partial sums: x [rows, len] and wt [cols, len], row major, rows <= t.chunk.
 inline std::vector<float> block_product(const TilePlan& t, const float* x, const float* wt,
                                         int64_t rows, int64_t warps) {
-  std::vector<float> xs(size_t(t.chunk * t.ld), 0.0f), ws(size_t(t.cols_padded * t.ld), 0.0f);
-  for (int64_t m = 0; m < rows; ++m)
-    for (int64_t k = 0; k < t.len; ++k) xs[size_t(x_index(t, m, k))] = x[m * t.len + k];
+  std::vector<float> ws(size_t(t.cols_padded * t.ld), 0.0f);
   for (int64_t c = 0; c < t.cols; ++c)
     for (int64_t k = 0; k < t.len; ++k) ws[size_t(wt_index(t, c, k))] = wt[c * t.len + k];
-  std::vector<float> partial(size_t(t.splits * t.chunk * t.cols_padded), 0.0f);
-  emulate_block_product(t, xs.data(), ws.data(), rows, warps, partial.data());
+  const std::vector<float> partial = chunk_partials(t, x, rows, ws, warps);
   std::vector<float> s(size_t(rows * t.cols));
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t c = 0; c < t.cols; ++c) s[size_t(m * t.cols + c)] = partial_sum(t, partial.data(), m, c);
@@ -102,15 +111,12 @@ inline std::vector<float> block_product(const TilePlan& t, const float* x, const
 inline std::vector<float> block_sums(const TilePlan& t, bool backward, const float* w_hh,
                                      int64_t H, int64_t K, int64_t j0, int64_t u, const float* x,
                                      int64_t rows, int64_t warps) {
-  std::vector<float> xs(size_t(t.chunk * t.ld), 0.0f), ws(size_t(t.cols_padded * t.ld), 0.0f);
+  std::vector<float> ws(size_t(t.cols_padded * t.ld), 0.0f);
   for (int64_t e = 0; e < u * K * H; ++e) {
     const WeightMove m = backward ? backward_weight(t, e, H, K, j0) : forward_weight(t, e, H, K, j0);
     ws[size_t(m.dst)] = w_hh[m.src];
   }
-  for (int64_t m = 0; m < rows; ++m)
-    for (int64_t k = 0; k < t.len; ++k) xs[size_t(x_index(t, m, k))] = x[m * t.len + k];
-  std::vector<float> partial(size_t(t.splits * t.chunk * t.cols_padded), 0.0f);
-  emulate_block_product(t, xs.data(), ws.data(), rows, warps, partial.data());
+  const std::vector<float> partial = chunk_partials(t, x, rows, ws, warps);
   const int gates = backward ? 1 : int(K);
   std::vector<float> out;
   for (int e = 0; e < int(rows * u); ++e) {

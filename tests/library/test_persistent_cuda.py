@@ -12,6 +12,7 @@ import torch
 
 import rnnkit._library  # noqa: F401  (loads rnnkit._C)
 from rnnkit import _C
+from rnnkit.cells import GATES
 
 from ..conftest import device_param
 from .test_cuda import _assert_dtype_bound, _cast, _layer_problem, _run
@@ -224,21 +225,19 @@ def test_bad_variant_is_an_error(device, monkeypatch):
 
 
 # ---- the mma variant: the step's product on tensor cores (csrc/cuda/persistent_mma.cuh) -------
-GATES = {"lstm": 4, "gru": 3, "tanh": 1, "relu": 1}
-
-
 def _needs_tensor_cores():
     if torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("the mma variant needs compute capability 8.0 or later")
 
 
-def _tf32_fits(H, N, gates, backward):
+def _tf32_fits(H, N, kind, backward):
     """Whether the TF32 tile plan fits this GPU (float32 rows are twice as long as 16-bit ones:
     the LSTM's backward at H = 768 does not fit; the GRU's and RNN's do)."""
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    units = -(-H // props.multi_processor_count)
-    return _C.mma_tile_plan(H, N, gates, units, backward, 8, props.shared_memory_per_block_optin,
-                            "tf32")["fits"]
+    gates, smem = GATES[kind if kind in GATES else "rnn"], props.shared_memory_per_block_optin
+    units = _C.persistent_plan(H, N, gates, 4, backward, props.multi_processor_count,
+                               smem)["units"]
+    return _C.mma_tile_plan(H, N, gates, units, backward, 8, smem, "tf32")["fits"]
 
 
 @pytest.mark.parametrize("device", CUDA)
@@ -273,7 +272,7 @@ def test_mma_variant_tf32_within_bound(device, monkeypatch, kind, config):
     monkeypatch.setenv("RNNKIT_CUDA_PERSISTENT_VARIANT", "mma")
     ours, gours, _ = _run(ours_fn, _cast(args64, torch.float32), seeds)
     for ran, backward in zip(_C.persistent_last(), (False, True)):
-        if _tf32_fits(shape["H"], shape["N"], GATES[kind], backward):
+        if _tf32_fits(shape["H"], shape["N"], kind, backward):
             assert ran == MMA_RAN[backward], (backward, ran)
         else:
             assert ran.startswith("persistent (wide: the mma variant's layout: "), (backward, ran)

@@ -241,7 +241,8 @@ def test_every_block_sums_its_own_units(H, N, gates, max_blocks, rows, backward,
     w_hh = torch.randn(G, H, generator=g).to(torch.bfloat16).float()
     x = torch.randn(rows, G if backward else H, generator=g).to(torch.bfloat16).float()
     full = (x.double() @ w_hh.double()) if backward else (x.double() @ w_hh.double().t())
-    units = -(-H // max_blocks)
+    partition = _C.persistent_plan(H, N, gates, 2, backward, max_blocks, H200_SMEM)
+    units = partition["units"]
     plan = tile_plan(H, N, gates, units, backward, kind=kind)
     if not plan["fits"]:
         assert (kind, H, backward) == ("tf32", 768, True)  # as in the test above
@@ -249,7 +250,7 @@ def test_every_block_sums_its_own_units(H, N, gates, max_blocks, rows, backward,
     rows = min(rows, plan["chunk"])
     x = x[:rows]
     full = full[:rows]
-    for block in range(-(-H // units)):
+    for block in range(partition["blocks"]):
         j0, u = _C.persistent_units(H, units, block)
         s = _C.mma_block_sums(H, N, gates, max_blocks, block, backward, WARPS, H200_SMEM, rows,
                               x.numpy().tobytes(), w_hh.numpy().tobytes(), kind)
