@@ -104,7 +104,7 @@ BOUNDS = {
     "chrono": (3, None, False, False),
     "batch_size": (1, None, False, False),
     "steps": (1, None, False, False),
-    "epochs": (0, None, True, False),
+    "epochs": (0, 1e15, True, False),  # times the steps per epoch, it must stay a finite count
     "lr": (0, 1e30, True, False),  # AdamW computes in float32 (max 3.4e38); 1e30 still diverges cleanly
     "min_lr_ratio": (0, 1, False, False),
     "warmup_steps": (0, None, False, False),
