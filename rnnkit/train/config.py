@@ -108,7 +108,7 @@ BOUNDS = {
     "lr": (0, 1e30, True, False),  # AdamW computes in float32 (max 3.4e38); 1e30 still diverges cleanly
     "min_lr_ratio": (0, 1, False, False),
     "warmup_steps": (0, None, False, False),
-    "weight_decay": (0, None, False, False),
+    "weight_decay": (0, 1, False, False),  # AdamW scales weights by 1 - lr * wd each step: past 1, decay flips and grows them
     "grad_clip": (0, None, False, False),
     "eval_every": (1, None, False, False),
     "log_every": (1, None, False, False),
