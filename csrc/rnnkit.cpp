@@ -46,6 +46,11 @@ TORCH_LIBRARY(rnnkit, m) {
 // TEST ONLY: cells that exist to test the cell machinery (common/registry.h); not rnnkit's API.
 TORCH_LIBRARY(rnnkit_testing, m) {
   rnnkit::TestingCells::for_each([&]<typename Cell>() { rnnkit::define_operators<Cell>(m); });
+  // One product of the CPU time loops' reduced-precision path (cpu/weights.h: WeightB), on the
+  // path this process chose: c = a op(b) + beta c in float32, op(b) = b^T when trans_b; a in
+  // bfloat16 or float32, b in bfloat16 or float16. pack: as for a weight used at every step.
+  m.def("weight_product(Tensor a, Tensor b, bool trans_b, Tensor c, float beta, bool pack) "
+        "-> Tensor");
 }
 
 // ---- rnnkit._C: build facts for rnnkit.build_info() ------------------------------------------

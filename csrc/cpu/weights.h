@@ -13,13 +13,16 @@
 //   Mkl      MKL's cblas_gemm_bf16bf16f32 / cblas_gemm_f16f16f32 on the reduced operands, C in
 //            float32 with beta. torch's CPU library exports them on x86 (declared weak: absent,
 //            this path is never chosen).
-// The default for bfloat16: Mkl on a CPU with AMX-BF16, where MKL multiplies bfloat16 in its
-// tiles into float32; OneDnn on one with AVX512-BF16 and no AMX (AMD EPYC), where oneDNN's bf16
-// product measured 2.3x sgemm's rate and MKL's bf16 one below sgemm (docs/kernels.md,
-// benchmarks/bench_bf16_products.py; torch exports no oneDNN entry point with a float32 result,
-// hence the rounding); Float32 elsewhere. float16: Mkl with AMX, else Float32 (oneDNN's float16
-// product needs AVX512-FP16). RNNKIT_CPU_BF16_PATH=float32|mkl|onednn overrides the choice for
-// both types.
+//   Amx      bfloat16 only: rnnkit's own tile product (amx.h), B packed once per call into tile
+//            layout, float32 C with beta. A weight multiplied once with few rows (a cell's step)
+//            is not worth packing and takes the OneDnn product instead.
+// The default for bfloat16: Amx on a CPU with AMX-BF16 (where the OS grants the tiles); OneDnn on
+// one with AVX512-BF16 and no AMX (AMD EPYC), where oneDNN's bf16 product measured 2.3x sgemm's
+// rate and MKL's bf16 one below sgemm (docs/kernels.md, benchmarks/bench_bf16_products.py; torch
+// exports no oneDNN entry point with a float32 result, hence the rounding); Float32 elsewhere.
+// float16: Float32 (MKL's float16 product has no tiles on AMX-BF16 CPUs and measured below
+// sgemm; oneDNN's needs AVX512-FP16). RNNKIT_CPU_BF16_PATH=float32|mkl|onednn|amx overrides the
+// choice (amx for bfloat16 only, where usable; float16 then takes Float32).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -40,6 +43,7 @@
 #include <cpuid.h>
 #endif
 
+#include "amx.h"
 #include "bf16_dot.h"
 #include "blas.h"
 #include "loops.h"
@@ -59,7 +63,7 @@ void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int 
 namespace rnnkit {
 namespace cpu {
 
-enum class ReducedPath { Float32, Mkl, OneDnn };
+enum class ReducedPath { Float32, Mkl, OneDnn, Amx };
 
 // CPUID leaf 7: AMX-BF16 (subleaf 0, EDX bit 22), AVX512-BF16 (subleaf 1, EAX bit 5).
 inline bool cpuid_bit(unsigned subleaf, int reg, int bit) {
@@ -73,6 +77,11 @@ inline bool cpuid_bit(unsigned subleaf, int reg, int bit) {
 }
 inline bool cpu_has_amx_bf16() { return cpuid_bit(0, 3, 22); }
 inline bool cpu_has_avx512_bf16() { return cpuid_bit(1, 0, 5); }
+// rnnkit's own AMX product can run: built in, the CPU has AMX-BF16, the OS grants the tiles.
+inline bool amx_usable() {
+  static const bool usable = amx::usable(cpu_has_amx_bf16());
+  return usable;
+}
 
 // Whether the small-batch path multiplies bfloat16 weights with AVX512-BF16 (bf16_dot.h): the
 // CPU has it, the build's float registers are 16 wide, and RNNKIT_CPU_BF16_DOT is not 0.
@@ -105,9 +114,11 @@ ReducedPath reduced_path() {
     if (env != nullptr && std::strcmp(env, "float32") == 0) return ReducedPath::Float32;
     if (env != nullptr && std::strcmp(env, "onednn") == 0) return ReducedPath::OneDnn;
     if (env != nullptr && std::strcmp(env, "mkl") == 0 && mkl) return ReducedPath::Mkl;
-    if (mkl && cpu_has_amx_bf16()) return ReducedPath::Mkl;
-    if (std::is_same_v<scalar_t, c10::BFloat16> && cpu_has_avx512_bf16())
-      return ReducedPath::OneDnn;
+    constexpr bool bf16 = std::is_same_v<scalar_t, c10::BFloat16>;
+    if (!bf16) return ReducedPath::Float32;
+    if (env != nullptr && std::strcmp(env, "amx") == 0 && amx_usable()) return ReducedPath::Amx;
+    if (amx_usable()) return ReducedPath::Amx;
+    if (cpu_has_avx512_bf16()) return ReducedPath::OneDnn;
     return ReducedPath::Float32;
   }();
   return path;
@@ -119,6 +130,9 @@ inline const char* reduced_path_name() {
     std::string s;
     switch (reduced_path<c10::BFloat16>()) {
       case ReducedPath::Mkl: s = "mkl bf16->f32 (cblas_gemm_bf16bf16f32)"; break;
+      case ReducedPath::Amx:
+        s = "amx bf16->f32 (own tile product, weights packed once per call; cell steps: onednn)";
+        break;
       case ReducedPath::OneDnn:
         s = use_onednn_reorder<c10::BFloat16>()
                 ? "onednn bf16 (at::mm; step products on a weight reordered once), widened"
@@ -178,6 +192,10 @@ void widen_rows_into(const From* src, int64_t rows, int64_t cols, float beta, fl
   });
 }
 
+// The fewest rows of A for which the Amx path packs a weight that is multiplied once (the
+// packing costs about as much as a product with this many rows on the tiles).
+constexpr int64_t kAmxPackRows = 256;
+
 template <typename scalar_t, typename compute_t>
 class WeightB;
 
@@ -215,6 +233,14 @@ class WeightB<scalar_t, float> {
       convert_rows(B, ldb, rows, cols, b32_.data());
       packed_.emplace(trans_b, max_m, Nc, K, b32_.data(), cols, pack);
     }
+    // On the Amx path, a weight multiplied at every step (pack) or by many rows at once is packed
+    // into tiles; one multiplied once by a few rows takes oneDNN's product unpacked.
+    if (path_ == ReducedPath::Amx) {
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        if (pack || max_m >= kAmxPackRows) tiles_.emplace(trans_b, K, Nc, B, ldb);
+      }
+      if (!tiles_.has_value()) path_ = ReducedPath::OneDnn;
+    }
     // A weight multiplied at every step (pack) is reordered once for oneDNN, when it can be.
     if (path_ == ReducedPath::OneDnn && pack && use_onednn_reorder<scalar_t>() && Nc > 0 &&
         K > 0) {
@@ -230,6 +256,10 @@ class WeightB<scalar_t, float> {
   void multiply(int64_t M, const A_t* A, int64_t lda, float beta, float* C, int64_t ldc) const {
     static_assert(std::is_same_v<A_t, float> || std::is_same_v<A_t, scalar_t>);
     if (M <= 0 || Nc_ == 0) return;
+    if (path_ == ReducedPath::Amx) {
+      amx_gemm(M, A, lda, beta, C, ldc);
+      return;
+    }
     if (path_ == ReducedPath::Float32) {
       if constexpr (std::is_same_v<A_t, float>) {
         packed_->multiply(M, A, lda, beta, C, ldc);
@@ -278,6 +308,30 @@ class WeightB<scalar_t, float> {
     widen_rows_into(c16_.data(), M, Nc_, beta, C, ldc);
   }
 
+  // C = A op(B) + beta C on the tiles. A goes through a zero-padded bfloat16 copy unless it is
+  // already bfloat16 in whole tiles (M and K multiples of 32).
+  template <typename A_t>
+  void amx_gemm(int64_t M, const A_t* A, int64_t lda, float beta, float* C, int64_t ldc) const {
+    const amx::PackedTiles& b = *tiles_;
+    const int64_t Kp = b.Kp(), Mp = amx::round_up(M, amx::kBlock);
+    if constexpr (std::is_same_v<A_t, c10::BFloat16>) {
+      if (Mp == M && Kp == K_) {
+        amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(A), lda, b, beta, C, ldc);
+        return;
+      }
+    }
+    a16_.resize(size_t(Mp * Kp));
+    at::parallel_for(0, Mp, conversion_grain(Kp), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t* row = a16_.data() + r * Kp;
+        const int64_t done = r < M ? K_ : 0;
+        if (done > 0) at::vec::convert(A + r * lda, row, done);
+        std::fill(row + done, row + Kp, scalar_t(0));
+      }
+    });
+    amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(a16_.data()), Kp, b, beta, C, ldc);
+  }
+
   void mkl_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
                 int64_t ldc) const {
     constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
@@ -298,13 +352,14 @@ class WeightB<scalar_t, float> {
   int64_t Nc_, K_;
   const scalar_t* B_;
   int64_t ldb_;
-  ReducedPath path_;
+  ReducedPath path_;  // Amx becomes OneDnn for a weight not worth packing
   std::vector<float> b32_;               // Float32: B widened
   std::optional<PackedB<float>> packed_;  // Float32: its product
   mutable std::vector<float> a32_;       // Float32: A widened
   mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed (when it comes in float32)
   mutable std::vector<scalar_t> c16_;    // OneDnn: the rounded product
   std::optional<at::Tensor> reordered_;  // OneDnn with pack: B^T reordered (onednn_linear.h)
+  std::optional<amx::PackedTiles> tiles_;  // Amx: op(B) in tile layout
 };
 
 }  // namespace cpu

@@ -180,8 +180,17 @@ def test_opcheck_reduced(op, dtype):
     torch.library.opcheck(getattr(torch.ops.rnnkit, op).default, args)
 
 
+def _has_amx():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return "amx_bf16" in flags
+
+
+needs_amx = pytest.mark.skipif(not _has_amx(), reason="the CPU has no AMX-BF16 tiles")
+
+
 @pytest.mark.parametrize("path,dot,reorder", [("float32", "1", "1"), ("mkl", "1", "1"),
-                                              ("onednn", "1", "1"), ("onednn", "0", "0")])
+                                              ("onednn", "1", "1"), ("onednn", "0", "0"),
+                                              pytest.param("amx", "1", "1", marks=needs_amx)])
 def test_every_product_path(path, dot, reorder):
     """RNNKIT_CPU_BF16_PATH chooses the product path, RNNKIT_CPU_BF16_DOT=0 turns the small-batch
     dot products off, RNNKIT_CPU_BF16_REORDER=0 the oneDNN weight reordered once (all read once
@@ -208,7 +217,9 @@ def test_every_product_path(path, dot, reorder):
 
 def test_build_info_names_the_bf16_path():
     path = rnnkit.build_info()["cpu_bf16_path"]
-    assert isinstance(path, str) and path.split()[0] in ("mkl", "onednn", "f32")
+    assert isinstance(path, str) and path.split()[0] in ("mkl", "onednn", "f32", "amx")
+    if _has_amx():  # the default where the tiles are (unless the kernel refuses them)
+        assert path.startswith("amx"), path
 
 
 def test_other_dtypes_keep_a_clear_error():
