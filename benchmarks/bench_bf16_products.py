@@ -13,6 +13,9 @@ Candidates (GFLOP/s, 2 M N K / time):
   reordered_bf16  torch.ops.mkldnn._linear_pointwise on a weight reordered once by
                   torch.ops.mkldnn._reorder_linear_weight (bf16 -> bf16; what rnnkit's `onednn`
                   path does for the per-step products), plus the add onto the float32 C
+  rnnkit          rnnkit's own product on the path this process chose (rnnkit_testing::
+                  weight_product, csrc/cpu/weights.h; AMX tiles where the CPU has them), the
+                  weight prepared once (not timed), float32 C, beta = 1
   onednn_bf16f32  at::native::mkldnn_matmul with a float32 result: torch refuses it (it wants
                   the result in the inputs' dtype), reported as such
 The kernels choose among them (csrc/cpu/weights.h, docs/kernels.md).
@@ -111,6 +114,17 @@ def _reordered(a16, b16, c, reps):
                  reps)
 
 
+def _rnnkit(a16, b16, c, reps):
+    """rnnkit's product: one call that prepares the weight and multiplies once, and one that
+    multiplies reps + 1 times with it; the difference is reps products."""
+    import rnnkit._library  # noqa: F401  (registers rnnkit_testing::weight_product)
+
+    op = torch.ops.rnnkit_testing.weight_product
+    one = timed(lambda: op(a16, b16, True, c, 1.0, True, 1), 1)
+    many = timed(lambda: op(a16, b16, True, c, 1.0, True, reps + 1), 1)
+    return max(many - one, 1e-12) / reps
+
+
 def _candidates(ext, a32, b32, a16, b16, ah, bh, c, reps):
     """name -> a function timing one candidate (seconds per product)."""
     return {
@@ -122,6 +136,7 @@ def _candidates(ext, a32, b32, a16, b16, ah, bh, c, reps):
         "mm_bf16_add": lambda: timed(lambda: c.add_(torch.mm(a16, b16.t())), reps),
         "reordered_bf16": lambda: _reordered(a16, b16, c, reps),
         "onednn_bf16f32": lambda: ext.onednn(a16, b16, c, reps),
+        "rnnkit": lambda: _rnnkit(a16, b16, c, reps),
     }
 
 
@@ -164,6 +179,7 @@ def main() -> None:
         meta = {"date": day, "machine": platform.processor() or platform.machine(),
                 "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "command": "python benchmarks/bench_bf16_products.py", "errors": errors,
+                "rnnkit_path": __import__("rnnkit").build_info()["cpu_bf16_path"],
                 "note": args.note}
         path = args.out / f"bf16-products-{day}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

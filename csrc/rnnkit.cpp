@@ -49,8 +49,10 @@ TORCH_LIBRARY(rnnkit_testing, m) {
   // One product of the CPU time loops' reduced-precision path (cpu/weights.h: WeightB), on the
   // path this process chose: c = a op(b) + beta c in float32, op(b) = b^T when trans_b; a in
   // bfloat16 or float32, b in bfloat16 or float16. pack: as for a weight used at every step.
-  m.def("weight_product(Tensor a, Tensor b, bool trans_b, Tensor c, float beta, bool pack) "
-        "-> Tensor");
+  // repeats > 1 multiplies that many times with the one prepared weight (c = a op(b) + beta c
+  // each time), which benchmarks/bench_bf16_products.py times.
+  m.def("weight_product(Tensor a, Tensor b, bool trans_b, Tensor c, float beta, bool pack, "
+        "int repeats=1) -> Tensor");
 }
 
 // ---- rnnkit._C: build facts for rnnkit.build_info() ------------------------------------------

@@ -187,42 +187,50 @@ inline bool usable(bool cpu_has_amx_bf16) {
   return RNNKIT_HAVE_AMX && cpu_has_amx_bf16 && permitted();
 }
 
-// C = A op(B) + beta C for the packed op(B). A: [M, Kp] bfloat16 with zeros past K and rows up to
-// a multiple of kBlock (row stride lda); see Product for a caller's A.
+// Columns [n0, n1) of C = A op(B) (+ C when accumulate) for every row m < M, n0 a multiple of
+// kBlock: one thread's share, on tiles this thread has configured. A: [M, Kp] bfloat16 with zeros
+// past K, rows readable up to a multiple of kBlock (row stride lda); WeightB (weights.h) pads a
+// caller's A to that.
+inline void multiply_columns(int64_t M, const uint16_t* A, int64_t lda, const PackedTiles& B,
+                             bool accumulate, float* C, int64_t ldc, int64_t n0, int64_t n1) {
+  const int64_t N = std::min(B.N(), n1), kt = B.Kp() / kK;
+  alignas(64) float scratch[kBlock * kBlock];
+  for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
+    const int64_t rows = std::min(kBlock, M - m0);
+    const uint16_t* a = A + m0 * lda;
+    for (int64_t c0 = n0; c0 < N; c0 += kBlock) {
+      const int64_t cols = std::min(kBlock, N - c0);
+      const uint16_t* b0 = B.panel(c0);
+      const uint16_t* b1 = b0 + B.Kp() * kCols;
+      if (rows == kBlock && cols == kBlock) {
+        block(a, lda, b0, b1, kt, C + m0 * ldc + c0, ldc, accumulate);
+        continue;
+      }
+      if (accumulate) {
+        std::fill(scratch, scratch + kBlock * kBlock, 0.0f);
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(scratch + r * kBlock, C + (m0 + r) * ldc + c0, sizeof(float) * cols);
+      }
+      block(a, lda, b0, b1, kt, scratch, kBlock, accumulate);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(C + (m0 + r) * ldc + c0, scratch + r * kBlock, sizeof(float) * cols);
+    }
+  }
+}
+
+// C = A op(B) + beta C, the column blocks split over the threads (A as for multiply_columns).
 inline void multiply_padded(int64_t M, const uint16_t* A, int64_t lda, const PackedTiles& B,
                             float beta, float* C, int64_t ldc) {
-  const int64_t N = B.N(), kt = B.Kp() / kK;
+  const int64_t kt = B.Kp() / kK;
   const int64_t row_blocks = round_up(M, kBlock) / kBlock, col_blocks = B.Np() / kBlock;
   if (beta != 0.0f && beta != 1.0f)
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] *= beta;
-  const bool accumulate = beta != 0.0f;
+      for (int64_t n = 0; n < B.N(); ++n) C[m * ldc + n] *= beta;
   // Column blocks per task: at least 64 tile products' worth of work before a thread is woken.
   const int64_t grain = std::max<int64_t>(1, 64 / std::max<int64_t>(row_blocks * kt, 1));
   at::parallel_for(0, col_blocks, grain, [&](int64_t j0, int64_t j1) {
     configure();
-    alignas(64) float scratch[kBlock * kBlock];
-    for (int64_t i = 0; i < row_blocks; ++i) {
-      const int64_t m0 = i * kBlock, rows = std::min(kBlock, M - m0);
-      const uint16_t* a = A + m0 * lda;
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t n0 = j * kBlock, cols = std::min(kBlock, N - n0);
-        const uint16_t* b0 = B.panel(n0);
-        const uint16_t* b1 = b0 + B.Kp() * kCols;
-        if (rows == kBlock && cols == kBlock) {
-          block(a, lda, b0, b1, kt, C + m0 * ldc + n0, ldc, accumulate);
-          continue;
-        }
-        if (accumulate) {
-          std::fill(scratch, scratch + kBlock * kBlock, 0.0f);
-          for (int64_t r = 0; r < rows; ++r)
-            std::memcpy(scratch + r * kBlock, C + (m0 + r) * ldc + n0, sizeof(float) * cols);
-        }
-        block(a, lda, b0, b1, kt, scratch, kBlock, accumulate);
-        for (int64_t r = 0; r < rows; ++r)
-          std::memcpy(C + (m0 + r) * ldc + n0, scratch + r * kBlock, sizeof(float) * cols);
-      }
-    }
+    multiply_columns(M, A, lda, B, beta != 0.0f, C, ldc, j0 * kBlock, j1 * kBlock);
     release();
   });
 }

@@ -31,7 +31,9 @@ namespace cpu {
 
 // TEST ONLY: rnnkit_testing::weight_product (its schema in rnnkit.cpp says what it computes).
 inline at::Tensor weight_product(const at::Tensor& a, const at::Tensor& b, bool trans_b,
-                                 const at::Tensor& c, double beta, bool pack) {
+                                 const at::Tensor& c, double beta, bool pack,
+                                 int64_t repeats) {
+  TORCH_CHECK(repeats >= 1, "weight_product: expected repeats >= 1, got ", repeats);
   TORCH_CHECK(b.dim() == 2 && b.is_contiguous() &&
                   (b.scalar_type() == at::kBFloat16 || b.scalar_type() == at::kHalf),
               "weight_product: expected b contiguous 2-d bfloat16 or float16, got ",
@@ -52,10 +54,12 @@ inline at::Tensor weight_product(const at::Tensor& a, const at::Tensor& b, bool 
   AT_DISPATCH_REDUCED_FLOATING_TYPES(b.scalar_type(), "weight_product", [&] {
     const WeightB<scalar_t, float> w(trans_b, M, N, K, b.const_data_ptr<scalar_t>(), b.size(1),
                                      pack);
-    if (a.scalar_type() == at::kFloat)
-      w.multiply(M, a.const_data_ptr<float>(), K, float(beta), out.data_ptr<float>(), N);
-    else
-      w.multiply(M, a.const_data_ptr<scalar_t>(), K, float(beta), out.data_ptr<float>(), N);
+    for (int64_t r = 0; r < repeats; ++r) {
+      if (a.scalar_type() == at::kFloat)
+        w.multiply(M, a.const_data_ptr<float>(), K, float(beta), out.data_ptr<float>(), N);
+      else
+        w.multiply(M, a.const_data_ptr<scalar_t>(), K, float(beta), out.data_ptr<float>(), N);
+    }
   });
   return out;
 }

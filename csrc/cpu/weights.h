@@ -308,19 +308,19 @@ class WeightB<scalar_t, float> {
     widen_rows_into(c16_.data(), M, Nc_, beta, C, ldc);
   }
 
-  // C = A op(B) + beta C on the tiles. A goes through a zero-padded bfloat16 copy unless it is
-  // already bfloat16 in whole tiles (M and K multiples of 32).
+  // C = A op(B) + beta C on the tiles. A goes through a zero-padded bfloat16 copy (rows split
+  // over the threads) unless it is bfloat16 in whole tiles (M and K multiples of 32).
   template <typename A_t>
   void amx_gemm(int64_t M, const A_t* A, int64_t lda, float beta, float* C, int64_t ldc) const {
     const amx::PackedTiles& b = *tiles_;
-    const int64_t Kp = b.Kp(), Mp = amx::round_up(M, amx::kBlock);
-    if constexpr (std::is_same_v<A_t, c10::BFloat16>) {
-      if (Mp == M && Kp == K_) {
+    if constexpr (std::is_same_v<A_t, scalar_t>) {
+      if (M % amx::kBlock == 0 && b.Kp() == K_) {
         amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(A), lda, b, beta, C, ldc);
         return;
       }
     }
-    a16_.resize(size_t(Mp * Kp));
+    const int64_t Kp = b.Kp(), Mp = amx::round_up(M, amx::kBlock);
+    if (a16_.size() < size_t(Mp * Kp)) a16_.resize(size_t(Mp * Kp));
     at::parallel_for(0, Mp, conversion_grain(Kp), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         scalar_t* row = a16_.data() + r * Kp;
