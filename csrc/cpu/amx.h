@@ -156,13 +156,15 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void block(const uint16_t* A
     _tile_zero(3);
   }
   const uint16_t* a1 = A + kRows * lda;
+  constexpr int64_t sb = 2 * kCols * int64_t(sizeof(uint16_t));
   for (int64_t t = 0; t < kt; ++t) {
+    // Each product as soon as its two operands are in, so loads overlap the products before.
     _tile_loadd(4, A + t * kK, sa);
-    _tile_loadd(5, a1 + t * kK, sa);
-    _tile_loadd(6, b0 + t * kTileValues, 2 * kCols * int64_t(sizeof(uint16_t)));
-    _tile_loadd(7, b1 + t * kTileValues, 2 * kCols * int64_t(sizeof(uint16_t)));
+    _tile_loadd(6, b0 + t * kTileValues, sb);
     _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b1 + t * kTileValues, sb);
     _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a1 + t * kK, sa);
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
