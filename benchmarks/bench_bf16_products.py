@@ -82,6 +82,13 @@ def build():
                        functions=["mkl", "onednn"], extra_cflags=["-O2"], verbose=False)
 
 
+def _cpu_flags():
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:
+        return ""
+
+
 def timed(fn, repeats):
     fn()
     t0 = time.perf_counter()
@@ -180,8 +187,11 @@ def main() -> None:
                 "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "command": "python benchmarks/bench_bf16_products.py", "errors": errors,
                 "rnnkit_path": __import__("rnnkit").build_info()["cpu_bf16_path"],
+                "cpu_flags": [f for f in ("amx_bf16", "avx512_bf16") if f in _cpu_flags()],
                 "note": args.note}
-        path = args.out / f"bf16-products-{day}.json"
+        from rnnkit.bench.machine import machine_slug
+
+        path = args.out / f"bf16-products-{machine_slug('cpu')}-{day}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         print("wrote", path)
 

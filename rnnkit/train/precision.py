@@ -16,7 +16,8 @@ from .errors import UserError
 #: Whether --precision auto may choose bf16 (where the device multiplies bfloat16 in hardware).
 #: The rule: only if the default run's final loss in bf16 is within 0.02 of fp32's, measured on
 #: a quiet machine and recorded in docs/training.md ("Measurements"): 1.6328 in bf16 against
-#: 1.6330 in fp32 (2026-11-30, AMD EPYC with AVX512-BF16), so auto may choose bf16.
+#: 1.6330 in fp32 (2026-11-30, AMD EPYC with AVX512-BF16), and 1.6326 against 1.6330
+#: (2026-12-01, Intel Xeon with AMX), so auto may choose bf16.
 AUTO_CHOOSES_BF16 = True
 
 #: The autocast dtype of each precision that autocasts.
