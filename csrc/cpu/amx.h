@@ -16,7 +16,8 @@
 //
 // Used where the CPU has AMX-BF16, the kernel grants this process the tile state
 // (arch_prctl(ARCH_REQ_XCOMP_PERM)), and the compiler has the AMX intrinsics (GCC 11 or later,
-// Clang 12 or later, x86-64). The index functions below are plain C++ and are tested everywhere.
+// Clang 12 or later, x86-64). tests/library/test_weight_product.py checks the products (and so
+// the packed layout) against float64 where the tiles are.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -49,17 +50,9 @@ constexpr int64_t kBlock = 32;              // a task's block of C: 2 x 2 tiles
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Where B[k][n] of op(B) sits in the packed layout, for K padded to Kp (a multiple of kK).
-inline int64_t packed_index(int64_t k, int64_t n, int64_t Kp) {
-  const int64_t panel = n / kCols, tile = k / kK, kk = k % kK;
-  return (panel * (Kp / kK) + tile) * kTileValues + (kk / 2) * (2 * kCols) + (n % kCols) * 2 +
-         kk % 2;
-}
-
 // op(B) packed once: K padded to a multiple of kK and N to a multiple of kBlock, with zeros.
 class PackedTiles {
  public:
-  PackedTiles() = default;
   // op(B) = B^T when trans_b (B is [N, K], a weight as stored), else B ([K, N]); row stride ldb.
   PackedTiles(bool trans_b, int64_t K, int64_t N, const c10::BFloat16* B, int64_t ldb)
       : K_(K), N_(N), Kp_(round_up(std::max<int64_t>(K, 1), kK)),
@@ -78,7 +71,6 @@ class PackedTiles {
   int64_t Np() const { return Np_; }
   // The first tile of the column panel holding column n (a multiple of kCols).
   const uint16_t* panel(int64_t n) const { return data_.data() + (n / kCols) * Kp_ * kCols; }
-  const std::vector<uint16_t>& data() const { return data_; }
 
  private:
   // One tile: its 16 rows of pairs, row kp holding (B[k][n], B[k+1][n]) for k = 32t + 2kp.
