@@ -69,14 +69,22 @@ inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t 
 #if RNNKIT_BF16_DOT
 // acc[n * ld_acc + k * H + j + v] (+)= sum_r h[n * R + r] W_hh[k * H + j + v][r] for n < ROWS,
 // v < width, from the packed block (below: product_rows; first, its step over one pair p).
-template <int K, int ROWS>
+// WHOLE: the pair lies inside the row (2p + 1 < R), so it is the 32-bit word at h + 2p, one
+// broadcast load; else pair_at pads it.
+template <int K, int ROWS, bool WHOLE = true>
 __attribute__((target("avx512f,avx512bf16"), always_inline)) inline void accumulate_pair(
     const uint16_t* block, int64_t R, const c10::BFloat16* h, int64_t p, __m512 (&sum)[ROWS][K]) {
   __m512i w[K];
   for (int k = 0; k < K; ++k)
     w[k] = _mm512_loadu_si512(static_cast<const void*>(block + (p * K + k) * V * 2));
   for (int n = 0; n < ROWS; ++n) {
-    const __m512i hp = _mm512_set1_epi32(int(pair_at(h + n * R, p, R)));
+    uint32_t word;
+    if constexpr (WHOLE) {
+      std::memcpy(&word, h + n * R + 2 * p, sizeof(word));
+    } else {
+      word = pair_at(h + n * R, p, R);
+    }
+    const __m512i hp = _mm512_set1_epi32(int(word));
     for (int k = 0; k < K; ++k)
       sum[n][k] = _mm512_dpbf16_ps(sum[n][k], (__m512bh)hp, (__m512bh)w[k]);
   }
@@ -94,13 +102,14 @@ __attribute__((target("avx512f,avx512bf16"))) void product_rows(
   for (int c = 0; c < CHAINS; ++c)
     for (int n = 0; n < ROWS; ++n)
       for (int k = 0; k < K; ++k) sum[c][n][k] = _mm512_setzero_ps();
-  const int64_t P = pairs(R);
+  const int64_t P = pairs(R), whole = R / 2;
   int64_t p = 0;
-  for (; p + CHAINS <= P; p += CHAINS) {
+  for (; p + CHAINS <= whole; p += CHAINS) {
     accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
     if constexpr (CHAINS == 2) accumulate_pair<K, ROWS>(block, R, h, p + 1, sum[CHAINS - 1]);
   }
-  for (; p < P; ++p) accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
+  for (; p < whole; ++p) accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
+  for (; p < P; ++p) accumulate_pair<K, ROWS, false>(block, R, h, p, sum[0]);
   const __mmask16 mask = width >= V ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
   for (int n = 0; n < ROWS; ++n)
     for (int k = 0; k < K; ++k) {
