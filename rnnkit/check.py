@@ -71,23 +71,26 @@ def cases(device: str = "cpu", dtype: torch.dtype = torch.float64, seed: int | N
     out: list[Case] = []
     I, H, P_ = 5, 7, 3  # input features, hidden (odd on purpose), projection
     T, N = 4, 3
-    for label, packed, reverse, proj in (("padded", False, False, False),
-                                         ("packed, reverse, proj_size", True, True, True)):
-        bs = _packed(T, N, gen) if packed else None
-        x = rand(int(bs.sum()), I) if packed else rand(T, N, I)
+    # N=20: a batch above the small-batch path's 16 rows, over T=4 steps, so that the per-step
+    # products take the weight packed for them (in bfloat16: the AMX tiles where the CPU has them)
+    for label, packed, reverse, proj, B in (("padded", False, False, False, N),
+                                            ("packed, reverse, proj_size", True, True, True, N),
+                                            ("padded, N=20", False, False, False, 20)):
+        bs = _packed(T, B, gen) if packed else None
+        x = rand(int(bs.sum()), I) if packed else rand(T, B, I)
         R_ = P_ if proj else H
         w = (rand(4 * H, I), rand(4 * H, R_), rand(4 * H), rand(4 * H), rand(R_, H) if proj else None)
-        args = (x, bs, rand(N, R_), rand(N, H), *w, reverse)
+        args = (x, bs, rand(B, R_), rand(B, H), *w, reverse)
         out.append(Case("lstm", label, args,
                         lambda *a: _flat(F.lstm_layer(a[0], a[1], (a[2], a[3]), a[4:9], a[9])),
                         lambda *a: _flat(R.lstm_layer(a[0], a[1], (a[2], a[3]), a[4:9], a[9]))))
         w = (rand(3 * H, I), rand(3 * H, H), rand(3 * H), rand(3 * H) if not packed else None, None)
-        args = (x, bs, rand(N, H), *w[:4], reverse)
+        args = (x, bs, rand(B, H), *w[:4], reverse)
         out.append(Case("gru", label.replace(", proj_size", ", no b_hh"), args,
                         lambda *a: _flat(F.gru_layer(a[0], a[1], (a[2],), (*a[3:7], None), a[7])),
                         lambda *a: _flat(R.gru_layer(a[0], a[1], (a[2],), (*a[3:7], None), a[7]))))
         act = "relu" if packed else "tanh"
-        args = (x, bs, rand(N, H), rand(H, I), rand(H, H), rand(H), rand(H), act, reverse)
+        args = (x, bs, rand(B, H), rand(H, I), rand(H, H), rand(H), rand(H), act, reverse)
         out.append(Case("rnn", label.replace(", proj_size", "") + f", {act}", args,
                         lambda *a: _flat(F.rnn_layer(a[7])(a[0], a[1], (a[2],), (*a[3:7], None), a[8])),
                         lambda *a: _flat(R.rnn_layer(a[7])(a[0], a[1], (a[2],), (*a[3:7], None), a[8]))))
