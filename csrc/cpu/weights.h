@@ -116,8 +116,7 @@ ReducedPath reduced_path() {
     if (env != nullptr && std::strcmp(env, "mkl") == 0 && mkl) return ReducedPath::Mkl;
     constexpr bool bf16 = std::is_same_v<scalar_t, c10::BFloat16>;
     if (!bf16) return ReducedPath::Float32;
-    if (env != nullptr && std::strcmp(env, "amx") == 0 && amx_usable()) return ReducedPath::Amx;
-    if (amx_usable()) return ReducedPath::Amx;
+    if (amx_usable()) return ReducedPath::Amx;  // also what RNNKIT_CPU_BF16_PATH=amx asks for
     if (cpu_has_avx512_bf16()) return ReducedPath::OneDnn;
     return ReducedPath::Float32;
   }();
@@ -192,8 +191,9 @@ void widen_rows_into(const From* src, int64_t rows, int64_t cols, float beta, fl
   });
 }
 
-// The fewest rows of A for which the Amx path packs a weight that is multiplied once (the
-// packing costs about as much as a product with this many rows on the tiles).
+// The fewest rows of A for which the Amx path packs a weight that is multiplied once. Packing
+// reads and writes the whole weight, which a product of a few rows (a cell's step) does not repay;
+// the input projection of a sequence (T x N rows) does. Chosen, not measured as a threshold.
 constexpr int64_t kAmxPackRows = 256;
 
 template <typename scalar_t, typename compute_t>
@@ -356,7 +356,7 @@ class WeightB<scalar_t, float> {
   std::vector<float> b32_;               // Float32: B widened
   std::optional<PackedB<float>> packed_;  // Float32: its product
   mutable std::vector<float> a32_;       // Float32: A widened
-  mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed (when it comes in float32)
+  mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed; Amx: A padded to tiles
   mutable std::vector<scalar_t> c16_;    // OneDnn: the rounded product
   std::optional<at::Tensor> reordered_;  // OneDnn with pack: B^T reordered (onednn_linear.h)
   std::optional<amx::PackedTiles> tiles_;  // Amx: op(B) in tile layout
