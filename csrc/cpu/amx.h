@@ -21,12 +21,13 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #if defined(__x86_64__) && defined(__linux__) && \
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
@@ -57,7 +58,7 @@ class PackedTiles {
   PackedTiles(bool trans_b, int64_t K, int64_t N, const c10::BFloat16* B, int64_t ldb)
       : K_(K), N_(N), Kp_(round_up(std::max<int64_t>(K, 1), kK)),
         Np_(round_up(std::max<int64_t>(N, 1), kBlock)) {
-    data_.resize(size_t(Kp_ * Np_));
+    data_.reset(new uint16_t[size_t(Kp_ * Np_)]);  // uninitialised: every tile is written below
     const uint16_t* b = reinterpret_cast<const uint16_t*>(B);
     const int64_t panels = Np_ / kCols, tiles = Kp_ / kK;
     at::parallel_for(0, panels, 8, [&](int64_t p0, int64_t p1) {
@@ -70,13 +71,22 @@ class PackedTiles {
   int64_t Kp() const { return Kp_; }
   int64_t Np() const { return Np_; }
   // The first tile of the column panel holding column n (a multiple of kCols).
-  const uint16_t* panel(int64_t n) const { return data_.data() + (n / kCols) * Kp_ * kCols; }
+  const uint16_t* panel(int64_t n) const { return data_.get() + (n / kCols) * Kp_ * kCols; }
 
  private:
   // One tile: its 16 rows of pairs, row kp holding (B[k][n], B[k+1][n]) for k = 32t + 2kp.
+  // For a stored weight (trans_b) a pair is one 32-bit word of a row of B, so a whole tile inside
+  // B is B's 16 x 16 block of words transposed: ATen's register transpose, a bit-exact move.
   void pack_tile(bool trans_b, const uint16_t* b, int64_t ldb, int64_t p, int64_t t) {
-    uint16_t* tile = data_.data() + (p * (Kp_ / kK) + t) * kTileValues;
+    uint16_t* tile = data_.get() + (p * (Kp_ / kK) + t) * kTileValues;
     const int64_t n0 = p * kCols, k0 = t * kK;
+    if (trans_b && n0 + kCols <= N_ && k0 + kK <= K_ && ldb % 2 == 0 &&
+        reinterpret_cast<std::uintptr_t>(b) % sizeof(float) == 0) {
+      at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(b + n0 * ldb + k0), ldb / 2,
+                                    reinterpret_cast<float*>(tile), kCols, int(kCols),
+                                    int(kK / 2));
+      return;
+    }
     for (int64_t c = 0; c < kCols; ++c) {
       const int64_t n = n0 + c;
       for (int64_t kk = 0; kk < kK; ++kk) {
@@ -89,7 +99,7 @@ class PackedTiles {
   }
 
   int64_t K_ = 0, N_ = 0, Kp_ = 0, Np_ = 0;
-  std::vector<uint16_t> data_;
+  std::unique_ptr<uint16_t[]> data_;
 };
 
 #if RNNKIT_HAVE_AMX
