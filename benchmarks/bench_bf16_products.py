@@ -35,6 +35,10 @@ from pathlib import Path
 import torch
 from torch.utils.cpp_extension import load_inline
 
+import rnnkit._library  # loads rnnkit._C, which registers rnnkit_testing::weight_product
+from rnnkit.bench.machine import machine_slug
+from rnnkit.hardware import cpu_bf16_features
+
 # (label, M, N, K): C[M, N] += A[M, K] B[N, K]^T
 SHAPES = [
     ("LSTM step N=64 H=512", 64, 2048, 512),
@@ -82,13 +86,6 @@ def build():
                        functions=["mkl", "onednn"], extra_cflags=["-O2"], verbose=False)
 
 
-def _cpu_flags():
-    try:
-        return open("/proc/cpuinfo").read()
-    except OSError:
-        return ""
-
-
 def timed(fn, repeats):
     fn()
     t0 = time.perf_counter()
@@ -124,8 +121,6 @@ def _reordered(a16, b16, c, reps):
 def _rnnkit(a16, b16, c, reps):
     """rnnkit's product: one call that prepares the weight and multiplies once, and one that
     multiplies reps + 1 times with it; the difference is reps products."""
-    import rnnkit._library  # noqa: F401  (registers rnnkit_testing::weight_product)
-
     op = torch.ops.rnnkit_testing.weight_product
     one = timed(lambda: op(a16, b16, True, c, 1.0, True, 1), 1)
     many = timed(lambda: op(a16, b16, True, c, 1.0, True, reps + 1), 1)
@@ -186,11 +181,9 @@ def main() -> None:
         meta = {"date": day, "machine": platform.processor() or platform.machine(),
                 "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "command": "python benchmarks/bench_bf16_products.py", "errors": errors,
-                "rnnkit_path": __import__("rnnkit").build_info()["cpu_bf16_path"],
-                "cpu_flags": [f for f in ("amx_bf16", "avx512_bf16") if f in _cpu_flags()],
+                "rnnkit_path": rnnkit.build_info()["cpu_bf16_path"],
+                "cpu_bf16_features": cpu_bf16_features(),
                 "note": args.note}
-        from rnnkit.bench.machine import machine_slug
-
         path = args.out / f"bf16-products-{machine_slug('cpu')}-{day}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         print("wrote", path)

@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
+from rnnkit.hardware import cpu_bf16_features
 
 from ..helpers import assert_inference_equals_training, tensors_of
 
@@ -183,8 +184,7 @@ def test_opcheck_reduced(op, dtype):
 def _has_amx():
     """The CPU has AMX-BF16 and Linux grants this process the tile state (as csrc/cpu/amx.h asks:
     arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), syscall 158 on x86-64)."""
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if "amx_bf16" not in flags:
+    if not cpu_bf16_features()["amx_bf16"]:
         return False
     import ctypes
 
