@@ -7,7 +7,10 @@ for bfloat16). Not run by pytest.
 Per case: both implementations checked against the float64 reference on the same weights, then
 interleaved repeats in one process (with the layer's matrix products alone as a third entry, the
 machine's matmul rate for these shapes); the ratio torch median / rnnkit median against the
-target, achieved GFLOP/s and its fraction of that rate. Writes
+target, achieved GFLOP/s and its fraction of that rate; and before each case, each core's own
+product rate before and after it (rnnkit.bench.machine.core_rates): on a virtual machine one
+core can run at half the other's speed for seconds at a time, and a case with either reading
+uneven is marked so. Writes
 benchmarks/results/layers-<machine>-<date>.json and .md unless --no-save.
 """
 
@@ -24,7 +27,7 @@ import torch
 
 from rnnkit.bench.case import Case, MATMUL, Settings
 from dataclasses import asdict
-from rnnkit.bench.machine import machine_info, machine_slug
+from rnnkit.bench.machine import DTYPES, core_rates, cores_even, machine_info, machine_slug
 from rnnkit.bench.report import header, markdown_report, results_dir
 from rnnkit.bench.run import run_case
 
@@ -83,7 +86,9 @@ def main() -> int:
             target = BF16_TARGETS.get(k) if args.dtype == "bfloat16" else None
         settings = Settings(modes=(mode,), warmup=2, repeats=args.repeats, memory=False)
         print(f"[{k}] {label} ...", file=sys.stderr, flush=True)
+        cores = core_rates(DTYPES[args.dtype])
         got = {r.impl: r for r in run_case(case, settings, ["rnnkit", "torch"])}
+        cores_after = core_rates(DTYPES[args.dtype])
         results += got.values()
         ours, theirs, mm = got["rnnkit"], got["torch"], got[MATMUL]
         ratio = ours.speedup_vs_torch
@@ -101,6 +106,9 @@ def main() -> int:
             f"{ours.status}: {ours.detail}",
             "torch_status": theirs.status if theirs.status == "ok" else
             f"{theirs.status}: {theirs.detail}",
+            "core_gflops_before": cores, "core_gflops_after": cores_after,
+            "cores_even": None if not cores else bool(cores_even(cores) and
+                                                      cores_even(cores_after)),
         })
         print(_row_text(rows[-1]), flush=True)
     text = _table(rows)
@@ -131,13 +139,24 @@ def _row_text(r) -> str:
             f"ms, ratio {_f(r['ratio'], '.2f')} (target {r['target']}); rnnkit "
             f"{_f(r['rnnkit_gflops'], '.1f')} GFLOP/s = "
             f"{_f(None if r['rnnkit_of_matmul'] is None else 100 * r['rnnkit_of_matmul'], '.0f')}%"
-            f" of matmul ({_f(r['matmul_gflops'], '.1f')} GFLOP/s)")
+            f" of matmul ({_f(r['matmul_gflops'], '.1f')} GFLOP/s); each core before, after: "
+            f"{_cores(r)}")
+
+
+def _cores(r) -> str:
+    """Each core's product rate before and after the case, e.g. "604/598, 590/612 (uneven)"."""
+    if not r.get("core_gflops_before"):
+        return "-"
+    text = ", ".join("/".join(f"{v:.0f}" for _, v in sorted(rates.items()))
+                     for rates in (r["core_gflops_before"], r["core_gflops_after"]))
+    return text + ("" if r["cores_even"] else " (uneven)")
 
 
 def _table(rows) -> str:
     head = ("| # | case | torch.nn in issue (ms) | torch.nn here (ms) | rnnkit (ms) | speed-up | "
             "of mins | "
-            "target | met | rnnkit GFLOP/s | rnnkit of matmul | torch of matmul | matmul GFLOP/s |")
+            "target | met | rnnkit GFLOP/s | rnnkit of matmul | torch of matmul | matmul GFLOP/s | "
+            "each core before, after (GFLOP/s) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
@@ -150,7 +169,8 @@ def _table(rows) -> str:
                      f"{_f(r['ratio'], '.2f')}× | {_f(r.get('ratio_of_mins'), '.2f')}× | "
                      f"{target} | {met} | "
                      f"{_f(r['rnnkit_gflops'], '.0f')} | {pct(r['rnnkit_of_matmul'])} | "
-                     f"{pct(r['torch_of_matmul'])} | {_f(r['matmul_gflops'], '.0f')} |")
+                     f"{pct(r['torch_of_matmul'])} | {_f(r['matmul_gflops'], '.0f')} | "
+                     f"{_cores(r)} |")
     return "\n".join(lines)
 
 

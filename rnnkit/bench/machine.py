@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
+import time
 from typing import Any, Sequence
 
 import torch
@@ -58,6 +60,48 @@ def machine_info(device: str) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def core_rates(dtype: torch.dtype = torch.float32, seconds: float = 0.1) -> dict[int, float]:
+    """Each CPU's own matrix-product rate now, in GFLOP/s: one thread pinned to it in turn, the
+    median time of a 256x512 by 512x2048 product in `dtype` over about `seconds`.
+
+    On a virtual machine the cores this process sees can run at different speeds, and each can
+    change speed within seconds (a host core shared with another guest). A static split of work
+    then waits for the slower core, so a timing taken while the cores are uneven says little
+    about the code. Benchmarks record these rates next to their times. Empty where the process
+    cannot pin itself (no ``os.sched_setaffinity``)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
+    cpus = sorted(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    a = torch.randn(256, 512).to(dtype)
+    b = torch.randn(512, 2048).to(dtype)
+    flop = 2 * 256 * 512 * 2048
+    rates: dict[int, float] = {}
+    torch.set_num_threads(1)
+    try:
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            torch.mm(a, b)
+            times: list[float] = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end or len(times) < 5:
+                start = time.perf_counter()
+                torch.mm(a, b)
+                times.append(time.perf_counter() - start)
+            rates[cpu] = flop / statistics.median(times) / 1e9
+    finally:
+        os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(threads)
+    return rates
+
+
+def cores_even(rates: dict[int, float], within: float = 0.8) -> bool | None:
+    """Whether the slowest core's rate is at least `within` of the fastest's (None: no rates)."""
+    if not rates:
+        return None
+    return min(rates.values()) >= within * max(rates.values())
 
 
 def machine_slug(device: str) -> str:

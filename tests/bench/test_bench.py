@@ -3,6 +3,7 @@ what it should, writes what it says, and refuses bad requests in one line. Never
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from rnnkit.bench.case import BenchError, Case, MATMUL, MODES, Settings
 from rnnkit.bench.flops import layer_flops, layer_products
 from rnnkit.bench.impls import torch_module
-from rnnkit.bench.machine import validate_impls
+from rnnkit.bench.machine import core_rates, cores_even, validate_impls
 from rnnkit.bench.report import CSV_FIELDS
 from rnnkit.cells import CELLS
 from rnnkit.bench import run as bench_run
@@ -281,3 +282,20 @@ def test_results_dir_is_the_trees_benchmarks_results():
 
     root = Path(__file__).resolve().parents[2]
     assert Path(results_dir()) == root / "benchmarks" / "results"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="the process cannot pin itself")
+def test_core_rates_measure_each_core_and_put_the_process_back():
+    cpus, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    rates = core_rates(torch.float32, seconds=0.01)
+    assert set(rates) == cpus
+    assert all(rate > 0 for rate in rates.values())
+    assert os.sched_getaffinity(0) == cpus
+    assert torch.get_num_threads() == threads
+
+
+def test_cores_even_compares_the_slowest_core_with_the_fastest():
+    assert cores_even({0: 600.0, 1: 590.0}) is True
+    assert cores_even({0: 600.0, 1: 300.0}) is False
+    assert cores_even({0: 600.0, 1: 300.0}, within=0.5) is True
+    assert cores_even({}) is None
