@@ -152,13 +152,26 @@ inline int64_t conversion_grain(int64_t cols) {
   return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cols, 1));
 }
 
-// dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted; rows split over
-// threads (inline inside a parallel region).
+// dst[r, :K] = src[r, :K] for r < rows, converted, with zeros in dst[r, K:ld_dst] and in every
+// row from rows to padded_rows (row strides ld_src and ld_dst); rows split over threads (inline
+// inside a parallel region).
+template <typename To, typename From>
+void convert_rows_padded(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* dst,
+                         int64_t ld_dst, int64_t padded_rows) {
+  at::parallel_for(0, padded_rows, conversion_grain(ld_dst), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      To* row = dst + r * ld_dst;
+      const int64_t done = r < rows ? K : 0;
+      if (done > 0) at::vec::convert(src + r * ld_src, row, done);
+      std::fill(row + done, row + ld_dst, To(0));
+    }
+  });
+}
+
+// dst[r, :K] = src[r, :K] for r < rows (row strides ld_src and K), converted.
 template <typename To, typename From>
 void convert_rows(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* dst) {
-  at::parallel_for(0, rows, conversion_grain(K), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) at::vec::convert(src + r * ld_src, dst + r * K, K);
-  });
+  convert_rows_padded(src, ld_src, rows, K, dst, K, rows);
 }
 
 // C[m, :cols] = widen(src[m, :cols]) + beta C[m, :cols] for m < rows (row strides cols and ldc),
@@ -321,14 +334,7 @@ class WeightB<scalar_t, float> {
     }
     const int64_t Kp = b.Kp(), Mp = amx::round_up(M, amx::kBlock);
     if (a16_.size() < size_t(Mp * Kp)) a16_.resize(size_t(Mp * Kp));
-    at::parallel_for(0, Mp, conversion_grain(Kp), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t* row = a16_.data() + r * Kp;
-        const int64_t done = r < M ? K_ : 0;
-        if (done > 0) at::vec::convert(A + r * lda, row, done);
-        std::fill(row + done, row + Kp, scalar_t(0));
-      }
-    });
+    convert_rows_padded(A, lda, M, K_, a16_.data(), Kp, Mp);
     amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(a16_.data()), Kp, b, beta, C, ldc);
   }
 
