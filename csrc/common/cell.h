@@ -120,6 +120,18 @@ struct StepBackward {
   }
 };
 
+// How many leading gates of a kRecurrentApart cell have the same gradient on the recurrent side
+// as on the input side (da_rec equals da in those columns: its kSharedGates, none where it has
+// none). The weight gradients round and sum those columns once (weight_grads.h).
+template <typename Cell>
+constexpr int64_t shared_gates() {
+  if constexpr (requires { Cell::kSharedGates; }) {
+    return Cell::kSharedGates;
+  } else {
+    return 0;
+  }
+}
+
 // Whether a cell normalises rows (its kRowNorm, false where it has none).
 template <typename Cell>
 constexpr bool row_norm() {

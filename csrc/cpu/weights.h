@@ -174,6 +174,47 @@ void convert_rows(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* 
   convert_rows_padded(src, ld_src, rows, K, dst, K, rows);
 }
 
+// dst[r, c] = src[r, c] rounded, and sums[c] = the float32 sum over r of src[r, c] (before the
+// rounding), for r < rows and c < cols (row strides ld_src and cols): the gate gradients of a
+// bfloat16 layer's weight products and its bias gradients, in one pass over src. Columns split
+// over threads, so that each thread owns its sums; rows are summed in runs of kRun into a partial
+// sum first, which keeps the rounding error of a long sequence's sum near that of a pairwise one.
+template <typename To>
+void convert_rows_with_sums(const float* src, int64_t ld_src, int64_t rows, int64_t cols, To* dst,
+                            float* sums) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t kW = Vec::size(), kRun = 256;
+  const int64_t blocks = (cols + kW - 1) / kW;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(rows * kW, 1));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * kW, c1 = std::min(cols, b1 * kW), width = c1 - c0;
+    std::vector<float> run(size_t(width), 0.0f);
+    std::fill(sums + c0, sums + c1, 0.0f);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRun) {
+      const int64_t r1 = std::min(rows, r0 + kRun);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* s = src + r * ld_src + c0;
+        To* d = dst + r * cols + c0;
+        int64_t c = 0;
+        for (; c + 2 * kW <= width; c += 2 * kW) {
+          const Vec v0 = Vec::loadu(s + c), v1 = Vec::loadu(s + c + kW);
+          (Vec::loadu(run.data() + c) + v0).store(run.data() + c);
+          (Vec::loadu(run.data() + c + kW) + v1).store(run.data() + c + kW);
+          at::vec::convert_from_float<To>(v0, v1).store(d + c);
+        }
+        for (; c < width; ++c) {
+          run[size_t(c)] += s[c];
+          d[c] = To(s[c]);
+        }
+      }
+      for (int64_t c = 0; c < width; ++c) {
+        sums[c0 + c] += run[size_t(c)];
+        run[size_t(c)] = 0.0f;
+      }
+    }
+  });
+}
+
 // C[m, :cols] = widen(src[m, :cols]) + beta C[m, :cols] for m < rows (row strides cols and ldc),
 // vectorised, rows split over threads.
 template <typename From>

@@ -266,6 +266,11 @@ struct Backend {
     return at::empty(sizes, options);
   }
 
+  // The gate gradients for the weight products, and their sums (weight_grads.h).
+  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product) {
+    return gate_grads_apart(d, product);
+  }
+
   template <typename Cell>
   static at::Tensor forward(const ForwardCall& call) {
     const auto options = call.x.options();

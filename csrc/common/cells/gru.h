@@ -13,6 +13,7 @@ struct Gru {
   static constexpr int64_t kGates = 3;
   static constexpr bool kCellState = false, kProjection = false, kRecurrentApart = true,
                         kGatesInOutput = false, kDirectGrad = true;
+  static constexpr int64_t kSharedGates = 2;  // r and z: da_rec equals da there (backward)
 
   // Workspace row: [r, z, n | h_n], h_n = W_hn h_prev + b_hn the recurrent part of n.
   struct Layout {

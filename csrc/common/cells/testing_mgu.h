@@ -17,6 +17,7 @@ struct TestingMgu {
   static constexpr int64_t kGates = 2;
   static constexpr bool kCellState = false, kProjection = false, kRecurrentApart = true,
                         kGatesInOutput = false, kDirectGrad = true;
+  static constexpr int64_t kSharedGates = 1;  // f: da_rec equals da there (backward)
 
   // Workspace row: [f, n | h_n].
   struct Layout {
