@@ -259,7 +259,7 @@ struct Backend {
     if (d.scalar_type() != at::kFloat || product != at::kBFloat16 || d.stride(1) != 1)
       return gate_grads_apart(d, product);
     const int64_t P = d.size(0), C = d.size(1);
-    GateGrads g{at::empty({P, C}, d.options().dtype(product)), at::empty({C}, d.options())};
+    GateGrads g{large_buffer({P, C}, d.options().dtype(product)), at::empty({C}, d.options())};
     convert_rows_with_sums(d.const_data_ptr<float>(), d.stride(0), P, C,
                            g.a.data_ptr<c10::BFloat16>(), g.sums.data_ptr<float>());
     return g;

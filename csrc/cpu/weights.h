@@ -47,6 +47,7 @@
 #include "bf16_dot.h"
 #include "blas.h"
 #include "loops.h"
+#include "memory.h"
 #include "onednn_linear.h"
 
 extern "C" {
@@ -318,17 +319,17 @@ class WeightB<scalar_t, float> {
       if constexpr (std::is_same_v<A_t, float>) {
         packed_->multiply(M, A, lda, beta, C, ldc);
       } else {
-        a32_.resize(size_t(M * K_));
-        convert_rows(A, lda, M, K_, a32_.data());
-        packed_->multiply(M, a32_.data(), K_, beta, C, ldc);
+        float* a32 = a32_.get(M * K_);
+        convert_rows(A, lda, M, K_, a32);
+        packed_->multiply(M, a32, K_, beta, C, ldc);
       }
       return;
     }
     const scalar_t* a = nullptr;
     if constexpr (std::is_same_v<A_t, float>) {
-      a16_.resize(size_t(M * K_));
-      convert_rows(A, lda, M, K_, a16_.data());
-      a = a16_.data();
+      scalar_t* a16 = a16_.get(M * K_);
+      convert_rows(A, lda, M, K_, a16);
+      a = a16;
       lda = K_;
     } else {
       a = A;
@@ -356,10 +357,10 @@ class WeightB<scalar_t, float> {
     const at::Tensor b =
         trans_b_ ? at::from_blob(const_cast<scalar_t*>(B_), {Nc_, K_}, {ldb_, 1}, options).t()
                  : at::from_blob(const_cast<scalar_t*>(B_), {K_, Nc_}, {ldb_, 1}, options);
-    c16_.resize(size_t(M * Nc_));
-    at::Tensor c = at::from_blob(c16_.data(), {M, Nc_}, options);
+    scalar_t* c16 = c16_.get(M * Nc_);
+    at::Tensor c = at::from_blob(c16, {M, Nc_}, options);
     at::mm_out(c, a, b);
-    widen_rows_into(c16_.data(), M, Nc_, beta, C, ldc);
+    widen_rows_into(c16, M, Nc_, beta, C, ldc);
   }
 
   // C = A op(B) + beta C on the tiles. A goes through a zero-padded bfloat16 copy (rows split
@@ -374,9 +375,9 @@ class WeightB<scalar_t, float> {
       }
     }
     const int64_t Kp = b.Kp(), Mp = amx::round_up(M, amx::kBlock);
-    if (a16_.size() < size_t(Mp * Kp)) a16_.resize(size_t(Mp * Kp));
-    convert_rows_padded(A, lda, M, K_, a16_.data(), Kp, Mp);
-    amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(a16_.data()), Kp, b, beta, C, ldc);
+    scalar_t* a16 = a16_.get(Mp * Kp);
+    convert_rows_padded(A, lda, M, K_, a16, Kp, Mp);
+    amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(a16), Kp, b, beta, C, ldc);
   }
 
   void mkl_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
@@ -402,9 +403,9 @@ class WeightB<scalar_t, float> {
   ReducedPath path_;  // Amx becomes OneDnn for a weight not worth packing
   std::vector<float> b32_;               // Float32: B widened
   std::optional<PackedB<float>> packed_;  // Float32: its product
-  mutable std::vector<float> a32_;       // Float32: A widened
-  mutable std::vector<scalar_t> a16_;    // Mkl, OneDnn: A narrowed; Amx: A padded to tiles
-  mutable std::vector<scalar_t> c16_;    // OneDnn: the rounded product
+  mutable Scratch<float> a32_;           // Float32: A widened
+  mutable Scratch<scalar_t> a16_;        // Mkl, OneDnn: A narrowed; Amx: A padded to tiles
+  mutable Scratch<scalar_t> c16_;        // OneDnn: the rounded product
   std::optional<at::Tensor> reordered_;  // OneDnn with pack: B^T reordered (onednn_linear.h)
   std::optional<amx::PackedTiles> tiles_;  // Amx: op(B) in tile layout
 };
