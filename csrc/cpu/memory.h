@@ -21,8 +21,8 @@
 #include <cstdlib>
 #include <deque>
 #include <memory>
-#include <type_traits>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 #ifdef __linux__
