@@ -4,6 +4,8 @@ what it should, writes what it says, and refuses bad requests in one line. Never
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -299,3 +301,43 @@ def test_cores_even_compares_the_slowest_core_with_the_fastest():
     assert cores_even({0: 600.0, 1: 300.0}) is False
     assert cores_even({0: 600.0, 1: 300.0}, within=0.5) is True
     assert cores_even({}) is None
+
+
+# ---- benchmarks/ab_builds.py: two builds timed in pairs ---------------------------------------
+AB_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))), "benchmarks", "ab_builds.py")
+AB_TINY = ["--cell", "lstm", "--T", "3", "--N", "2", "--H", "8", "--dtype", "float32",
+           "--pairs", "3", "--threads", "1"]
+
+
+def _tree() -> str:
+    """The folder that holds the rnnkit package these tests import."""
+    import rnnkit
+    return os.path.dirname(os.path.dirname(os.path.abspath(rnnkit.__file__)))
+
+
+def _ab(*args):
+    return subprocess.run([sys.executable, AB_SCRIPT, *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_ab_builds_times_each_build_it_was_given():
+    """Both workers import the rnnkit of the folder they were given (here the same tree twice),
+    and the driver reports the paired differences of every pair."""
+    tree = _tree()
+    done = _ab(tree, tree, *AB_TINY)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    want = os.path.join(tree, "rnnkit", "__init__.py")
+    assert lines[0] == f"A: {want}" and lines[1] == f"B: {want}", done.stdout
+    assert "lstm training T=3 N=2 H=8 float32, 3 pairs" in done.stdout
+    assert lines[-1].startswith("A - B per pair: median ") and lines[-1].endswith(" of 3 pairs")
+
+
+def test_ab_builds_refuses_a_folder_without_rnnkit(tmp_path):
+    """A folder that holds no rnnkit would silently time the installed one: refused instead."""
+    tree = _tree()
+    done = _ab(str(tmp_path), tree, *AB_TINY)
+    assert done.returncode != 0
+    assert f"expected rnnkit from {tmp_path}" in done.stderr
+    assert f"the worker for {tmp_path} did not start" in done.stderr
