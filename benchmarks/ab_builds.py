@@ -16,8 +16,9 @@ would otherwise take a core from the other build's next call (at N = 1, where a 
 a millisecond, that doubled the GRU's times). Prints each build's median, the median and
 quartiles of the paired differences A - B (positive: B is faster), and how many pairs B won.
 
-Modes: `training` times forward and backward (the gradient of the output's sum, as a loss would
-give), `inference` a forward under torch.inference_mode().
+The case is built as `rnnkit bench` and `bench_layers.py` build theirs (rnnkit.bench): `training`
+times forward and backward (with the bench's seeded upstream gradients), `inference` a forward
+under torch.no_grad().
 """
 
 from __future__ import annotations
@@ -59,31 +60,28 @@ def _arguments(argv=None) -> argparse.Namespace:
 
 def _worker(args: argparse.Namespace) -> None:
     """Imports the rnnkit in args.worker, then answers each line on stdin with one call's
-    seconds."""
+    seconds. The case is built as `rnnkit bench` builds it (rnnkit.bench: the seeded torch.nn
+    module's weights, the same inputs and upstream gradients)."""
     sys.path.insert(0, os.path.abspath(args.worker))
     import torch
 
     import rnnkit
+    from rnnkit.bench.case import Case
+    from rnnkit.bench.impls import build_impl, torch_module
+    from rnnkit.bench.machine import DTYPES
+    from rnnkit.bench.verify import make_inputs, repeatable_call
 
     if args.threads:
         torch.set_num_threads(args.threads)
     where = os.path.abspath(rnnkit.__file__)
     if not where.startswith(os.path.abspath(args.worker) + os.sep):
         raise SystemExit(f"ab_builds: expected rnnkit from {args.worker}, imported {where}")
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    layer = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}[args.cell]
-    module = layer(args.H, args.H).to(dtype)
-    training = args.mode == "training"
-    x = torch.randn(args.T, args.N, args.H, dtype=dtype, requires_grad=training)
-
-    def call() -> None:
-        if training:
-            module(x)[0].sum().backward()
-        else:
-            with torch.inference_mode():
-                module(x)
-
+    case = Case(args.cell, args.T, args.N, args.H, args.H, dtype=args.dtype)
+    dtype, seed = DTYPES[args.dtype], 0
+    module = torch_module(case, seed).to(dtype)
+    call = repeatable_call(build_impl("rnnkit", module, case),
+                           make_inputs(case, dtype, "cpu", seed), args.mode,
+                           list(module.parameters()))
     for _ in range(3):
         call()
     print(f"ready {where}", flush=True)

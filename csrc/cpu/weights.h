@@ -186,8 +186,7 @@ void convert_rows_with_sums(const float* src, int64_t ld_src, int64_t rows, int6
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t kW = Vec::size(), kRun = 256;
   const int64_t blocks = (cols + kW - 1) / kW;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(rows * kW, 1));
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, conversion_grain(rows * kW), [&](int64_t b0, int64_t b1) {
     const int64_t c0 = b0 * kW, c1 = std::min(cols, b1 * kW), width = c1 - c0;
     std::vector<float> run(size_t(width), 0.0f);
     std::fill(sums + c0, sums + c1, 0.0f);
