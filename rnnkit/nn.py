@@ -166,20 +166,26 @@ class _CellBase(nn.Module):
                                    f"the input, got {s.dim()} (shape {_shape(s)})")
             given = s
             s = s if batched else s.unsqueeze(0)
-            want = (batch, self.hidden_size) if batched else (self.hidden_size,)
-            detail = f"({label} of shape {_shape(given)}, expected {_shape(want)})"
             if s.shape[0] != batch:
                 raise RuntimeError(f"{name}: Input batch size {batch} doesn't match hidden{k} "
-                                   f"batch size {s.shape[0]} {detail}")
+                                   f"batch size {s.shape[0]} "
+                                   f"{self._state_detail(label, given, batch, batched)}")
             if s.shape[1] != self.hidden_size:
                 raise RuntimeError(f"{name}: hidden{k} has inconsistent hidden_size: got "
-                                   f"{s.shape[1]}, expected {self.hidden_size} {detail}")
+                                   f"{s.shape[1]}, expected {self.hidden_size} "
+                                   f"{self._state_detail(label, given, batch, batched)}")
             out.append(s)
         _check_input_against_weights(name, x, self.weight_ih, layer=False)
         for label, given, s in zip(labels, states, out):
             if given is not None:
                 _check_state_against_input(name, label, s, x)
         return x, out, batched
+
+    def _state_detail(self, label: str, given: Tensor, batch: int, batched: bool) -> str:
+        """What a state size error adds: the state's shape and the one expected (formatted only
+        when an error is raised: a cell runs once per step)."""
+        want = (batch, self.hidden_size) if batched else (self.hidden_size,)
+        return f"({label} of shape {_shape(given)}, expected {_shape(want)})"
 
     def to_torch(self) -> nn.Module:
         """The torch.nn equivalent of this cell, with the same weights."""
@@ -473,7 +479,8 @@ class _RNNBase(nn.Module):
             if x.shape[0] == 0:  # torch.nn refuses empty sequences too (an empty batch is fine)
                 raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, "
                                    f"got input of shape {_shape(input)}")
-        _check_input_against_weights(name, x, self._flat_weights[0], layer=True)
+        _check_input_against_weights(name, x, getattr(self, self._flat_weights_names[0]),
+                                     layer=True)
         if packed and x.dim() != 2:
             raise RuntimeError(f"{name}: input must have 2 dimensions, got {x.dim()} (the data of "
                                f"a PackedSequence is (P, H_in))")
