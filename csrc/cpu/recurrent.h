@@ -10,8 +10,9 @@
 // on them at once, with no BLAS call. The steps of a chunk run in one parallel region: threads
 // meet once per step, at a barrier, because the next step reads every unit of h. The state is
 // double-buffered (StateBuffers) so that no thread overwrites h while another still reads it.
-// Larger batches take the BLAS product (WeightB: MKL's packed sgemm where available) followed
-// by the row-parallel pointwise pass, one step at a time.
+// Larger batches, and in float and double sequences of fewer than kPackFromSteps steps, take the
+// BLAS product (WeightB: MKL's packed sgemm where available) followed by the row-parallel
+// pointwise pass, one step at a time.
 // With bfloat16 or float16 storage, the packed weights and the sums are float32 (the state h,
 // in the storage type, is widened as it is read).
 #pragma once
@@ -41,8 +42,9 @@ namespace cpu {
 // over a block's weights serves (K gates x 4 rows of sums fill the SIMD registers).
 constexpr int64_t kSmallBatch = 16;
 constexpr int64_t kRowsPerPass = 4;
-// The fewest steps for which a layer packs W_hh for MKL's packed product (the packing costs
-// about one product; a cell step, T = 1, multiplies unpacked).
+// The fewest steps for which a layer packs W_hh, for MKL's packed product or, in float and
+// double, for the small-batch path (the packing costs about one product; a cell step, T = 1,
+// multiplies unpacked).
 constexpr int64_t kPackFromSteps = 4;
 
 // One time step as its pointwise body sees it (storage and compute types as in StepForward).
@@ -99,6 +101,13 @@ class RecurrentStep {
         blas_(/*trans_b=*/true, max_batch, K * H, R, w_hh, R,
               /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
     if (max_batch > kSmallBatch || K > 4) return;
+    // In float and double, fewer than kPackFromSteps steps (a cell's step) multiply W_hh as it is
+    // stored, through BLAS: packing it cost more than those steps save (the LSTM layer operator,
+    // N = 1, H = 256, three runs: T = 1 in 42-57 against 83-129 us a call, T = 2 61-74 against
+    // 93-144, T = 4 105-113 against 121-190, T = 8 even). The reduced types pack from one step
+    // on: their unpacked product goes through oneDNN, rounded, at every step, which was no faster
+    // at T = 1 and twice as slow from T = 4.
+    if (std::is_same_v<scalar_t, compute_t> && steps < kPackFromSteps) return;
     small_ = true;
     if constexpr (kBf16Dot) {
       if (use_bf16_dot()) {
