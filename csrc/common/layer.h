@@ -420,7 +420,7 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
 
   LayerGrads r;
   r.g = weight_grads<Backend>(call.da, call.da_rec, shared_gates<Cell>() * d.H, x, call.h_prev,
-                              a.w_ih, a.input.sizes());
+                              a.w_ih, a.input.sizes(), /*biases=*/!row_norm<Cell>());
   r.h0 = call.dh.to(dtype);
   r.c0 = call.dc.defined() ? call.dc.to(dtype) : call.dc;
   r.w_hr = at::empty({0}, options);

@@ -22,10 +22,10 @@ struct GateGrads {
   at::Tensor sums;  // [C] in the gradients' own dtype
 };
 
-// What a backend without a fused pass does (Backend::gate_grads): a rounding and a sum, each a
-// pass over d.
-inline GateGrads gate_grads_apart(const at::Tensor& d, at::ScalarType product) {
-  return {d.to(product), d.sum(0)};
+// What a backend without a fused pass does (Backend::gate_grads): a rounding and, where the bias
+// gradients are wanted (sums), a sum, each a pass over d.
+inline GateGrads gate_grads_apart(const at::Tensor& d, at::ScalarType product, bool sums) {
+  return {d.to(product), sums ? d.sum(0) : at::Tensor()};
 }
 
 // da:     [P, G] gradients of the input-side pre-activations (x w_ih^T + b_ih)
@@ -41,31 +41,32 @@ inline GateGrads gate_grads_apart(const at::Tensor& d, at::ScalarType product) {
 // range for gate gradients (small ones fall to subnormals), so its products take the float32
 // gradients and widened operands instead. The bias gradients are summed in da's dtype; every
 // result is rounded to x's dtype at the end. Backend::gate_grads rounds and sums (the CPU does
-// both in one pass).
+// both in one pass). biases: false where the caller has the bias gradients from elsewhere (a
+// layer-normalised cell's, norm_grads in layer.h); b_ih and b_hh are then left undefined.
 template <typename Backend>
 WeightGrads weight_grads(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared,
                          const at::Tensor& x, const at::Tensor& h_prev, const at::Tensor& w_ih,
-                         at::IntArrayRef input_sizes) {
+                         at::IntArrayRef input_sizes, bool biases) {
   const at::ScalarType dtype = x.scalar_type();
   const at::ScalarType product = dtype == at::kHalf ? da.scalar_type() : dtype;
   const int64_t G = da.size(1);
-  const GateGrads in = Backend::gate_grads(da, product);
+  const GateGrads in = Backend::gate_grads(da, product, biases);
   const at::Tensor h = h_prev.to(product);
   WeightGrads g;
   g.input = at::mm(in.a, w_ih.to(product)).to(dtype).view(input_sizes);
   g.w_ih = at::mm(in.a.t(), x.to(product)).to(dtype);
-  g.b_ih = in.sums.to(dtype);
+  if (biases) g.b_ih = in.sums.to(dtype);
   if (da_hh.is_same(da)) {
     g.w_hh = at::mm(in.a.t(), h).to(dtype);
     g.b_hh = g.b_ih;
     return g;
   }
   // The recurrent side: the shared columns from da's rounding, the rest from da_hh's.
-  const GateGrads rec = Backend::gate_grads(da_hh.narrow(1, shared, G - shared), product);
+  const GateGrads rec = Backend::gate_grads(da_hh.narrow(1, shared, G - shared), product, biases);
   // (at::cat, not mm_out into one result: an out= product refuses inputs that require grad,
   // which they do when autograd calls this backward with create_graph.)
   g.w_hh = at::cat({at::mm(in.a.narrow(1, 0, shared).t(), h), at::mm(rec.a.t(), h)}).to(dtype);
-  g.b_hh = at::cat({in.sums.narrow(0, 0, shared), rec.sums}).to(dtype);
+  if (biases) g.b_hh = at::cat({in.sums.narrow(0, 0, shared), rec.sums}).to(dtype);
   return g;
 }
 

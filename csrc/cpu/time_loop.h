@@ -253,11 +253,12 @@ struct Backend {
     return large_buffer(sizes, options);
   }
 
-  // The gate gradients rounded for the weight products, and their sums (weight_grads.h): a
-  // bfloat16 layer's float32 gradients in one pass, not a rounding and a sum.
-  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product) {
+  // The gate gradients rounded for the weight products, and their sums where wanted
+  // (weight_grads.h): a bfloat16 layer's float32 gradients in one pass, not a rounding and a sum
+  // (that pass sums them whether wanted or not: it is the same pass).
+  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product, bool sums) {
     if (d.scalar_type() != at::kFloat || product != at::kBFloat16 || d.stride(1) != 1)
-      return gate_grads_apart(d, product);
+      return gate_grads_apart(d, product, sums);
     const int64_t P = d.size(0), C = d.size(1);
     GateGrads g{large_buffer({P, C}, d.options().dtype(product)), at::empty({C}, d.options())};
     convert_rows_with_sums(d.const_data_ptr<float>(), d.stride(0), P, C,

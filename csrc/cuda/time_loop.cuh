@@ -267,8 +267,8 @@ struct Backend {
   }
 
   // The gate gradients for the weight products, and their sums (weight_grads.h).
-  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product) {
-    return gate_grads_apart(d, product);
+  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product, bool sums) {
+    return gate_grads_apart(d, product, sums);
   }
 
   template <typename Cell>
