@@ -66,6 +66,26 @@ inline void pack_block(const c10::BFloat16* w_hh, int64_t K, int64_t H, int64_t 
   }
 }
 
+// Block b of a weight w ([R, H], row stride H) that multiplies by its columns (backward through
+// time's da W_hh): for every pair p of rows (r = 2p, 2p + 1), the block's V columns' two weights
+// side by side,
+//   block[(p * V + v) * 2 + e] = w[2p + e][b * V + v]        (zero past H and past R)
+// which is pack_block's layout, K = 1, for the transposed weight. Two row slices interleaved.
+inline void pack_columns(const c10::BFloat16* w, int64_t R, int64_t H, int64_t b,
+                         uint16_t* block) {
+  const int64_t c0 = b * V, units = std::min<int64_t>(V, H - c0);
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(w);
+  for (int64_t p = 0; p < pairs(R); ++p) {
+    const uint16_t* even = src + 2 * p * H + c0;
+    const bool odd = 2 * p + 1 < R;
+    uint16_t* to = block + p * V * 2;
+    for (int64_t v = 0; v < V; ++v) {
+      to[2 * v] = v < units ? even[v] : 0;
+      to[2 * v + 1] = v < units && odd ? even[H + v] : 0;
+    }
+  }
+}
+
 #if RNNKIT_BF16_DOT
 // acc[n * ld_acc + k * H + j + v] (+)= sum_r h[n * R + r] W_hh[k * H + j + v][r] for n < ROWS,
 // v < width, from the packed block (below: product_rows; first, its step over one pair p).
@@ -90,24 +110,23 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) inline void accumul
   }
 }
 
-// With one or two rows, the even and odd pairs go to separate sums (CHAINS = 2), so that twice
-// as many dot products are in flight: a single row's K sums would each wait for the previous
-// pair's result (docs/kernels.md gives what it measured).
+// Consecutive pairs go to CHAINS separate sums, so that enough dot products are in flight: with
+// K * ROWS sums each would wait for the previous pair's result (docs/kernels.md gives what it
+// measured). Two chains for one or two rows, and at least eight sums in all (one gate, one row:
+// backward through time's product and the RNN's).
 template <int K, int ROWS>
 __attribute__((target("avx512f,avx512bf16"))) void product_rows(
     const uint16_t* block, int64_t R, const c10::BFloat16* h, float* acc, int64_t ld_acc,
     int64_t H, int64_t j, int64_t width, bool accumulate) {
-  constexpr int CHAINS = ROWS <= 2 ? 2 : 1;
+  constexpr int CHAINS = std::max(ROWS <= 2 ? 2 : 1, 8 / (K * ROWS));
   __m512 sum[CHAINS][ROWS][K];
   for (int c = 0; c < CHAINS; ++c)
     for (int n = 0; n < ROWS; ++n)
       for (int k = 0; k < K; ++k) sum[c][n][k] = _mm512_setzero_ps();
   const int64_t P = pairs(R), whole = R / 2;
   int64_t p = 0;
-  for (; p + CHAINS <= whole; p += CHAINS) {
-    accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
-    if constexpr (CHAINS == 2) accumulate_pair<K, ROWS>(block, R, h, p + 1, sum[CHAINS - 1]);
-  }
+  for (; p + CHAINS <= whole; p += CHAINS)
+    for (int c = 0; c < CHAINS; ++c) accumulate_pair<K, ROWS>(block, R, h, p + c, sum[c]);
   for (; p < whole; ++p) accumulate_pair<K, ROWS>(block, R, h, p, sum[0]);
   for (; p < P; ++p) accumulate_pair<K, ROWS, false>(block, R, h, p, sum[0]);
   const __mmask16 mask = width >= V ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);

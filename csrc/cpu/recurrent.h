@@ -87,19 +87,37 @@ class StateBuffers {
   int64_t N_, R_;
 };
 
+// Which way RecurrentStep's weight multiplies (its constructor says more).
+enum Orientation { WeightRows, WeightColumns };
+
+// The rows of one step of backward through time as RecurrentStep::run_grad_steps sees them.
+template <typename compute_t>
+struct GradState {
+  int64_t bs;              // active batch
+  const compute_t* a;      // [bs, R] (RecurrentStep's R): what the pointwise pass wrote, times W
+  compute_t* acc;          // [N, H]: acc (+)= a W, rows < bs
+  const compute_t* carry;  // [N, H] or null: added to acc after the product
+};
+
 template <typename scalar_t, typename compute_t = scalar_t>
 class RecurrentStep {
  public:
   using Vec = at::vec::Vectorized<compute_t>;
   static constexpr int64_t V = Vec::size();
 
-  // w_hh: [K * H, R]; max_batch: the largest active batch of the sequence; steps: how many
-  // steps will run (packing for MKL's packed product pays from a few steps on).
+  // The product's K * H outputs (K gates of H units) each sum over R inputs:
+  //   WeightRows (the forward's h_prev W_hh^T): w_hh is [K * H, R], an output per row;
+  //   WeightColumns (backward through time's da W_hh, K = 1): w_hh is [R, H], an output per
+  //   column (H the layer's R, R the layer's G).
+  // max_batch: the largest active batch of the sequence; steps: how many steps will run
+  // (packing for MKL's packed product pays from a few steps on).
   RecurrentStep(const scalar_t* w_hh, int64_t K, int64_t H, int64_t R, int64_t max_batch,
-                int64_t steps)
-      : K_(K), H_(H), R_(R), blocks_((H + V - 1) / V),
-        blas_(/*trans_b=*/true, max_batch, K * H, R, w_hh, R,
+                int64_t steps, Orientation orientation = WeightRows)
+      : K_(K), H_(H), R_(R), blocks_((H + V - 1) / V), rows_(orientation == WeightRows),
+        blas_(/*trans_b=*/rows_, max_batch, K * H, R, w_hh, rows_ ? R : K * H,
               /*pack=*/max_batch > kSmallBatch && steps >= kPackFromSteps) {
+    TORCH_CHECK(rows_ || K == 1, "rnnkit: internal error: RecurrentStep over weight columns "
+                "takes one gate, got ", K);
     if (max_batch > kSmallBatch || K > 4) return;
     // In float and double, fewer than kPackFromSteps steps (a cell's step) multiply W_hh as it is
     // stored, through BLAS: packing it cost more than those steps save (the LSTM layer operator,
@@ -114,8 +132,14 @@ class RecurrentStep {
         const int64_t block = bf16_dot::pairs(R) * K * V * 2;
         packed16_.reset(new uint16_t[blocks_ * block]);
         in_region([&](int64_t b0, int64_t b1, const auto&) {
-          for (int64_t b = b0; b < b1; ++b)
-            bf16_dot::pack_block(w_hh, K, H, R, b, packed16_.get() + b * block);
+          for (int64_t b = b0; b < b1; ++b) {
+            uint16_t* to = packed16_.get() + b * block;
+            if (rows_) {
+              bf16_dot::pack_block(w_hh, K, H, R, b, to);
+            } else {
+              bf16_dot::pack_columns(w_hh, R, H, b, to);
+            }
+          }
         });
         return;
       }
@@ -155,6 +179,47 @@ class RecurrentStep {
     }
   }
 
+  // Whether this call takes the small-batch path (run_grad_steps needs it).
+  bool small() const { return small_; }
+
+  // Backward through time's steps 0 <= s < steps in order, with WeightColumns weights and the
+  // small-batch path, all in one parallel region. Each step: body(n, j, lanes) for every unit
+  // j < H of every active row n (the pointwise pass, which writes state.a), then, once every
+  // thread has passed that, acc (+)= a W (+ carry). A thread multiplies for the output columns
+  // that are its own units, so the next step's pointwise pass reads only what the same thread
+  // wrote: one barrier a step.
+  //   state_at(s) -> GradState; body_of(s) -> the step's pointwise body.
+  template <typename At, typename BodyOf>
+  void run_grad_steps(int64_t steps, const At& state_at, const BodyOf& body_of,
+                      bool accumulate) const {
+    TORCH_CHECK(small_ && !rows_, "rnnkit: internal error: run_grad_steps wants the small-batch "
+                "path over weight columns");
+    in_region([&](int64_t b0, int64_t b1, const auto& barrier) {
+      // With the dot products, each thread rounds the whole of a to bfloat16 for itself.
+      std::vector<scalar_t> narrow(kBf16Dot && packed16_ ? kSmallBatch * R_ : 0);
+      scalar_t* mine = narrow.empty() ? nullptr : narrow.data();
+      for (int64_t s = 0; s < steps; ++s) {
+        const GradState<compute_t> st = state_at(s);
+        const auto body = body_of(s);
+        const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
+        for (int64_t n = 0; n < st.bs; ++n) unit_loop<compute_t>(n, j0, j1, body);
+        barrier();
+        for (int64_t b = b0; b < b1; ++b) {
+          if (mine != nullptr) {
+            if (b == b0) at::vec::convert(st.a, mine, st.bs * R_);
+            product_block(b, st.bs, static_cast<const scalar_t*>(mine), st.acc, H_, accumulate);
+          } else {
+            product_block(b, st.bs, st.a, st.acc, H_, accumulate);
+          }
+          if (st.carry == nullptr) continue;
+          const int64_t c0 = b * V, c1 = std::min(c0 + V, H_);
+          for (int64_t n = 0; n < st.bs; ++n)
+            for (int64_t c = c0; c < c1; ++c) st.acc[n * H_ + c] += st.carry[n * H_ + c];
+        }
+      }
+    });
+  }
+
  private:
   // packed[b][r][k][v] for block b: per gate k, the block's rows of W_hh ([units, R]) transposed
   // (ATen's transpose_mxn: 16 x 16 tiles in registers with AVX-512 floats, else one value at a
@@ -163,6 +228,12 @@ class RecurrentStep {
     compute_t* block = packed_.get() + b * R_ * K_ * V;
     const int64_t units = std::min<int64_t>(V, H_ - b * V);
     if (units < V) std::fill(block, block + R_ * K_ * V, compute_t(0));
+    if (!rows_) {  // block[r][v] = w_hh[r][b * V + v]: a slice of each row
+      for (int64_t r = 0; r < R_; ++r)
+        for (int64_t v = 0; v < units; ++v)
+          block[r * V + v] = static_cast<compute_t>(w_hh[r * H_ + b * V + v]);
+      return;
+    }
     for (int64_t k = 0; k < K_; ++k) {
       const scalar_t* rows = w_hh + (k * H_ + b * V) * R_;  // [units, R]
       if constexpr (std::is_same_v<scalar_t, compute_t>) {
@@ -226,25 +297,26 @@ class RecurrentStep {
 
   // acc[n, k * H + j] (+)= h[n] . W_hh[k * H + j, :] for the units j of block b and every row
   // n < rows: one pass over the block's weights per kRowsPerPass rows.
-  void product_block(int64_t b, int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc,
+  template <typename In>
+  void product_block(int64_t b, int64_t rows, const In* h, compute_t* acc, int64_t ld_acc,
                      bool accumulate) const {
     for (int64_t n = 0; n < rows; n += kRowsPerPass) {
       const int64_t m = std::min(kRowsPerPass, rows - n);
-      const scalar_t* hn = h + n * R_;
+      const In* hn = h + n * R_;
       compute_t* an = acc + n * ld_acc;
       switch (K_) {
-        case 1: product_block_k<1>(b, m, hn, an, ld_acc, accumulate); break;
-        case 2: product_block_k<2>(b, m, hn, an, ld_acc, accumulate); break;
-        case 3: product_block_k<3>(b, m, hn, an, ld_acc, accumulate); break;
-        default: product_block_k<4>(b, m, hn, an, ld_acc, accumulate); break;
+        case 1: product_block_k<1, In>(b, m, hn, an, ld_acc, accumulate); break;
+        case 2: product_block_k<2, In>(b, m, hn, an, ld_acc, accumulate); break;
+        case 3: product_block_k<3, In>(b, m, hn, an, ld_acc, accumulate); break;
+        default: product_block_k<4, In>(b, m, hn, an, ld_acc, accumulate); break;
       }
     }
   }
 
-  template <int K>
-  void product_block_k(int64_t b, int64_t rows, const scalar_t* h, compute_t* acc, int64_t ld_acc,
+  template <int K, typename In>
+  void product_block_k(int64_t b, int64_t rows, const In* h, compute_t* acc, int64_t ld_acc,
                        bool accumulate) const {
-    if constexpr (kBf16Dot) {
+    if constexpr (kBf16Dot && std::is_same_v<In, scalar_t>) {
       if (packed16_) {
         const uint16_t* block = packed16_.get() + b * bf16_dot::pairs(R_) * K * V * 2;
         const int64_t j = b * V, width = std::min<int64_t>(V, H_ - j);
@@ -260,34 +332,34 @@ class RecurrentStep {
       }
     }
     switch (rows) {
-      case 1: return product_rows<K, 1>(b, h, acc, ld_acc, accumulate);
-      case 2: return product_rows<K, 2>(b, h, acc, ld_acc, accumulate);
-      case 3: return product_rows<K, 3>(b, h, acc, ld_acc, accumulate);
-      default: return product_rows<K, 4>(b, h, acc, ld_acc, accumulate);
+      case 1: return product_rows<K, 1, In>(b, h, acc, ld_acc, accumulate);
+      case 2: return product_rows<K, 2, In>(b, h, acc, ld_acc, accumulate);
+      case 3: return product_rows<K, 3, In>(b, h, acc, ld_acc, accumulate);
+      default: return product_rows<K, 4, In>(b, h, acc, ld_acc, accumulate);
     }
   }
 
   // K gates and ROWS batch rows known at compile time, so the K * ROWS sums live in registers.
-  // With a single row, two sums per gate (even and odd r) keep consecutive multiply-adds from
-  // waiting on each other; with several rows, the rows do that.
-  template <int K, int ROWS>
-  void product_rows(int64_t b, const scalar_t* h, compute_t* acc, int64_t ld_acc,
+  // A single row's sums are split S ways (consecutive r into separate sums) so that at least
+  // eight multiply-adds are in flight: each waits for its sum's previous one. With several rows,
+  // the rows do that.
+  template <int K, int ROWS, typename In>
+  void product_rows(int64_t b, const In* h, compute_t* acc, int64_t ld_acc,
                     bool accumulate) const {
-    constexpr int S = ROWS == 1 ? 2 : 1;
+    constexpr int S = ROWS == 1 ? std::max(2, 8 / K) : 1;
     Vec sum[S][ROWS][K];
     for (int s = 0; s < S; ++s)
       for (int n = 0; n < ROWS; ++n)
         for (int k = 0; k < K; ++k) sum[s][n][k] = Vec(compute_t(0));
     const compute_t* w = packed_.get() + b * R_ * K * V;
     int64_t r = 0;
-    if constexpr (S == 2) {
-      for (; r + 2 <= R_; r += 2) {
-        const Vec h0(static_cast<compute_t>(h[r])), h1(static_cast<compute_t>(h[r + 1]));
-        for (int k = 0; k < K; ++k) {
-          sum[0][0][k] = at::vec::fmadd(h0, Vec::loadu(w + (r * K + k) * V), sum[0][0][k]);
-          sum[1][0][k] = at::vec::fmadd(h1, Vec::loadu(w + ((r + 1) * K + k) * V), sum[1][0][k]);
+    if constexpr (S > 1) {
+      for (; r + S <= R_; r += S)
+        for (int s = 0; s < S; ++s) {
+          const Vec hs(static_cast<compute_t>(h[r + s]));
+          for (int k = 0; k < K; ++k)
+            sum[s][0][k] = at::vec::fmadd(hs, Vec::loadu(w + ((r + s) * K + k) * V), sum[s][0][k]);
         }
-      }
     }
     for (; r < R_; ++r) {
       Vec wk[K];
@@ -301,7 +373,7 @@ class RecurrentStep {
     for (int n = 0; n < ROWS; ++n) {
       for (int k = 0; k < K; ++k) {
         Vec total = sum[0][n][k];
-        if constexpr (S == 2) total = total + sum[1][n][k];
+        for (int s = 1; s < S; ++s) total = total + sum[s][n][k];
         compute_t* dst = acc + n * ld_acc + k * H_ + j;
         if (width == V) {
           (accumulate ? total + Vec::loadu(dst) : total).store(dst);
@@ -315,6 +387,7 @@ class RecurrentStep {
   }
 
   int64_t K_, H_, R_, blocks_;
+  bool rows_;  // WeightRows (else WeightColumns)
   // bfloat16 weights read by AVX512-BF16 dot products (bf16_dot.h), where the CPU has them and
   // the build's SIMD registers are 16 floats wide.
   static constexpr bool kBf16Dot =

@@ -8,8 +8,9 @@
 //      buffer of its own, Cell::kRecurrentApart), then the cell's fused pointwise pass, which
 //      adds the biases; RecurrentStep fuses the two for small batches
 //   3. with a projection (LSTM proj_size), one product per step: out = h_pre w_hr^T
-// Backward: per step the cell's pointwise pass and one recurrent product; the gradients of the
-// input and of the weights follow in common/layer.h, one large product each over all steps.
+// Backward: per step the cell's pointwise pass and one recurrent product (RecurrentStep fuses the
+// two for small batches); the gradients of the input and of the weights follow in
+// common/layer.h, one large product each over all steps.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,6 +19,7 @@
 #include <ATen/cpu/vec/functional.h>
 
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -186,21 +188,53 @@ void backward_steps(const BackwardCall& call) {
   compute_t* da_rec = ptr<compute_t>(call.da_rec);
   compute_t* dh_pre = ptr<compute_t>(call.dh_pre);
   compute_t* carry_h = ptr<compute_t>(call.carry_h);
-  const WeightB<scalar_t, compute_t> w_hh(/*trans_b=*/false, plan.N, R, G,
-                                          ptr<scalar_t>(call.w_hh), R,
-                                          plan.T() >= kPackFromSteps);
   const bool project = Cell::kProjection && call.proj;
-  const WeightB<scalar_t, compute_t> w_hr(/*trans_b=*/false, plan.N, H, R,
-                                          ptr<scalar_t>(call.w_hr), H,
-                                          /*pack=*/project && plan.T() >= kPackFromSteps);
   const StepBackward<scalar_t, compute_t> first = step_backward<scalar_t, compute_t>(call);
-  for (int64_t s = 0; s < plan.T(); ++s) {
-    const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
-    StepBackward<scalar_t, compute_t> io = first.at_row(row, R, G);
+  // The step's zoneout, with the buffers its backward pass carries gradients in.
+  const auto zoneout_at = [&](int64_t t) {
     zoneout::Step<scalar_t, compute_t> z =
         step_zoneout<scalar_t, compute_t>(call.zoneout, t, plan.N, R, H, project);
     z.carry_h = carry_h;
     z.carry_c = ptr<compute_t>(call.carry_c);
+    return z;
+  };
+  // Small batches, where each step's pointwise pass reads the units of dh that the step before
+  // computed (no projection, no norm over a whole row): the pass and the product da_rec W_hh
+  // fused per thread (RecurrentStep::run_grad_steps), as the forward steps are.
+  if constexpr (!row_norm<Cell>()) {
+    const std::optional<RecurrentStep<scalar_t, compute_t>> grad =
+        !project && plan.N <= kSmallBatch
+            ? std::optional<RecurrentStep<scalar_t, compute_t>>(
+                  std::in_place, ptr<scalar_t>(call.w_hh), /*K=*/1, /*H=*/R, /*R=*/G, plan.N,
+                  plan.T(), WeightColumns)
+            : std::nullopt;
+    if (grad && grad->small()) {
+      const auto state_at = [&](int64_t s) {
+        const int64_t t = plan.backward_step(s);
+        return GradState<compute_t>{plan.batch_sizes[t], da_rec + plan.offsets[t] * G, dh,
+                                    call.zoneout.h() ? carry_h : nullptr};
+      };
+      const auto body_of = [&](int64_t s) {
+        const int64_t t = plan.backward_step(s);
+        return [io = first.at_row(plan.offsets[t], R, G), z = zoneout_at(t)](
+                   int64_t n, int64_t j, auto lanes) {
+          zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
+        };
+      };
+      grad->run_grad_steps(plan.T(), state_at, body_of, /*accumulate=*/Cell::kDirectGrad);
+      return;
+    }
+  }
+  const WeightB<scalar_t, compute_t> w_hh(/*trans_b=*/false, plan.N, R, G,
+                                          ptr<scalar_t>(call.w_hh), R,
+                                          plan.T() >= kPackFromSteps);
+  const WeightB<scalar_t, compute_t> w_hr(/*trans_b=*/false, plan.N, H, R,
+                                          ptr<scalar_t>(call.w_hr), H,
+                                          /*pack=*/project && plan.T() >= kPackFromSteps);
+  for (int64_t s = 0; s < plan.T(); ++s) {
+    const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
+    StepBackward<scalar_t, compute_t> io = first.at_row(row, R, G);
+    const zoneout::Step<scalar_t, compute_t> z = zoneout_at(t);
     if (project) {
       // dr = dL/d(output of this step) = carried dh + grad_output; dh_pre = dr w_hr.
       compute_t* dr_t = ptr<compute_t>(call.dr) + row * R;
