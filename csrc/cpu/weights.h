@@ -248,7 +248,16 @@ void widen_rows_into(const From* src, int64_t rows, int64_t cols, float beta, fl
 // The fewest rows of A for which the Amx path packs a weight that is multiplied once. Packing
 // reads and writes the whole weight, which a product of a few rows (a cell's step) does not repay;
 // the input projection of a sequence (T x N rows) does. Chosen, not measured as a threshold.
+// A weight of at most kAmxSmallWeight values is packed from kAmxSmallRows rows on: oneDNN's
+// product of a few rows costs tens of microseconds a call beyond its arithmetic, more than
+// packing so small a weight (docs/kernels.md, "The product path").
 constexpr int64_t kAmxPackRows = 256;
+constexpr int64_t kAmxSmallRows = 16;
+constexpr int64_t kAmxSmallWeight = int64_t(1) << 18;  // 512 KiB of bfloat16
+
+inline bool amx_packs(int64_t max_m, int64_t K, int64_t Nc) {
+  return max_m >= kAmxPackRows || (max_m >= kAmxSmallRows && K * Nc <= kAmxSmallWeight);
+}
 
 template <typename scalar_t, typename compute_t>
 class WeightB;
@@ -291,7 +300,7 @@ class WeightB<scalar_t, float> {
     // into tiles; one multiplied once by a few rows takes oneDNN's product unpacked.
     if (path_ == ReducedPath::Amx) {
       if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-        if (pack || max_m >= kAmxPackRows) tiles_.emplace(trans_b, K, Nc, B, ldb);
+        if (pack || amx_packs(max_m, K, Nc)) tiles_.emplace(trans_b, K, Nc, B, ldb);
       }
       if (!tiles_.has_value()) path_ = ReducedPath::OneDnn;
     }
