@@ -200,22 +200,18 @@ class RecurrentStep {
       scalar_t* mine = narrow.empty() ? nullptr : narrow.data();
       for (int64_t s = 0; s < steps; ++s) {
         const GradState<compute_t> st = state_at(s);
-        const auto body = body_of(s);
-        const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
-        for (int64_t n = 0; n < st.bs; ++n) unit_loop<compute_t>(n, j0, j1, body);
+        units(b0, b1, st.bs, body_of(s));
         barrier();
-        for (int64_t b = b0; b < b1; ++b) {
-          if (mine != nullptr) {
-            if (b == b0) at::vec::convert(st.a, mine, st.bs * R_);
-            product_block(b, st.bs, static_cast<const scalar_t*>(mine), st.acc, H_, accumulate);
-          } else {
-            product_block(b, st.bs, st.a, st.acc, H_, accumulate);
-          }
-          if (st.carry == nullptr) continue;
-          const int64_t c0 = b * V, c1 = std::min(c0 + V, H_);
-          for (int64_t n = 0; n < st.bs; ++n)
-            for (int64_t c = c0; c < c1; ++c) st.acc[n * H_ + c] += st.carry[n * H_ + c];
+        if (mine != nullptr) {
+          at::vec::convert(st.a, mine, st.bs * R_);
+          products(b0, b1, st.bs, static_cast<const scalar_t*>(mine), st.acc, H_, accumulate);
+        } else {
+          products(b0, b1, st.bs, st.a, st.acc, H_, accumulate);
         }
+        if (st.carry == nullptr) continue;
+        const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
+        for (int64_t n = 0; n < st.bs; ++n)
+          for (int64_t j = j0; j < j1; ++j) st.acc[n * H_ + j] += st.carry[n * H_ + j];
       }
     });
   }
@@ -268,9 +264,22 @@ class RecurrentStep {
   template <typename Body>
   void blocks(int64_t b0, int64_t b1, int64_t rows, const scalar_t* h, compute_t* acc,
               int64_t ld_acc, bool accumulate, const Body& pointwise) const {
+    products(b0, b1, rows, h, acc, ld_acc, accumulate);
+    units(b0, b1, rows, pointwise);
+  }
+
+  // The products of the unit blocks [b0, b1) for every row n < rows (product_block).
+  template <typename In>
+  void products(int64_t b0, int64_t b1, int64_t rows, const In* h, compute_t* acc,
+                int64_t ld_acc, bool accumulate) const {
     for (int64_t b = b0; b < b1; ++b) product_block(b, rows, h, acc, ld_acc, accumulate);
+  }
+
+  // body(n, j, lanes) for the units j of the blocks [b0, b1) of every row n < rows.
+  template <typename Body>
+  void units(int64_t b0, int64_t b1, int64_t rows, const Body& body) const {
     const int64_t j0 = b0 * V, j1 = std::min(b1 * V, H_);
-    for (int64_t n = 0; n < rows; ++n) unit_loop<compute_t>(n, j0, j1, pointwise);
+    for (int64_t n = 0; n < rows; ++n) unit_loop<compute_t>(n, j0, j1, body);
   }
 
   // body(b0, b1, barrier) on each thread of one parallel region, with the thread's fixed range of

@@ -19,7 +19,6 @@
 #include <ATen/cpu/vec/functional.h>
 
 #include <cstring>
-#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -202,27 +201,26 @@ void backward_steps(const BackwardCall& call) {
   // computed (no projection, no norm over a whole row): the pass and the product da_rec W_hh
   // fused per thread (RecurrentStep::run_grad_steps), as the forward steps are.
   if constexpr (!row_norm<Cell>()) {
-    const std::optional<RecurrentStep<scalar_t, compute_t>> grad =
-        !project && plan.N <= kSmallBatch
-            ? std::optional<RecurrentStep<scalar_t, compute_t>>(
-                  std::in_place, ptr<scalar_t>(call.w_hh), /*K=*/1, /*H=*/R, /*R=*/G, plan.N,
-                  plan.T(), WeightColumns)
-            : std::nullopt;
-    if (grad && grad->small()) {
-      const auto state_at = [&](int64_t s) {
-        const int64_t t = plan.backward_step(s);
-        return GradState<compute_t>{plan.batch_sizes[t], da_rec + plan.offsets[t] * G, dh,
-                                    call.zoneout.h() ? carry_h : nullptr};
-      };
-      const auto body_of = [&](int64_t s) {
-        const int64_t t = plan.backward_step(s);
-        return [io = first.at_row(plan.offsets[t], R, G), z = zoneout_at(t)](
-                   int64_t n, int64_t j, auto lanes) {
-          zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
+    // (the batch is checked first: at a larger one the constructor would pack W_hh for BLAS)
+    if (!project && plan.N <= kSmallBatch) {
+      const RecurrentStep<scalar_t, compute_t> grad(ptr<scalar_t>(call.w_hh), /*K=*/1, /*H=*/R,
+                                                    /*R=*/G, plan.N, plan.T(), WeightColumns);
+      if (grad.small()) {
+        const auto state_at = [&](int64_t s) {
+          const int64_t t = plan.backward_step(s);
+          return GradState<compute_t>{plan.batch_sizes[t], da_rec + plan.offsets[t] * G, dh,
+                                      call.zoneout.h() ? carry_h : nullptr};
         };
-      };
-      grad->run_grad_steps(plan.T(), state_at, body_of, /*accumulate=*/Cell::kDirectGrad);
-      return;
+        const auto body_of = [&](int64_t s) {
+          const int64_t t = plan.backward_step(s);
+          return [io = first.at_row(plan.offsets[t], R, G), z = zoneout_at(t)](
+                     int64_t n, int64_t j, auto lanes) {
+            zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
+          };
+        };
+        grad.run_grad_steps(plan.T(), state_at, body_of, /*accumulate=*/Cell::kDirectGrad);
+        return;
+      }
     }
   }
   const WeightB<scalar_t, compute_t> w_hh(/*trans_b=*/false, plan.N, R, G,
