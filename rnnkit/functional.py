@@ -31,13 +31,25 @@ rnnkit_ops = torch.ops.rnnkit
 LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 
 
+def _call(op: Callable, *args):
+    """op(*args), past torch.library's autograd kernel when no argument needs a gradient. That
+    kernel, written in Python, then only runs the operator below autograd, and its redispatch
+    costs about 10 us a call: a tenth of a small layer's call, more of a cell's. Under
+    torch.compile the operator is called as it is, for the compiler to trace."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled()
+                                          and torch._C._any_requires_grad(*args)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 # ---- cells ------------------------------------------------------------------------------------
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step. input: (N, I); hx: (h, c), each (N, H); w_ih: (4H, I); w_hh: (4H, H);
     b_ih, b_hh: (4H,). Returns (h', c'), each (N, H)."""
     _exact.refuse_forward_ad("lstm_cell", input, *hx, w_ih, w_hh, b_ih, b_hh)
-    h, c, _ = rnnkit_ops.lstm_cell(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
+    h, c, _ = _call(rnnkit_ops.lstm_cell, input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     return h, c
 
 
@@ -46,7 +58,7 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One GRU step. input: (N, I); hx: (N, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,).
     Returns h': (N, H)."""
     _exact.refuse_forward_ad("gru_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
-    return rnnkit_ops.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)[0]
+    return _call(rnnkit_ops.gru_cell, input, hx, w_ih, w_hh, b_ih, b_hh)[0]
 
 
 def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
@@ -54,7 +66,7 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step, h' = act(W_ih x + b_ih + W_hh h + b_hh) with act tanh or relu.
     input: (N, I); hx: (N, H); w_ih: (H, I); w_hh: (H, H); b_ih, b_hh: (H,). Returns (N, H)."""
     _exact.refuse_forward_ad("rnn_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
-    return rnnkit_ops.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    return _call(rnnkit_ops.rnn_cell, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
 
 
 # ---- one layer in one direction ---------------------------------------------------------------
@@ -91,6 +103,8 @@ def zoneout_masks(x: Tensor, batch_sizes: Tensor | None, widths: Sequence[int],
     N = x.shape[1] if batch_sizes is None else (int(batch_sizes[0]) if T else 0)
     return [x.new_empty((T, N, F)).bernoulli_(p) if p > 0 else None
             for F, p in zip(widths, probs)]
+
+
 def _needs_workspace(*tensors: Tensor | None) -> bool:
     """Whether autograd will need the layer's backward: only then is its workspace kept."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -102,8 +116,8 @@ def lstm_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...]
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     _exact.refuse_forward_ad("lstm", x, *states, *params)
     train = _needs_workspace(x, *states, *params)
-    out, h, c, _ = rnnkit_ops.lstm(x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
-                                   w_hr, reverse, train, *_zoneout_args(zoneout, 2))
+    out, h, c, _ = _call(rnnkit_ops.lstm, x, batch_sizes, states[0], states[1], w_ih, w_hh, b_ih,
+                         b_hh, w_hr, reverse, train, *_zoneout_args(zoneout, 2))
     return out, (h, c)
 
 
@@ -113,8 +127,8 @@ def gru_layer(x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...],
     w_ih, w_hh, b_ih, b_hh, _ = params
     _exact.refuse_forward_ad("gru", x, *states, *params)
     train = _needs_workspace(x, *states, *params)
-    out, h, _ = rnnkit_ops.gru(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse, train,
-                               *_zoneout_args(zoneout, 1))
+    out, h, _ = _call(rnnkit_ops.gru, x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, reverse,
+                      train, *_zoneout_args(zoneout, 1))
     return out, (h,)
 
 
@@ -122,8 +136,8 @@ def rnn_layer(nonlinearity: str) -> Callable:
     def layer(x, batch_sizes, states, params, reverse, zoneout: Zoneout = ()):
         w_ih, w_hh, b_ih, b_hh, _ = params
         _exact.refuse_forward_ad("rnn", x, *states, *params)
-        out, h = rnnkit_ops.rnn(x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity,
-                                reverse, *_zoneout_args(zoneout, 1))
+        out, h = _call(rnnkit_ops.rnn, x, batch_sizes, states[0], w_ih, w_hh, b_ih, b_hh,
+                       nonlinearity, reverse, *_zoneout_args(zoneout, 1))
         return out, (h,)
 
     return layer
@@ -172,7 +186,7 @@ def stack_layers(layer: Callable, input: Tensor, batch_sizes: Tensor | None,
         outs = []
         for d in range(directions):
             k = layer_index * directions + d
-            layer_states = tuple(s[k] for s in states)
+            layer_states = tuple(s.select(0, k) for s in states)
             if any(p > 0 for p in zoneout):
                 z = zoneout_masks(x, batch_sizes, [s.shape[-1] for s in layer_states], zoneout,
                                   training)
@@ -185,7 +199,8 @@ def stack_layers(layer: Callable, input: Tensor, batch_sizes: Tensor | None,
         x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and layer_index < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
-    return x, [torch.stack(f, 0) for f in finals]
+    # One layer and direction: a view, not stack's copy (2 us a call, which small calls feel).
+    return x, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f, 0) for f in finals]
 
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: Sequence[LayerParams], num_layers: int = 1,

@@ -403,10 +403,19 @@ class _RNNBase(nn.Module):
         out = []
         for layer in range(self.num_layers):
             for suffix in ("", "_reverse")[:directions]:
-                get = lambda base: getattr(self, f"{base}_l{layer}{suffix}", None)  # noqa: E731
+                get = lambda base: self._param(f"{base}_l{layer}{suffix}")  # noqa: E731
                 out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
                             get("weight_hr")))
         return out
+
+    def _param(self, name: str) -> Optional[Tensor]:
+        """getattr(self, name, None), a registered parameter looked up first: a parameter is not
+        an attribute of its own, so getattr reaches it through an AttributeError and
+        Module.__getattr__ (about 1.3 us each, 5 per layer and direction on every call). A name
+        that is not in _parameters (removed by a parametrization or weight_norm, which put a
+        property or an attribute in its place) still goes through getattr."""
+        p = self._parameters.get(name)
+        return p if p is not None else getattr(self, name, None)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
