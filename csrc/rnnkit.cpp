@@ -53,6 +53,11 @@ TORCH_LIBRARY(rnnkit_testing, m) {
   // each time), which benchmarks/bench_bf16_products.py times.
   m.def("weight_product(Tensor a, Tensor b, bool trans_b, Tensor c, float beta, bool pack, "
         "int repeats=1) -> Tensor");
+  // The split of a balanced parallel loop (cpu/balance.h: ThreadRates) over n items in multiples
+  // of grain for `threads` threads, after len(cost) / threads simulated runs, in run r of which
+  // thread t takes cost[r * threads + t] seconds per item: the bounds [0, b1, ..., n] of the
+  // threads' shares.
+  m.def("balanced_split(int n, int grain, int threads, float[] cost) -> int[]");
 }
 
 // ---- rnnkit._C: build facts for rnnkit.build_info() ------------------------------------------

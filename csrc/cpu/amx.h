@@ -6,9 +6,10 @@
 // for its 16 columns as 16 rows of bfloat16 pairs, (B[k][n], B[k+1][n]) side by side ("VNNI").
 // Each task keeps a 32 x 32 block of C in four tile registers, and per 32 values of k loads two
 // row tiles of A and two column tiles of B and issues four tdpbf16ps (16 x 16 x 32 each, float32
-// sums). Threads split the column panels, the same split at every call with as many threads, so
-// that a thread's share of a step's weight stays in its own L2 across the steps (W_hh at H = 512
-// in bfloat16: 1 MiB a thread on two).
+// sums). Threads split the column panels in proportion to their recent rates (balance.h): the
+// same split from step to step while the cores keep their speeds, so that a thread's share of a
+// step's weight stays in its own L2 across the steps (W_hh at H = 512 in bfloat16: 1 MiB a
+// thread on two).
 //
 // A whose rows or k do not fill whole tiles (M % 32, K % 32) goes through a zero-padded copy, and
 // blocks of C that overhang M or N through a 32 x 32 scratch block, so that no tile load or store
@@ -28,6 +29,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+
+#include "balance.h"
 
 #if defined(__x86_64__) && defined(__linux__) && \
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
@@ -222,9 +225,10 @@ inline void multiply_columns(int64_t M, const uint16_t* A, int64_t lda, const Pa
   }
 }
 
-// C = A op(B) + beta C, the column blocks split over the threads (A as for multiply_columns).
+// C = A op(B) + beta C, the column blocks split over the threads as rates says (A as for
+// multiply_columns).
 inline void multiply_padded(int64_t M, const uint16_t* A, int64_t lda, const PackedTiles& B,
-                            float beta, float* C, int64_t ldc) {
+                            float beta, float* C, int64_t ldc, ThreadRates& rates) {
   const int64_t kt = B.Kp() / kK;
   const int64_t row_blocks = round_up(M, kBlock) / kBlock, col_blocks = B.Np() / kBlock;
   if (beta != 0.0f && beta != 1.0f)
@@ -232,7 +236,7 @@ inline void multiply_padded(int64_t M, const uint16_t* A, int64_t lda, const Pac
       for (int64_t n = 0; n < B.N(); ++n) C[m * ldc + n] *= beta;
   // Column blocks per task: at least 64 tile products' worth of work before a thread is woken.
   const int64_t grain = std::max<int64_t>(1, 64 / std::max<int64_t>(row_blocks * kt, 1));
-  at::parallel_for(0, col_blocks, grain, [&](int64_t j0, int64_t j1) {
+  balanced_for(rates, col_blocks, grain, [&](int64_t j0, int64_t j1) {
     configure();
     multiply_columns(M, A, lda, B, beta != 0.0f, C, ldc, j0 * kBlock, j1 * kBlock);
     release();

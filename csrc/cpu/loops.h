@@ -9,6 +9,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "balance.h"
+
 namespace rnnkit {
 namespace cpu {
 
@@ -71,12 +73,19 @@ inline void unit_loop(int64_t n, int64_t j0, int64_t j1, const Body& body) {
 // takes two or more.
 constexpr int64_t kUnitsPerTask = 2048;
 
+// A loop that runs at every step passes its ThreadRates, so that its rows are split as the
+// threads' rates on it say (balance.h).
 template <typename scalar_t, typename Body>
-void for_each_unit(int64_t rows, int64_t H, const Body& body) {
+void for_each_unit(int64_t rows, int64_t H, const Body& body, ThreadRates* rates = nullptr) {
   const int64_t grain = std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  const auto share = [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) unit_loop<scalar_t>(n, 0, H, body);
-  });
+  };
+  if (rates != nullptr) {
+    balanced_for(*rates, rows, grain, share);
+  } else {
+    at::parallel_for(0, rows, grain, share);
+  }
 }
 
 // The row operations of a row-norm cell's pointwise code (common/row_norm.h) on the CPU: one

@@ -251,7 +251,7 @@ class RecurrentStep {
     if (rows <= 0) return;
     if (!small_ || rows > kSmallBatch) {
       blas_.multiply(rows, h, R_, accumulate ? 1 : 0, acc, ld_acc);
-      for_each_unit<compute_t>(rows, H_, pointwise);
+      for_each_unit<compute_t>(rows, H_, pointwise, &unit_rates_);
       return;
     }
     in_region([&](int64_t b0, int64_t b1, const auto&) {
@@ -405,6 +405,7 @@ class RecurrentStep {
   bool small_ = false;                   // the small-batch path (else the BLAS path)
   std::unique_ptr<uint16_t[]> packed16_;  // the small-batch path's weights with kBf16Dot
   std::unique_ptr<compute_t[]> packed_;  // the small-batch path's weights otherwise
+  mutable ThreadRates unit_rates_;       // the BLAS path's pointwise pass, step after step
 };
 
 }  // namespace cpu

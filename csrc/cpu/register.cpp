@@ -2,8 +2,11 @@
 // common/registry.h; and the LSTM's second-order recurrences (lstm_second_order.h).
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../common/operators.h"
 #include "../common/registry.h"
+#include "balance.h"
 #include "blas.h"
 #include "lstm_second_order.h"
 #include "time_loop.h"
@@ -64,6 +67,29 @@ inline at::Tensor weight_product(const at::Tensor& a, const at::Tensor& b, bool 
   return out;
 }
 
+// TEST ONLY: rnnkit_testing::balanced_split (its schema in rnnkit.cpp says what it computes).
+inline std::vector<int64_t> balanced_split(int64_t n, int64_t grain, int64_t threads,
+                                           at::ArrayRef<double> cost) {
+  TORCH_CHECK(threads >= 1 && threads <= ThreadRates::kMaxThreads, "balanced_split: expected 1 "
+              "to ", ThreadRates::kMaxThreads, " threads, got ", threads);
+  TORCH_CHECK(n >= 0 && grain >= 1, "balanced_split: expected n >= 0 and grain >= 1, got n = ",
+              n, ", grain = ", grain);
+  const int64_t size = static_cast<int64_t>(cost.size());
+  TORCH_CHECK(size % threads == 0, "balanced_split: expected a cost per thread per run, a "
+              "multiple of ", threads, " values, got ", size);
+  ThreadRates rates;
+  std::vector<int64_t> bounds(threads + 1);
+  std::vector<double> seconds(threads);
+  for (int64_t run = 0; run < size / threads; ++run) {
+    rates.split(int(threads), n, grain, bounds.data());
+    for (int64_t t = 0; t < threads; ++t)
+      seconds[t] = double(bounds[t + 1] - bounds[t]) * cost[run * threads + t];
+    rates.record(int(threads), bounds.data(), seconds.data());
+  }
+  rates.split(int(threads), n, grain, bounds.data());
+  return bounds;
+}
+
 }  // namespace cpu
 }  // namespace rnnkit
 
@@ -72,4 +98,9 @@ TORCH_LIBRARY_IMPL(rnnkit_testing, CPU, m) {
   rnnkit::TestingCells::for_each(
       [&]<typename Cell>() { rnnkit::register_kernels<Cell, rnnkit::cpu::Backend>(m); });
   m.impl("weight_product", &rnnkit::cpu::weight_product);
+}
+
+// (an operator without tensor arguments has no device to dispatch on)
+TORCH_LIBRARY_IMPL(rnnkit_testing, CompositeExplicitAutograd, m) {
+  m.impl("balanced_split", &rnnkit::cpu::balanced_split);
 }

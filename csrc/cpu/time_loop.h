@@ -229,6 +229,7 @@ void backward_steps(const BackwardCall& call) {
   const WeightB<scalar_t, compute_t> w_hr(/*trans_b=*/false, plan.N, H, R,
                                           ptr<scalar_t>(call.w_hr), H,
                                           /*pack=*/project && plan.T() >= kPackFromSteps);
+  ThreadRates unit_rates;  // the pointwise pass's, step after step
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     StepBackward<scalar_t, compute_t> io = first.at_row(row, R, G);
@@ -258,9 +259,12 @@ void backward_steps(const BackwardCall& call) {
         zoneout::backward_row<Cell>(io, z, n, HostRow<compute_t>{});
       });
     } else {
-      for_each_unit<compute_t>(bs, H, [&](int64_t n, int64_t j, auto lanes) {
-        zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
-      });
+      for_each_unit<compute_t>(
+          bs, H,
+          [&](int64_t n, int64_t j, auto lanes) {
+            zoneout::backward<Cell, decltype(lanes)>(io, z, n, j);
+          },
+          &unit_rates);
     }
     // dh_prev = da_rec w_hh (+ the direct part the pointwise pass stored) (+ zoneout's carry)
     w_hh.multiply(bs, da_rec + row * G, G, Cell::kDirectGrad ? 1 : 0, dh, R);

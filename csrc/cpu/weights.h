@@ -378,14 +378,14 @@ class WeightB<scalar_t, float> {
     const amx::PackedTiles& b = *tiles_;
     if constexpr (std::is_same_v<A_t, scalar_t>) {
       if (M % amx::kBlock == 0 && b.Kp() == K_) {
-        amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(A), lda, b, beta, C, ldc);
+        amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(A), lda, b, beta, C, ldc, rates_);
         return;
       }
     }
     const int64_t Kp = b.Kp(), Mp = amx::round_up(M, amx::kBlock);
     scalar_t* a16 = a16_.get(Mp * Kp);
     convert_rows_padded(A, lda, M, K_, a16, Kp, Mp);
-    amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(a16), Kp, b, beta, C, ldc);
+    amx::multiply_padded(M, reinterpret_cast<const uint16_t*>(a16), Kp, b, beta, C, ldc, rates_);
   }
 
   void mkl_gemm(int64_t M, const scalar_t* A, int64_t lda, float beta, float* C,
@@ -416,6 +416,7 @@ class WeightB<scalar_t, float> {
   mutable Scratch<scalar_t> c16_;        // OneDnn: the rounded product
   std::optional<at::Tensor> reordered_;  // OneDnn with pack: B^T reordered (onednn_linear.h)
   std::optional<amx::PackedTiles> tiles_;  // Amx: op(B) in tile layout
+  mutable ThreadRates rates_;              // Amx: the threads' rates on this weight's products
 };
 
 }  // namespace cpu
