@@ -89,14 +89,13 @@ def test_bad_arguments_are_refused():
         run(8, 1, 2, [1.0, 1.0, 1.0])
 
 
+@pytest.mark.parametrize("intra_op_threads", [2], indirect=True)
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_results_do_not_depend_on_the_split(cell, dtype):
+def test_results_do_not_depend_on_the_split(cell, dtype, intra_op_threads):
     """Each output of a balanced loop is computed whole by one thread, so calls whose splits
     differ (the rates are learned anew in every call, from timings that differ) agree bit for
     bit; with two threads, at a batch above the small-batch path (the loops it balances)."""
-    if torch.get_num_threads() < 2:
-        pytest.skip("needs two intra-op threads")
     torch.manual_seed(0)
     module = getattr(rnnkit, cell)(40, 128, dtype=dtype)
     x = torch.randn(30, 48, 40, dtype=dtype, requires_grad=True)
