@@ -199,8 +199,9 @@ def stack_layers(layer: Callable, input: Tensor, batch_sizes: Tensor | None,
         x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and layer_index < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
-    # One layer and direction: a view, not stack's copy (2 us a call, which small calls feel).
-    return x, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f, 0) for f in finals]
+    # stack's copy even of one layer's states: a view of them (unsqueeze) would refuse
+    # h_n.detach_(), which torch.nn's final states allow (truncated BPTT loops call it).
+    return x, [torch.stack(f, 0) for f in finals]
 
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: Sequence[LayerParams], num_layers: int = 1,

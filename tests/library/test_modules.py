@@ -71,6 +71,23 @@ def test_device_and_dtype_arguments():
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("grad", [True, False])
+def test_final_states_detach_in_place_as_torch_nn(kind, num_layers, grad):
+    """Truncated-BPTT loops call h_n.detach_() on torch.nn's final states, which are not views;
+    rnnkit's are not either (a view would refuse it)."""
+    torch.manual_seed(0)
+    ours = getattr(rnnkit, kind)(3, 5, num_layers=num_layers)
+    x = torch.randn(4, 2, 3)
+    with torch.set_grad_enabled(grad):
+        _, finals = ours(x)
+    for state in finals if kind == "LSTM" else (finals,):
+        assert not state._is_view()
+        state.detach_()
+        assert state.grad_fn is None
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_compiled_module_fullgraph_matches_eager(kind):
     m = getattr(rnnkit, kind)(6, 8, num_layers=2, bidirectional=True, batch_first=True)
     x = torch.randn(3, 5, 6, requires_grad=True)
