@@ -9,14 +9,15 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define RNNKIT_HD __host__ __device__ __forceinline__
-#elif defined(__GNUC__) || defined(__clang__)
+#else
+#if defined(__GNUC__) || defined(__clang__)
 // Forced inline on the CPU as on the GPU: the cells' pointwise functions are small and hot, and
 // GCC's inliner budget is per translation unit, so whether it inlined them changed with
 // unrelated code in the same unit (docs/kernels.md, "Backward through time").
 #define RNNKIT_HD inline __attribute__((always_inline))
-#include <ATen/cpu/vec/vec.h>
 #else
 #define RNNKIT_HD inline
+#endif
 #include <ATen/cpu/vec/vec.h>
 #endif
 
