@@ -93,7 +93,7 @@ class _LayerNormRNNBase(_RNNBase):
             for suffix in ("", "_reverse")[:directions]:
                 names = [f"{base}_l{layer}{suffix}" for base in
                          ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                w_ih, w_hh, b_ih, b_hh = (getattr(self, n, None) for n in names)
+                w_ih, w_hh, b_ih, b_hh = (self._param(n) for n in names)
                 norm = tuple(getattr(self, f"{base}_l{layer}{suffix}")
                              for base, _ in _NORMS[self.mode])
                 out.append((w_ih, w_hh, b_ih, b_hh, norm))
