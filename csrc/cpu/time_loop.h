@@ -289,16 +289,36 @@ struct Backend {
     return large_buffer(sizes, options);
   }
 
-  // The gate gradients rounded for the weight products, and their sums where wanted
-  // (weight_grads.h): a bfloat16 layer's float32 gradients in one pass, not a rounding and a sum
-  // (that pass sums them whether wanted or not: it is the same pass).
-  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product, bool sums) {
-    if (d.scalar_type() != at::kFloat || product != at::kBFloat16 || d.stride(1) != 1)
-      return gate_grads_apart(d, product, sums);
-    const int64_t P = d.size(0), C = d.size(1);
-    GateGrads g{large_buffer({P, C}, d.options().dtype(product)), at::empty({C}, d.options())};
-    convert_rows_with_sums(d.const_data_ptr<float>(), d.stride(0), P, C,
-                           g.a.data_ptr<c10::BFloat16>(), g.sums.data_ptr<float>());
+  // The gate gradients rounded for the weight products, and their sums (weight_grads.h): a
+  // bfloat16 layer's float32 gradients in one pass, not a rounding and a sum (the pass sums them
+  // whether wanted or not: it is the same pass), which also writes them transposed where the
+  // weight products have kTransposeRows rows or more.
+  static constexpr int64_t kTransposeRows = 1024;
+  static GateGrads gate_grads(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared,
+                              at::ScalarType product, bool sums) {
+    if (da.scalar_type() != at::kFloat || product != at::kBFloat16 || da.stride(1) != 1 ||
+        da_hh.stride(1) != 1)
+      return gate_grads_apart(da, da_hh, shared, product, sums);
+    using bf16 = c10::BFloat16;
+    const int64_t P = da.size(0), G = da.size(1), u = G - shared;
+    const auto options = da.options().dtype(product);
+    GateGrads g{large_buffer({P, G}, options), at::empty({G + u}, da.options())};
+    float* const s = g.sums.data_ptr<float>();
+    const float* const tail = da_hh.const_data_ptr<float>() + shared;
+    if (G >= kTransposeRows) {
+      g.t = large_buffer({G + u, P}, options);
+      bf16* const t = g.t.data_ptr<bf16>();
+      convert_rows_with_sums(da.const_data_ptr<float>(), da.stride(0), P, G, g.a.data_ptr<bf16>(),
+                             s, t, /*rotate=*/u);
+      if (u > 0) convert_rows_with_sums<bf16>(tail, da_hh.stride(0), P, u, nullptr, s + G, t + G * P);
+      return g;
+    }
+    convert_rows_with_sums(da.const_data_ptr<float>(), da.stride(0), P, G, g.a.data_ptr<bf16>(),
+                           s);
+    if (u > 0) {
+      g.rec = large_buffer({P, u}, options);
+      convert_rows_with_sums(tail, da_hh.stride(0), P, u, g.rec.data_ptr<bf16>(), s + G);
+    }
     return g;
   }
 

@@ -177,34 +177,59 @@ void convert_rows(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* 
 
 // dst[r, c] = src[r, c] rounded, and sums[c] = the float32 sum over r of src[r, c] (before the
 // rounding), for r < rows and c < cols (row strides ld_src and cols): the gate gradients of a
-// bfloat16 layer's weight products and its bias gradients, in one pass over src. Columns split
-// over threads, so that each thread owns its sums; rows are summed in runs of kRun into a partial
-// sum first, which keeps the rounding error of a long sequence's sum near that of a pairwise one.
+// bfloat16 layer's weight products and its bias gradients, in one pass over src. Where dst_t is
+// given, it receives the same rounded values transposed, column c as its row (c + rotate) mod
+// cols (row stride rows), copied while a block of rows is still in cache: oneDNN multiplies a
+// contiguous transposed left operand faster than a transposed view (the weight gradients,
+// d^T x). dst may be null where only dst_t is wanted. Columns split over threads, so that each
+// thread owns its sums; rows are summed in runs of kRun into a partial sum first, which keeps the
+// rounding error of a long sequence's sum near that of a pairwise one.
 template <typename To>
 void convert_rows_with_sums(const float* src, int64_t ld_src, int64_t rows, int64_t cols, To* dst,
-                            float* sums) {
+                            float* sums, To* dst_t = nullptr, int64_t rotate = 0) {
   using Vec = at::vec::Vectorized<float>;
-  constexpr int64_t kW = Vec::size(), kRun = 256;
-  const int64_t blocks = (cols + kW - 1) / kW;
+  constexpr int64_t kW = Vec::size(), kRun = 256, kBlock = 32;  // kBlock: transposed at a time
+  TORCH_CHECK(dst != nullptr || dst_t != nullptr, "convert_rows_with_sums: no destination");
+  TORCH_CHECK(rotate >= 0 && rotate <= cols, "convert_rows_with_sums: rotate ", rotate,
+              " outside [0, ", cols, "]");
+  const int64_t blocks = (cols + kW - 1) / kW, wrap = cols - rotate;
   at::parallel_for(0, blocks, conversion_grain(rows * kW), [&](int64_t b0, int64_t b1) {
     const int64_t c0 = b0 * kW, c1 = std::min(cols, b1 * kW), width = c1 - c0;
     std::vector<float> run(size_t(width), 0.0f);
+    // Without dst, each block of rows is rounded into a buffer of this thread's columns.
+    std::vector<To> staged(dst == nullptr ? size_t(kBlock * width) : 0);
+    const int64_t ld = dst == nullptr ? width : cols;
     std::fill(sums + c0, sums + c1, 0.0f);
     for (int64_t r0 = 0; r0 < rows; r0 += kRun) {
       const int64_t r1 = std::min(rows, r0 + kRun);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* s = src + r * ld_src + c0;
-        To* d = dst + r * cols + c0;
-        int64_t c = 0;
-        for (; c + 2 * kW <= width; c += 2 * kW) {
-          const Vec v0 = Vec::loadu(s + c), v1 = Vec::loadu(s + c + kW);
-          (Vec::loadu(run.data() + c) + v0).store(run.data() + c);
-          (Vec::loadu(run.data() + c + kW) + v1).store(run.data() + c + kW);
-          at::vec::convert_from_float<To>(v0, v1).store(d + c);
+      for (int64_t rb = r0; rb < r1; rb += kBlock) {
+        const int64_t re = std::min(r1, rb + kBlock);
+        // row r (of rb to re), column c0 of the rounded block
+        const auto rounded = [&](int64_t r) {
+          return dst == nullptr ? staged.data() + (r - rb) * ld : dst + r * ld + c0;
+        };
+        for (int64_t r = rb; r < re; ++r) {
+          const float* s = src + r * ld_src + c0;
+          To* d = rounded(r);
+          int64_t c = 0;
+          for (; c + 2 * kW <= width; c += 2 * kW) {
+            const Vec v0 = Vec::loadu(s + c), v1 = Vec::loadu(s + c + kW);
+            (Vec::loadu(run.data() + c) + v0).store(run.data() + c);
+            (Vec::loadu(run.data() + c + kW) + v1).store(run.data() + c + kW);
+            at::vec::convert_from_float<To>(v0, v1).store(d + c);
+          }
+          for (; c < width; ++c) {
+            run[size_t(c)] += s[c];
+            d[c] = To(s[c]);
+          }
         }
-        for (; c < width; ++c) {
-          run[size_t(c)] += s[c];
-          d[c] = To(s[c]);
+        if (dst_t == nullptr) continue;
+        for (int64_t c = c0; c < c1;) {
+          const int64_t end = std::min({c1, c + kBlock, c < wrap ? wrap : cols});
+          const int64_t row = c < wrap ? c + rotate : c - wrap;
+          at::vec::transpose_mxn<To>(rounded(rb) + (c - c0), ld, dst_t + row * rows + rb, rows,
+                                     int(re - rb), int(end - c));
+          c = end;
         }
       }
       for (int64_t c = 0; c < width; ++c) {

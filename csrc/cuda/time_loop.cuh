@@ -267,8 +267,9 @@ struct Backend {
   }
 
   // The gate gradients for the weight products, and their sums (weight_grads.h).
-  static GateGrads gate_grads(const at::Tensor& d, at::ScalarType product, bool sums) {
-    return gate_grads_apart(d, product, sums);
+  static GateGrads gate_grads(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared,
+                              at::ScalarType product, bool sums) {
+    return gate_grads_apart(da, da_hh, shared, product, sums);
   }
 
   template <typename Cell>

@@ -110,6 +110,20 @@ def test_bf16_shapes(kind, shape, kwargs):
     _check(_errors(kind, torch.bfloat16, **shape, **kwargs))
 
 
+@pytest.mark.parametrize("intra_op_threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("kind,shape,kwargs", [
+    ("GRU", {"T": 20, "N": 13, "I": 5, "H": 343}, {}),
+    ("GRU", {"T": 15, "N": 20, "I": 7, "H": 342}, {"bidirectional": True, "packed": True}),
+    ("LSTM", {"T": 12, "N": 23, "I": 5, "H": 257}, {"packed": True}),
+])
+def test_bf16_weight_grads_from_transposed_gate_grads(kind, shape, kwargs, intra_op_threads):
+    """Layers whose weight gradients have 1024 rows or more (4H for the LSTM, 3H for the GRU) take
+    them from gate gradients that the rounding pass also writes transposed, the GRU's rotated by
+    H (weight_grads.h); here with H not a multiple of the pass's blocks, more rows than one run of
+    its sums (256), and the columns split over two threads."""
+    _check(_errors(kind, torch.bfloat16, **shape, **kwargs))
+
+
 @pytest.mark.parametrize("kind,kwargs", [("LSTM", {}), ("GRU", {}), ("RNN", {}),
                                          ("LSTM", {"proj_size": 3, "packed": True}),
                                          ("GRUCell", {})])
