@@ -359,6 +359,14 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   const auto widened = [compute](const Tensor& t) {
     return t.scalar_type() == compute ? t.clone() : t.to(compute);
   };
+  // Large per-call tensors go to the backend's buffers (on the CPU, blocks whose pages are
+  // already mapped: fresh ones cost the LSTM's backward about 4,500 page faults a call).
+  const auto in_compute = [compute](const Tensor& t) {
+    if (t.scalar_type() == compute) return t;
+    Tensor b = Backend::buffer(t.sizes(), t.options().dtype(compute));
+    b.copy_(t);
+    return b;
+  };
   saved_shapes(op, a.input, a.output, d.R, Cell::kGatesInOutput ? nullptr : &a.workspace, plan.P,
                call.W, compute);
   grad_shapes(op, a.grad_output, a.output, a.grad_h_n, a.h0);
@@ -374,7 +382,8 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
   const Tensor x = a.input.contiguous().view({plan.P, d.I});
   call.output = a.output.contiguous().view({plan.P, d.R});
   if constexpr (!Cell::kGatesInOutput) call.ws = a.workspace.contiguous();
-  call.h_prev = previous_states(call.output, a.h0.contiguous(), plan);
+  call.h_prev = previous_states(call.output, a.h0.contiguous(), plan,
+                                Backend::buffer({plan.P, d.R}, options));
   if constexpr (Cell::kGatesInOutput) {
     // The cell's backward reads its new state, the candidate, from the output, which holds the
     // mixed state; where m = 1 the candidate's gradient is zero and any finite value serves.
@@ -393,13 +402,13 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
       call.c_prev = Backend::buffer({plan.P, d.H}, coptions);
       Backend::replay_zoneout(call.c_prev, cand, c0, call.zoneout.mask_c, call.zoneout.p_c, plan);
     } else {
-      call.c_prev = previous_states(cand, c0, plan).contiguous();
+      call.c_prev = previous_states(cand, c0, plan, Backend::buffer({plan.P, d.H}, coptions));
     }
     call.dc = a.grad_c_n.has_value() ? widened(a.grad_c_n->contiguous())
                                      : at::zeros(a.c0.sizes(), coptions);
   }
   if (a.grad_output.has_value())
-    call.grad_output = a.grad_output->contiguous().view({plan.P, d.R}).to(compute);
+    call.grad_output = in_compute(a.grad_output->contiguous().view({plan.P, d.R}));
   call.dh = a.grad_h_n.has_value() ? widened(a.grad_h_n->contiguous())
                                    : at::zeros(a.h0.sizes(), coptions);
   call.da = Backend::buffer({plan.P, d.G}, coptions);

@@ -81,20 +81,27 @@ inline SequencePlan make_plan(const at::Tensor& input, const c10::optional<at::T
 // The state each step of a layer started from, in the packed row order.
 //   states: [P, F] the state after each step (the layer's output, or its cell states)
 //   init:   [N, F] the initial state
-//   return: [P, F] row r holds the state the step of row r read
+//   prev:   [P, F] the buffer to fill (contiguous, in the states' dtype), which is returned:
+//           row r holds the state the step of row r read
 // Used by the backward passes, which need h_prev (and c_prev) of every step for the weight
 // gradient products; both backends call it. Padded input is the states shifted by one step;
 // packed input gathers rows, on the CPU with one copy per row, elsewhere with tensor copies.
 inline at::Tensor previous_states(const at::Tensor& states, const at::Tensor& init,
-                                  const SequencePlan& plan) {
+                                  const SequencePlan& plan, at::Tensor prev) {
   const int64_t T = plan.T(), N = plan.N;
-  if (T == 0) return at::empty_like(states);
+  TORCH_CHECK(prev.is_contiguous() && prev.dim() == 2 && prev.size(0) == plan.P &&
+                  prev.size(1) == states.size(1) && prev.scalar_type() == states.scalar_type(),
+              "previous_states: expected a contiguous [", plan.P, ", ", states.size(1), "] ",
+              states.scalar_type(), " buffer, got ", prev.scalar_type(), " ", prev.sizes());
+  if (T == 0) return prev;
   const bool padded = plan.batch_sizes.front() == plan.batch_sizes.back();
   if (padded) {
     // Every step has the full batch: the previous states are the states shifted by one step.
-    const at::Tensor inner = plan.reverse ? states.narrow(0, N, plan.P - N)
-                                          : states.narrow(0, 0, plan.P - N);
-    return plan.reverse ? at::cat({inner, init}, 0) : at::cat({init, inner}, 0);
+    const int64_t first = plan.reverse ? plan.P - N : 0;  // the rows that read init
+    prev.narrow(0, first, N).copy_(init);
+    prev.narrow(0, plan.reverse ? 0 : N, plan.P - N)
+        .copy_(states.narrow(0, plan.reverse ? N : 0, plan.P - N));
+    return prev;
   }
   // Step t's first `carried` rows ran the neighbouring step src(t) (the one before it in the
   // pass's order) and read its output; the rest start from init.
@@ -103,7 +110,6 @@ inline at::Tensor previous_states(const at::Tensor& states, const at::Tensor& in
     const int64_t s = src(t);
     return (s < 0 || s >= T) ? int64_t(0) : std::min(plan.batch_sizes[t], plan.batch_sizes[s]);
   };
-  at::Tensor prev = at::empty({plan.P, states.size(1)}, states.options());
   if (states.is_cpu()) {
     // Rows are copied as bytes; states may be a column slice (row stride above F).
     const at::Tensor from = states.stride(1) == 1 ? states : states.contiguous();
