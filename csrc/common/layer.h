@@ -425,11 +425,11 @@ LayerGrads layer_backward(const LayerGradArgs& a) {
     call.dp = Backend::buffer({plan.P, layout.norm_width()}, coptions);
     if (call.zoneout.c()) call.carry_c = at::empty({plan.N, d.H}, coptions);
   }
-  Backend::template backward<Cell>(call);
+  const GateGrads rounded = Backend::template backward<Cell>(call);
 
   LayerGrads r;
   r.g = weight_grads<Backend>(call.da, call.da_rec, shared_gates<Cell>() * d.H, x, call.h_prev,
-                              a.w_ih, a.input.sizes(), /*biases=*/!row_norm<Cell>());
+                              a.w_ih, a.input.sizes(), /*biases=*/!row_norm<Cell>(), rounded);
   r.h0 = call.dh.to(dtype);
   r.c0 = call.dc.defined() ? call.dc.to(dtype) : call.dc;
   r.w_hr = at::empty({0}, options);

@@ -19,12 +19,14 @@
 #include <ATen/cpu/vec/functional.h>
 
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "../common/layer.h"
 #include "blas.h"
 #include "chunks.h"
+#include "gate_grads.h"
 #include "loops.h"
 #include "memory.h"
 #include "recurrent.h"
@@ -179,8 +181,10 @@ void forward_steps(const ForwardCall& call, const ForwardBuffers<compute_t>& buf
   states.finish(plan);
 }
 
+// Returns the gate gradients rounded for the weight products where it rounded them as the steps
+// completed them (bfloat16, past the small-batch path: gate_grads.h); else nothing.
 template <typename Cell, typename scalar_t, typename compute_t>
-void backward_steps(const BackwardCall& call) {
+GateGrads backward_steps(const BackwardCall& call) {
   const SequencePlan& plan = call.plan;
   const int64_t H = call.d.H, R = call.d.R, G = call.d.G;
   compute_t* dh = ptr<compute_t>(call.dh);
@@ -219,7 +223,7 @@ void backward_steps(const BackwardCall& call) {
           };
         };
         grad.run_grad_steps(plan.T(), state_at, body_of, /*accumulate=*/Cell::kDirectGrad);
-        return;
+        return {};
       }
     }
   }
@@ -230,6 +234,10 @@ void backward_steps(const BackwardCall& call) {
                                           ptr<scalar_t>(call.w_hr), H,
                                           /*pack=*/project && plan.T() >= kPackFromSteps);
   ThreadRates unit_rates;  // the pointwise pass's, step after step
+  std::optional<RoundGateGrads> rounded;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    rounded.emplace(call.da, call.da_rec,
+                    call.da_rec.is_same(call.da) ? G : shared_gates<Cell>() * H);
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     StepBackward<scalar_t, compute_t> io = first.at_row(row, R, G);
@@ -270,7 +278,9 @@ void backward_steps(const BackwardCall& call) {
     w_hh.multiply(bs, da_rec + row * G, G, Cell::kDirectGrad ? 1 : 0, dh, R);
     if (call.zoneout.h())
       for (int64_t k = 0; k < bs * R; ++k) dh[k] += carry_h[k];
+    if (rounded) rounded->rows_done(row, bs);
   }
+  return rounded ? rounded->finish() : GateGrads{};
 }
 
 // The CPU backend of common/layer.h. float16 and bfloat16 are stored as they come (input,
@@ -291,35 +301,15 @@ struct Backend {
 
   // The gate gradients rounded for the weight products, and their sums (weight_grads.h): a
   // bfloat16 layer's float32 gradients in one pass, not a rounding and a sum (the pass sums them
-  // whether wanted or not: it is the same pass), which also writes them transposed where the
-  // weight products have kTransposeRows rows or more.
-  static constexpr int64_t kTransposeRows = 1024;
+  // whether wanted or not: it is the same pass), and transposed where that pays (gate_grads.h).
   static GateGrads gate_grads(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared,
                               at::ScalarType product, bool sums) {
     if (da.scalar_type() != at::kFloat || product != at::kBFloat16 || da.stride(1) != 1 ||
         da_hh.stride(1) != 1)
       return gate_grads_apart(da, da_hh, shared, product, sums);
-    using bf16 = c10::BFloat16;
-    const int64_t P = da.size(0), G = da.size(1), u = G - shared;
-    const auto options = da.options().dtype(product);
-    GateGrads g{large_buffer({P, G}, options), at::empty({G + u}, da.options())};
-    float* const s = g.sums.data_ptr<float>();
-    const float* const tail = da_hh.const_data_ptr<float>() + shared;
-    if (G >= kTransposeRows) {
-      g.t = large_buffer({G + u, P}, options);
-      bf16* const t = g.t.data_ptr<bf16>();
-      convert_rows_with_sums(da.const_data_ptr<float>(), da.stride(0), P, G, g.a.data_ptr<bf16>(),
-                             s, t, /*rotate=*/u);
-      if (u > 0) convert_rows_with_sums<bf16>(tail, da_hh.stride(0), P, u, nullptr, s + G, t + G * P);
-      return g;
-    }
-    convert_rows_with_sums(da.const_data_ptr<float>(), da.stride(0), P, G, g.a.data_ptr<bf16>(),
-                           s);
-    if (u > 0) {
-      g.rec = large_buffer({P, u}, options);
-      convert_rows_with_sums(tail, da_hh.stride(0), P, u, g.rec.data_ptr<bf16>(), s + G);
-    }
-    return g;
+    RoundGateGrads rounded(da, da_hh, shared);
+    rounded.rows_done(0, da.size(0));
+    return rounded.finish();
   }
 
   template <typename Cell>
@@ -360,13 +350,18 @@ struct Backend {
     return Cell::kGatesInOutput ? at::Tensor() : ws;
   }
 
+  // Returns the gate gradients rounded for the weight products where the time loop rounded them
+  // (gate_grads.h); else nothing.
   template <typename Cell>
-  static void backward(const BackwardCall& call) {
+  static GateGrads backward(const BackwardCall& call) {
+    GateGrads rounded;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.output.scalar_type(),
                                     "rnnkit_cpu_backward", [&] {
-                                      backward_steps<Cell, scalar_t, at::opmath_type<scalar_t>>(
-                                          call);
+                                      rounded =
+                                          backward_steps<Cell, scalar_t, at::opmath_type<scalar_t>>(
+                                              call);
                                     });
+    return rounded;
   }
 
   // prev, cand and init in the compute dtype; mask in the storage dtype (the input's), which the

@@ -175,38 +175,47 @@ void convert_rows(const From* src, int64_t ld_src, int64_t rows, int64_t K, To* 
   convert_rows_padded(src, ld_src, rows, K, dst, K, rows);
 }
 
-// dst[r, c] = src[r, c] rounded, and sums[c] = the float32 sum over r of src[r, c] (before the
-// rounding), for r < rows and c < cols (row strides ld_src and cols): the gate gradients of a
-// bfloat16 layer's weight products and its bias gradients, in one pass over src. Where dst_t is
-// given, it receives the same rounded values transposed, column c as its row (c + rotate) mod
-// cols (row stride rows), copied while a block of rows is still in cache: oneDNN multiplies a
-// contiguous transposed left operand faster than a transposed view (the weight gradients,
-// d^T x). dst may be null where only dst_t is wanted. Columns split over threads, so that each
-// thread owns its sums; rows are summed in runs of kRun into a partial sum first, which keeps the
-// rounding error of a long sequence's sum near that of a pairwise one.
+// Where convert_rows_with_sums writes: the rounded rows (row-major, row stride cols) and/or the
+// same values transposed (column c as row (c + rotate) mod cols, row stride ld_t), and the sums,
+// which it adds to.
 template <typename To>
-void convert_rows_with_sums(const float* src, int64_t ld_src, int64_t rows, int64_t cols, To* dst,
-                            float* sums, To* dst_t = nullptr, int64_t rotate = 0) {
+struct RoundedRows {
+  To* rows = nullptr;
+  To* transposed = nullptr;
+  int64_t ld_t = 0, rotate = 0;
+  float* sums = nullptr;
+};
+
+// Rounds src[r, c] (row stride ld_src) for r < rows and c < cols, and adds the float32 sums over r
+// (before the rounding) to dst.sums: the gate gradients of a bfloat16 layer's weight products and
+// its bias gradients, in one pass over src. The transposed copy is taken from the rounded rows of
+// a block while they are in cache: oneDNN multiplies a contiguous transposed left operand faster
+// than a transposed view (the weight gradients, d^T x); without dst.rows, a block is rounded into
+// a buffer of the thread's own. Columns split over threads, so that each thread owns its sums;
+// rows are summed in runs of kRun into a partial sum first, which keeps the rounding error of a
+// long sequence's sum near that of a pairwise one.
+template <typename To>
+void convert_rows_with_sums(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
+                            const RoundedRows<To>& dst) {
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t kW = Vec::size(), kRun = 256, kBlock = 32;  // kBlock: transposed at a time
-  TORCH_CHECK(dst != nullptr || dst_t != nullptr, "convert_rows_with_sums: no destination");
-  TORCH_CHECK(rotate >= 0 && rotate <= cols, "convert_rows_with_sums: rotate ", rotate,
-              " outside [0, ", cols, "]");
-  const int64_t blocks = (cols + kW - 1) / kW, wrap = cols - rotate;
+  TORCH_CHECK(dst.rows != nullptr || dst.transposed != nullptr, "convert_rows_with_sums: no "
+              "destination");
+  TORCH_CHECK(dst.rotate >= 0 && dst.rotate <= cols, "convert_rows_with_sums: rotate ",
+              dst.rotate, " outside [0, ", cols, "]");
+  const int64_t blocks = (cols + kW - 1) / kW, wrap = cols - dst.rotate;
   at::parallel_for(0, blocks, conversion_grain(rows * kW), [&](int64_t b0, int64_t b1) {
     const int64_t c0 = b0 * kW, c1 = std::min(cols, b1 * kW), width = c1 - c0;
     std::vector<float> run(size_t(width), 0.0f);
-    // Without dst, each block of rows is rounded into a buffer of this thread's columns.
-    std::vector<To> staged(dst == nullptr ? size_t(kBlock * width) : 0);
-    const int64_t ld = dst == nullptr ? width : cols;
-    std::fill(sums + c0, sums + c1, 0.0f);
+    std::vector<To> staged(dst.rows == nullptr ? size_t(kBlock * width) : 0);
+    const int64_t ld = dst.rows == nullptr ? width : cols;
     for (int64_t r0 = 0; r0 < rows; r0 += kRun) {
       const int64_t r1 = std::min(rows, r0 + kRun);
       for (int64_t rb = r0; rb < r1; rb += kBlock) {
         const int64_t re = std::min(r1, rb + kBlock);
         // row r (of rb to re), column c0 of the rounded block
         const auto rounded = [&](int64_t r) {
-          return dst == nullptr ? staged.data() + (r - rb) * ld : dst + r * ld + c0;
+          return dst.rows == nullptr ? staged.data() + (r - rb) * ld : dst.rows + r * ld + c0;
         };
         for (int64_t r = rb; r < re; ++r) {
           const float* s = src + r * ld_src + c0;
@@ -223,17 +232,18 @@ void convert_rows_with_sums(const float* src, int64_t ld_src, int64_t rows, int6
             d[c] = To(s[c]);
           }
         }
-        if (dst_t == nullptr) continue;
+        if (dst.transposed == nullptr) continue;
         for (int64_t c = c0; c < c1;) {
           const int64_t end = std::min({c1, c + kBlock, c < wrap ? wrap : cols});
-          const int64_t row = c < wrap ? c + rotate : c - wrap;
-          at::vec::transpose_mxn<To>(rounded(rb) + (c - c0), ld, dst_t + row * rows + rb, rows,
+          const int64_t row = c < wrap ? c + dst.rotate : c - wrap;
+          at::vec::transpose_mxn<To>(rounded(rb) + (c - c0), ld,
+                                     dst.transposed + row * dst.ld_t + rb, dst.ld_t,
                                      int(re - rb), int(end - c));
           c = end;
         }
       }
       for (int64_t c = 0; c < width; ++c) {
-        sums[c0 + c] += run[size_t(c)];
+        dst.sums[c0 + c] += run[size_t(c)];
         run[size_t(c)] = 0.0f;
       }
     }

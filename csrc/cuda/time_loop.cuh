@@ -296,11 +296,13 @@ struct Backend {
   }
 
   template <typename Cell>
-  static void backward(const BackwardCall& call) {
+  // (The gate gradients are rounded for the weight products after the loop: returns nothing.)
+  static GateGrads backward(const BackwardCall& call) {
     // The one place where backward chooses its path, as forward above.
-    if (!call.zoneout.on() && persistent_backward<Cell>(call)) return;
+    if (!call.zoneout.on() && persistent_backward<Cell>(call)) return {};
     RNNKIT_DISPATCH_CUDA(call.output.scalar_type(), "rnnkit_cuda_backward",
                          [&] { backward_steps<Cell, scalar_t>(call); });
+    return {};
   }
 
   static void replay_zoneout(const at::Tensor& prev, const at::Tensor& cand,
