@@ -57,9 +57,9 @@ inline GateGrads gate_grads_apart(const at::Tensor& da, const at::Tensor& da_hh,
 // range for gate gradients (small ones fall to subnormals), so its products take the float32
 // gradients and widened operands instead. The bias gradients are summed in da's dtype; every
 // result is rounded to x's dtype at the end. Backend::gate_grads rounds, sums and transposes (the
-// CPU does all three in one pass), unless the backend's time loop did and passes them as `in`. biases: false where the caller has the bias gradients from
-// elsewhere (a layer-normalised cell's, norm_grads in layer.h); b_ih and b_hh are then left
-// undefined.
+// CPU does all three in one pass), unless the backend's time loop did and passes them as `in`.
+// biases: false where the caller has the bias gradients from elsewhere (a layer-normalised
+// cell's, norm_grads in layer.h); b_ih and b_hh are then left undefined.
 template <typename Backend>
 WeightGrads weight_grads(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared,
                          const at::Tensor& x, const at::Tensor& h_prev, const at::Tensor& w_ih,

@@ -295,8 +295,8 @@ struct Backend {
     return ws;
   }
 
-  template <typename Cell>
   // (The gate gradients are rounded for the weight products after the loop: returns nothing.)
+  template <typename Cell>
   static GateGrads backward(const BackwardCall& call) {
     // The one place where backward chooses its path, as forward above.
     if (!call.zoneout.on() && persistent_backward<Cell>(call)) return {};
