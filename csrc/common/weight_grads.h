@@ -29,6 +29,12 @@ struct GateGrads {
   at::Tensor rec;  // else, for u > 0: [P, u] da_hh's last u columns in the product dtype
 };
 
+// The leading columns in which W_hh's gradient takes da's gradients: `shared` where da_hh is a
+// tensor of its own (the GRU), all G where it is da.
+inline int64_t columns_from_da(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared) {
+  return da_hh.is_same(da) ? da.size(1) : shared;
+}
+
 // What a backend without a fused pass does (Backend::gate_grads): a rounding and, where the bias
 // gradients are wanted, a sum, each a pass over the gradients; no t.
 inline GateGrads gate_grads_apart(const at::Tensor& da, const at::Tensor& da_hh, int64_t shared,
@@ -66,7 +72,7 @@ WeightGrads weight_grads(const at::Tensor& da, const at::Tensor& da_hh, int64_t 
                          at::IntArrayRef input_sizes, bool biases, GateGrads in = {}) {
   const at::ScalarType dtype = x.scalar_type();
   const at::ScalarType product = dtype == at::kHalf ? da.scalar_type() : dtype;
-  const int64_t G = da.size(1), u = da_hh.is_same(da) ? 0 : G - shared;
+  const int64_t G = da.size(1), u = G - columns_from_da(da, da_hh, shared);
   if (!in.a.defined()) in = Backend::gate_grads(da, da_hh, G - u, product, biases);
   WeightGrads g;
   g.input = at::mm(in.a, w_ih.to(product)).to(dtype).view(input_sizes);

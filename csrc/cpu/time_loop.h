@@ -237,7 +237,7 @@ GateGrads backward_steps(const BackwardCall& call) {
   std::optional<RoundGateGrads> rounded;
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
     rounded.emplace(call.da, call.da_rec,
-                    call.da_rec.is_same(call.da) ? G : shared_gates<Cell>() * H);
+                    columns_from_da(call.da, call.da_rec, shared_gates<Cell>() * H));
   for (int64_t s = 0; s < plan.T(); ++s) {
     const int64_t t = plan.backward_step(s), bs = plan.batch_sizes[t], row = plan.offsets[t];
     StepBackward<scalar_t, compute_t> io = first.at_row(row, R, G);
