@@ -53,7 +53,7 @@ inline at::vec::Vectorized<T> rk_tanh(const at::vec::Vectorized<T>& x) { return 
 // by vscalefps, which also gives subnormal results, 0 below them and inf above FLT_MAX. x is
 // first held to [-104, 89], past which the result is 0 or inf already; min and max take x as
 // their second operand, which they return when it is NaN.
-inline at::vec::Vectorized<float> rk_exp(const at::vec::Vectorized<float>& v) {
+RNNKIT_HD at::vec::Vectorized<float> rk_exp(const at::vec::Vectorized<float>& v) {
   const __m512 x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), v));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -71,7 +71,7 @@ inline at::vec::Vectorized<float> rk_exp(const at::vec::Vectorized<float>& v) {
 //   |x| < 0.55: the Taylor series of tanh up to x^17 (each term under 0.13 of the one before)
 //   otherwise:  1 - 2 / (exp(2|x|) + 1), which loses at most a bit to cancellation there and
 //               is 1 once exp overflows; NaN stays NaN.
-inline at::vec::Vectorized<float> rk_tanh(const at::vec::Vectorized<float>& x) {
+RNNKIT_HD at::vec::Vectorized<float> rk_tanh(const at::vec::Vectorized<float>& x) {
   using V = at::vec::Vectorized<float>;
   const V a = x.abs(), a2 = a * a;
   V p(6404582.0f / 10854718875.0f);  // coefficients of x^17, x^15, ..., x^3
