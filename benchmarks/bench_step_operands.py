@@ -63,62 +63,68 @@ static void touch(float* p, int64_t n) {  // as the projection writes the chunk 
   for (int64_t i = 0; i < n; i += 16) p[i] += 1.0f;
 }
 
-// [rounds, 4] seconds per round: zero, l2, chunk, prefetch.
-at::Tensor c_operand(int64_t N, int64_t rounds) {
-  TORCH_CHECK(amx::usable(true), "AMX tiles are not usable here");
-  at::Tensor h = at::randn({kM, kK}).to(at::kBFloat16), w = at::randn({N, kK}).to(at::kBFloat16);
-  const amx::PackedTiles B(true, kK, N, reinterpret_cast<const c10::BFloat16*>(w.data_ptr()), kK);
-  at::Tensor small = at::zeros({kM, N}), chunk = at::zeros({kSteps * kM, N});
-  at::Tensor out = at::empty({rounds, 4}, at::kDouble);
+// [rounds, modes] seconds: in each round every mode once, run(mode) timed after prepare(mode),
+// the modes' order rotating from round to round; on tiles configured for this thread.
+template <typename Prepare, typename Run>
+at::Tensor alternating(int64_t rounds, int64_t modes, const Prepare& prepare, const Run& run) {
+  at::Tensor out = at::empty({rounds, modes}, at::kDouble);
   amx::configure();
   for (int64_t r = 0; r < rounds; ++r)
-    for (int64_t i = 0; i < 4; ++i) {
-      const int64_t mode = (i + r) % 4;
-      if (mode >= 2) touch(chunk.data_ptr<float>(), chunk.numel());
+    for (int64_t i = 0; i < modes; ++i) {
+      const int64_t mode = (i + r) % modes;
+      prepare(mode);
       const auto t0 = Clock::now();
-      for (int64_t s = 0; s < kSteps; ++s) {
-        float* c = mode >= 2 ? chunk.data_ptr<float>() + s * kM * N : small.data_ptr<float>();
-        const float* next = mode == 3 && s + 1 < kSteps ? c + kM * N : nullptr;
-        step(bits(h), kK, B, c, N, mode != 0, next);
-      }
+      run(mode);
       out[r][mode] = std::chrono::duration<double>(Clock::now() - t0).count();
     }
   amx::release();
   return out;
 }
 
-// [rounds, 2] seconds per round: chunk, per_step.
+static amx::PackedTiles packed(const at::Tensor& w) {  // w: [N, K], a weight as stored
+  return amx::PackedTiles(true, w.size(1), w.size(0),
+                          reinterpret_cast<const c10::BFloat16*>(w.data_ptr()), w.size(1));
+}
+
+// [rounds, 4] seconds per round of kSteps steps: zero, l2, chunk, prefetch.
+at::Tensor c_operand(int64_t N, int64_t rounds) {
+  TORCH_CHECK(amx::usable(true), "AMX tiles are not usable here");
+  at::Tensor h = at::randn({kM, kK}).to(at::kBFloat16), w = at::randn({N, kK}).to(at::kBFloat16);
+  const amx::PackedTiles B = packed(w);
+  at::Tensor small = at::zeros({kM, N}), chunk = at::zeros({kSteps * kM, N});
+  return alternating(rounds, 4,
+      [&](int64_t mode) {
+        if (mode >= 2) touch(chunk.data_ptr<float>(), chunk.numel());
+      },
+      [&](int64_t mode) {
+        for (int64_t s = 0; s < kSteps; ++s) {
+          float* c = mode >= 2 ? chunk.data_ptr<float>() + s * kM * N : small.data_ptr<float>();
+          const float* next = mode == 3 && s + 1 < kSteps ? c + kM * N : nullptr;
+          step(bits(h), kK, B, c, N, mode != 0, next);
+        }
+      });
+}
+
+// [rounds, 2] seconds per round of kSteps steps: chunk, per_step.
 at::Tensor projection(int64_t N, int64_t rounds) {
   TORCH_CHECK(amx::usable(true), "AMX tiles are not usable here");
   at::Tensor x = at::randn({kSteps * kM, kK}).to(at::kBFloat16);
   at::Tensor h = at::randn({kM, kK}).to(at::kBFloat16);
   at::Tensor xh = at::randn({kM, 2 * kK}).to(at::kBFloat16);
   at::Tensor w_ih = at::randn({N, kK}).to(at::kBFloat16), w_hh = at::randn({N, kK}).to(at::kBFloat16);
-  at::Tensor w_cat = at::cat({w_ih, w_hh}, 1).contiguous();
-  const auto packed = [](at::Tensor& w) {
-    return amx::PackedTiles(true, w.size(1), w.size(0),
-                            reinterpret_cast<const c10::BFloat16*>(w.data_ptr()), w.size(1));
-  };
-  const amx::PackedTiles Bih = packed(w_ih), Bhh = packed(w_hh), Bcat = packed(w_cat);
+  const amx::PackedTiles Bih = packed(w_ih), Bhh = packed(w_hh);
+  const amx::PackedTiles Bcat = packed(at::cat({w_ih, w_hh}, 1).contiguous());
   at::Tensor small = at::zeros({kM, N}), chunk = at::zeros({kSteps * kM, N});
-  at::Tensor out = at::empty({rounds, 2}, at::kDouble);
-  amx::configure();
-  for (int64_t r = 0; r < rounds; ++r)
-    for (int64_t i = 0; i < 2; ++i) {
-      const int64_t mode = (i + r) % 2;
-      const auto t0 = Clock::now();
-      if (mode == 0) {
-        amx::multiply_columns(kSteps * kM, bits(x), kK, Bih, false, chunk.data_ptr<float>(), N, 0, N);
-        for (int64_t s = 0; s < kSteps; ++s)
-          step(bits(h), kK, Bhh, chunk.data_ptr<float>() + s * kM * N, N, true, nullptr);
-      } else {
-        for (int64_t s = 0; s < kSteps; ++s)
-          step(bits(xh), 2 * kK, Bcat, small.data_ptr<float>(), N, false, nullptr);
-      }
-      out[r][mode] = std::chrono::duration<double>(Clock::now() - t0).count();
+  return alternating(rounds, 2, [](int64_t) {}, [&](int64_t mode) {
+    if (mode == 0) {
+      amx::multiply_columns(kSteps * kM, bits(x), kK, Bih, false, chunk.data_ptr<float>(), N, 0, N);
+      for (int64_t s = 0; s < kSteps; ++s)
+        step(bits(h), kK, Bhh, chunk.data_ptr<float>() + s * kM * N, N, true, nullptr);
+    } else {
+      for (int64_t s = 0; s < kSteps; ++s)
+        step(bits(xh), 2 * kK, Bcat, small.data_ptr<float>(), N, false, nullptr);
     }
-  amx::release();
-  return out;
+  });
 }
 """
 
