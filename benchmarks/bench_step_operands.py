@@ -14,7 +14,7 @@ Experiment `c_operand` (the gates the step's product adds onto):
   l2        C is loaded from that buffer (beta = 1), still in L2
   chunk     C is loaded from each step's rows of an 8 MiB chunk buffer, which is rewritten before
             the round, as the input projection writes it (the layer today)
-  prefetch  as chunk, and each block first prefetches (prefetcht1) its rows of the next step's C
+  prefetch  as chunk, and each step first prefetches (prefetcht1) the whole of the next step's C
 Experiment `projection` (the input projection of 16 steps):
   chunk     one product of 1,024 rows into the 8 MiB chunk buffer, then the 16 step products
             onto it (the layer today)
@@ -49,7 +49,7 @@ static constexpr int64_t kM = 64, kK = 512, kSteps = 16;
 static uint16_t* bits(at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
 
 // One step: C [kM, N] (+)= A B over all N columns, on tiles this thread has configured; the
-// blocks of prefetch_next (if not null) are prefetched into L2 first.
+// kM rows of prefetch_next (if not null) are prefetched into L2 first.
 static void step(const uint16_t* A, int64_t lda, const amx::PackedTiles& B, float* C,
                  int64_t ldc, bool accumulate, const float* prefetch_next) {
   if (prefetch_next != nullptr)
